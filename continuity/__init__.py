@@ -1,0 +1,1 @@
+"""The `continuity` command: one console script for every process and admin task."""

@@ -1,0 +1,5 @@
+"""Allow ``python -m continuity``."""
+
+from continuity.cli import main
+
+main()

@@ -1,0 +1,381 @@
+"""The `continuity` command line. Commands stay thin: build the configuration, call one
+function of roster, sync, gateway or portal, print the result."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from roster.config import Config, ConfigError, load_config
+from roster.db import current_revision, make_engine, session_factory, transaction, upgrade
+from roster.domains import (
+    Primary,
+    RosterError,
+    add_domain,
+    domain_overview,
+    domain_state,
+    get_domain,
+    parse_primary,
+)
+from roster.locks import LockHeld
+from roster.models import Alias, Domain, Person
+
+EXIT_USAGE = 2
+
+
+class State:
+    """What every command shares: the configuration and the database, loaded on demand."""
+
+    def __init__(self, config_path: str | None, verbose: int) -> None:
+        self.config_path = config_path
+        self.verbose = verbose
+        self._config: Config | None = None
+        self._engine: Engine | None = None
+
+    @property
+    def config(self) -> Config:
+        """The configuration; a bad one ends the command with exit status 2."""
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as error:
+                fail(f"configuration error: {error}", EXIT_USAGE)
+        return self._config
+
+    @property
+    def engine(self) -> Engine:
+        """The roster database engine."""
+        if self._engine is None:
+            self._engine = make_engine(self.config.database_url)
+        return self._engine
+
+    @contextmanager
+    def session(self, writing: bool = False) -> Iterator[Session]:
+        """A roster transaction; roster refusals end the command with a clear line."""
+        try:
+            with transaction(session_factory(self.engine), writing=writing) as session:
+                yield session
+        except RosterError as error:
+            fail(str(error), 1)
+        except OperationalError as error:
+            fail(f"the roster database cannot be used: {error.orig}", 1)
+
+    def require_schema(self) -> None:
+        """Stop with a hint when the database has not been set up."""
+        try:
+            revision = current_revision(self.engine)
+        except OperationalError as error:
+            fail(f"the roster database cannot be reached: {error.orig}", 1)
+        if revision is None:
+            fail("the roster database is empty: run `continuity db upgrade` first", 1)
+
+
+def fail(message: str, status: int) -> NoReturn:
+    """Print one line to stderr and exit with ``status``."""
+    click.echo(f"continuity: {message}", err=True)
+    sys.exit(status)
+
+
+def actor() -> str:
+    """Who is running this command, for the audit log."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    envvar="CONTINUITY_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="The TOML configuration (default: $CONTINUITY_CONFIG).",
+)
+@click.option("-v", "--verbose", count=True, help="Log more (repeat for debug).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """Continuity: standby mail for when the primary mail server fails."""
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = State(config_path, verbose)
+
+
+@cli.group()
+def db() -> None:
+    """The roster database."""
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: State) -> None:
+    """Create the roster schema or bring it up to date."""
+    try:
+        upgrade(state.engine)
+    except OperationalError as error:
+        fail(f"the roster database cannot be used: {error.orig}", 1)
+    click.echo(f"roster schema at revision {current_revision(state.engine)}")
+
+
+@cli.command()
+@click.option("--full", is_flag=True, help="Read the whole directory (the only run that removes).")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--allow-mass-removal", is_flag=True, help="Let this run remove more than the limit.")
+@click.option("--source", help="Sync only this [[directory]] source.")
+@pass_state
+def sync(
+    state: State,
+    full: bool,
+    dry_run: bool,
+    as_json: bool,
+    allow_mass_removal: bool,
+    source: str | None,
+) -> None:
+    """Bring the roster in line with the directory.
+
+    Exit status: 0 success, 1 failure, 3 a guard stopped the run, 75 another run holds
+    the lock.
+    """
+    from sync.run import EXIT_LOCKED, SyncOptions, run_sync
+
+    config = state.config
+    if not config.directories:
+        fail("configuration error: [[directory]]: no directory source configured", EXIT_USAGE)
+    if source:
+        try:
+            config.directory(source)
+        except ConfigError as error:
+            fail(f"configuration error: {error}", EXIT_USAGE)
+    state.require_schema()
+    progress = None
+    if sys.stderr.isatty() and not as_json:
+        progress = _progress_printer(state, source)
+    options = SyncOptions(
+        full=full, dry_run=dry_run, allow_mass_removal=allow_mass_removal, progress=progress
+    )
+    try:
+        reports = run_sync(config, state.engine, options, only=source)
+    except LockHeld as error:
+        fail(f"{error}; not starting a second run", EXIT_LOCKED)
+    finally:
+        if progress is not None:
+            click.echo("", err=True)
+    if as_json:
+        click.echo(json.dumps({"runs": [r.as_dict() for r in reports]}, indent=2))
+    for report in reports:
+        if dry_run and report.plan is not None and not as_json:
+            _print_plan(report.plan)
+        if not as_json:
+            _print_summary(report)
+    sys.exit(max(r.exit_status for r in reports))
+
+
+def _progress_printer(state: State, only: str | None) -> Callable[[str, int], None]:
+    """A progress bar on the terminal; the total is the roster's size for the source."""
+    from sqlalchemy import func
+
+    totals: dict[str, int] = {}
+    with state.session() as session:
+        rows = session.execute(
+            select(Person.source, func.count())
+            .where(Person.removed_at.is_(None))
+            .group_by(Person.source)
+        )
+        totals = {name: count for name, count in rows}
+
+    def show(source: str, read: int) -> None:
+        total = totals.get(source, 0)
+        if total >= read and total:
+            done = int(30 * read / total)
+            bar = "#" * done + "-" * (30 - done)
+            line = f"\r{source}: [{bar}] {read:,}/{total:,} entries read"
+        else:
+            line = f"\r{source}: {read:,} entries read"
+        click.echo(line, err=True, nl=False)
+
+    return show
+
+
+def _print_plan(plan: Any) -> None:
+    """The actions of a dry run, one per line."""
+    for create in plan.creates:
+        click.echo(f"create  {create.entry.mail}  ({create.entry.dn})")
+    for update in plan.updates:
+        if update.renamed_from:
+            click.echo(f"rename  {update.renamed_from} -> {update.entry.mail}")
+        if update.disabled_now:
+            click.echo(f"disable {update.entry.mail}")
+        if update.enabled_now:
+            click.echo(f"enable  {update.entry.mail}")
+        if update.restored:
+            click.echo(f"restore {update.entry.mail}")
+        rest = [c for c in update.changed if c not in ("mail", "disabled")]
+        if rest and not update.restored:
+            click.echo(f"update  {update.entry.mail}  ({', '.join(rest)})")
+    for removal in plan.removals:
+        click.echo(f"remove  {removal.mail}")
+    for problem in plan.problems:
+        click.echo(f"warning {problem}")
+
+
+def _print_summary(report: Any) -> None:
+    """One line per source: what a cron mail or a person reads first."""
+    counts = " ".join(f"{k}={v}" for k, v in report.counts.items() if v)
+    line = (
+        f"sync source={report.source} mode={report.mode} outcome={report.outcome}"
+        f" read={report.entries_read} {counts} duration={report.seconds:.1f}s"
+    ).replace("  ", " ")
+    if report.error:
+        line += f" error={json.dumps(report.error)}"
+    click.echo(line)
+
+
+@cli.group()
+def domain() -> None:
+    """Mail domains and their Continuity settings."""
+
+
+@domain.command("add")
+@click.argument("name")
+@click.option("--primary", help="The domain's own mail server, HOST:PORT.")
+@pass_state
+def domain_add(state: State, name: str, primary: str | None) -> None:
+    """Add a mail domain to the roster."""
+    state.require_schema()
+    parsed: Primary | None = None
+    if primary:
+        try:
+            parsed = parse_primary(primary)
+        except RosterError as error:
+            fail(f"--primary: {error}", EXIT_USAGE)
+    with state.session(writing=True) as session:
+        added = add_domain(session, name, actor(), parsed)
+        click.echo(f"added domain {added.name}")
+
+
+@domain.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def domain_list(state: State, as_json: bool) -> None:
+    """List the domains of the roster."""
+    state.require_schema()
+    with state.session() as session:
+        domains = [domain_state(d) for d in session.scalars(select(Domain).order_by(Domain.name))]
+    if as_json:
+        click.echo(json.dumps(domains, indent=2))
+        return
+    for item in domains:
+        active = "active" if item["continuity_active"] else "inactive"
+        click.echo(f"{item['name']}\t{active}\t{item['coverage_mode']}\t{item['primary'] or '-'}")
+
+
+@domain.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def domain_show(state: State, name: str, as_json: bool) -> None:
+    """Show one domain's settings and people counts."""
+    state.require_schema()
+    with state.session() as session:
+        overview = domain_overview(session, get_domain(session, name))
+    if as_json:
+        click.echo(json.dumps(overview, indent=2))
+        return
+    for key, value in overview.items():
+        click.echo(f"{key}: {value}")
+
+
+@cli.group()
+def roster() -> None:
+    """The people in the roster."""
+
+
+@roster.command("list")
+@click.option("--domain", "domain_name", required=True, help="The mail domain.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--include-removed", is_flag=True, help="Also list people marked removed.")
+@pass_state
+def roster_list(state: State, domain_name: str, as_json: bool, include_removed: bool) -> None:
+    """List the people of a domain."""
+    state.require_schema()
+    with state.session() as session:
+        found = get_domain(session, domain_name)
+        query = select(Person).where(Person.domain_id == found.id).order_by(Person.mail)
+        if not include_removed:
+            query = query.where(Person.removed_at.is_(None))
+        people = list(session.scalars(query))
+        aliases: dict[int, list[str]] = {}
+        for person_id, address in session.execute(
+            select(Alias.person_id, Alias.address)
+            .join(Person, Person.id == Alias.person_id)
+            .where(Person.domain_id == found.id)
+            .order_by(Alias.address)
+        ):
+            aliases.setdefault(person_id, []).append(address)
+        rows = [
+            {
+                "mail": p.mail,
+                "display_name": p.display_name,
+                "aliases": aliases.get(p.id, []),
+                "status": "removed" if p.removed_at else "disabled" if p.disabled else "active",
+                "source": p.source,
+                "external_id": p.external_id,
+                "dn": p.dn,
+                "alternate_contact": p.alternate_contact,
+            }
+            for p in people
+        ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for row in rows:
+        extra = f"\t{', '.join(row['aliases'])}" if row["aliases"] else ""
+        click.echo(f"{row['mail']}\t{row['status']}\t{row['display_name']}{extra}")
+
+
+@cli.command()
+@click.option("--listen", default=None, help="HOST:PORT to listen on (default [portal].listen).")
+@click.option("--workers", default=2, show_default=True, help="Worker processes.")
+@pass_state
+def serve(state: State, listen: str | None, workers: int) -> None:
+    """Run the portal."""
+    from portal import create_app
+    from portal.server import serve_app
+
+    config = state.config
+    address = listen or str(config.portal.get("listen", "127.0.0.1:8080"))
+    app = create_app(config=config)
+    serve_app(app, address, workers)
+
+
+@cli.command()
+@click.option("--workdir", default=".demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--listen", default="127.0.0.1:8080", show_default=True)
+@click.option("--no-serve", is_flag=True, help="Set up and sync, then stop.")
+def demo(workdir: str, listen: str, no_serve: bool) -> None:
+    """Run the product on its embedded default: a demo directory, SQLite, the portal."""
+    from continuity.demo import run_demo
+
+    sys.exit(run_demo(workdir, listen, serve=not no_serve))
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    cli(prog_name="continuity")

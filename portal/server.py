@@ -1,0 +1,30 @@
+"""Serving the portal with gunicorn from inside the `continuity serve` command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+
+class PortalServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn running an already-built Flask application."""
+
+    def __init__(self, app: Flask, options: dict[str, Any]) -> None:
+        self.application, self.options = app, options
+        super().__init__()
+
+    def load_config(self) -> None:
+        """Hand our options to gunicorn."""
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        """The WSGI application."""
+        return self.application
+
+
+def serve_app(app: Flask, listen: str, workers: int) -> None:
+    """Serve ``app`` on ``listen`` (HOST:PORT) until stopped."""
+    PortalServer(app, {"bind": listen, "workers": workers, "accesslog": "-", "errorlog": "-"}).run()

@@ -1,0 +1,299 @@
+"""The TOML configuration, with environment overrides and secrets read from files.
+
+Key names are a contract shared with operators, scripts and docs. Every value can be
+overridden by an environment variable: ``CONTINUITY_<TABLE>_<KEY>`` for the single
+tables (``CONTINUITY_DATABASE_URL``) and ``CONTINUITY_DIRECTORY_<NAME>_<KEY>`` for a
+``[[directory]]`` entry (``CONTINUITY_DIRECTORY_CORP_BIND_PASSWORD``). A secret key
+``k`` may instead be given as ``k_file``, the path of a file holding it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATABASE_URL = "sqlite:///var/lib/continuity/roster.db"
+SECRET_KEYS = frozenset({"bind_password", "master_password", "secret_key", "password"})
+
+PROFILE_ATTRIBUTES: dict[str, dict[str, str]] = {
+    "openldap": {
+        "id_attribute": "entryUUID",
+        "mail_attribute": "mail",
+        "alias_attribute": "mailAlternateAddress",
+        "name_attribute": "cn",
+        "display_name_attribute": "displayName",
+        "alternate_contact_attribute": "",
+        "disabled_attribute": "",
+        "member_attribute": "member",
+        "user_filter": "(objectClass=inetOrgPerson)",
+    },
+    "ad": {
+        "id_attribute": "objectGUID",
+        "mail_attribute": "mail",
+        "alias_attribute": "proxyAddresses",
+        "name_attribute": "cn",
+        "display_name_attribute": "displayName",
+        "alternate_contact_attribute": "",
+        "disabled_attribute": "userAccountControl",
+        "member_attribute": "member",
+        "user_filter": "(&(objectCategory=person)(objectClass=user))",
+    },
+}
+
+
+class ConfigError(Exception):
+    """The configuration is missing a key or holds a bad value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    """One ``[[directory]]`` source."""
+
+    name: str
+    urls: tuple[str, ...]
+    base_dn: str
+    profile: str
+    domains: tuple[str, ...]
+    bind_dn: str = ""
+    bind_password: str = ""
+    user_filter: str = ""
+    ca_file: str = ""
+    start_tls: bool = False
+    page_size: int = 1000
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    id_attribute: str = ""
+    mail_attribute: str = ""
+    alias_attribute: str = ""
+    name_attribute: str = ""
+    display_name_attribute: str = ""
+    alternate_contact_attribute: str = ""
+    disabled_attribute: str = ""
+    disabled_filter: str = ""
+    member_attribute: str = ""
+    scope_group: str = ""
+    admin_group: str = ""
+    helpdesk_group: str = ""
+    max_removal_share: float = 0.10
+    full_sync_interval_hours: float = 24.0
+    clock_skew_seconds: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one installation."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    directories: tuple[DirectoryConfig, ...] = ()
+    standby: dict[str, Any] = field(default_factory=dict)
+    gateway: dict[str, Any] = field(default_factory=dict)
+    outbound: dict[str, Any] = field(default_factory=dict)
+    portal: dict[str, Any] = field(default_factory=dict)
+    sync_lock_seconds: int = 900
+
+    def directory(self, name: str) -> DirectoryConfig:
+        """The directory source called ``name``."""
+        for source in self.directories:
+            if source.name == name:
+                return source
+        raise ConfigError(f"[[directory]]: no source named {name!r}")
+
+
+def _env_name(*parts: str) -> str:
+    return "CONTINUITY_" + "_".join(re.sub(r"[^A-Za-z0-9]", "_", p).upper() for p in parts)
+
+
+def _with_secrets(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Replace ``k_file`` entries by the stripped content of the file they name."""
+    result = dict(table)
+    for key in list(table):
+        if key.endswith("_file") and key[: -len("_file")] in SECRET_KEYS:
+            path = Path(str(table[key]))
+            try:
+                result[key[: -len("_file")]] = path.read_text(encoding="utf-8").strip()
+            except OSError as error:
+                raise ConfigError(f"{where}.{key}: cannot read {path}: {error.strerror}") from error
+            del result[key]
+    return result
+
+
+def _overlay_env(
+    table: dict[str, Any], keys: set[str], prefix: tuple[str, ...], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """Apply environment variables named after ``prefix`` and each known key."""
+    for key in keys | {k + "_file" for k in keys if k in SECRET_KEYS}:
+        value = environ.get(_env_name(*prefix, key))
+        if value is not None:
+            table[key] = value
+    return table
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    """Coerce ``value`` (from TOML or the environment) to ``kind`` or fail naming ``where``."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if isinstance(value, str) and value.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if kind is tuple:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+_DIRECTORY_FIELDS: dict[str, type] = {
+    "name": str,
+    "url": tuple,
+    "base_dn": str,
+    "profile": str,
+    "domains": tuple,
+    "bind_dn": str,
+    "bind_password": str,
+    "user_filter": str,
+    "ca_file": str,
+    "start_tls": bool,
+    "page_size": int,
+    "connect_timeout": float,
+    "read_timeout": float,
+    "id_attribute": str,
+    "mail_attribute": str,
+    "alias_attribute": str,
+    "name_attribute": str,
+    "display_name_attribute": str,
+    "alternate_contact_attribute": str,
+    "disabled_attribute": str,
+    "disabled_filter": str,
+    "member_attribute": str,
+    "scope_group": str,
+    "admin_group": str,
+    "helpdesk_group": str,
+    "max_removal_share": float,
+    "full_sync_interval_hours": float,
+    "clock_skew_seconds": int,
+}
+
+
+def _directory(raw: Mapping[str, Any], index: int, environ: Mapping[str, str]) -> DirectoryConfig:
+    """Build one directory source, applying its profile's attribute defaults."""
+    name = raw.get("name")
+    where = f"[[directory]] #{index + 1}"
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"{where}.name: missing or not a simple name (letters, digits, -_.)")
+    where = f"[[directory]] {name!r}"
+    unknown = set(raw) - set(_DIRECTORY_FIELDS) - {k + "_file" for k in SECRET_KEYS}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+    table = _overlay_env(dict(raw), set(_DIRECTORY_FIELDS) - {"name"}, ("directory", name), environ)
+    table = _with_secrets(table, where)
+    values: dict[str, Any] = {}
+    for key, kind in _DIRECTORY_FIELDS.items():
+        if key in table:
+            values[key] = _typed(table[key], kind, f"{where}.{key}")
+    for required in ("url", "base_dn", "profile", "domains"):
+        if not values.get(required):
+            raise ConfigError(f"{where}.{required}: missing")
+    profile = values["profile"]
+    if profile not in PROFILE_ATTRIBUTES:
+        raise ConfigError(f"{where}.profile: must be 'openldap' or 'ad', got {profile!r}")
+    for url in values["url"]:
+        if not re.fullmatch(r"ldaps?://[^/\s]+/?", url):
+            raise ConfigError(
+                f"{where}.url: expected ldap://host[:port] or ldaps://..., got {url!r}"
+            )
+    for key, default in PROFILE_ATTRIBUTES[profile].items():
+        values.setdefault(key, default)
+    if values.get("bind_dn") and not values.get("bind_password"):
+        raise ConfigError(f"{where}.bind_password: missing (bind_dn is set)")
+    if values.get("ca_file") and not Path(values["ca_file"]).is_file():
+        raise ConfigError(f"{where}.ca_file: no such file {values['ca_file']!r}")
+    if values.get("page_size", 1000) < 1:
+        raise ConfigError(f"{where}.page_size: must be at least 1")
+    if not 0 <= values.get("max_removal_share", 0.1) <= 1:
+        raise ConfigError(f"{where}.max_removal_share: must be between 0 and 1")
+    values["domains"] = tuple(d.lower() for d in values["domains"])
+    values["urls"] = values.pop("url")
+    return DirectoryConfig(**values)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read the configuration from ``path`` (or ``CONTINUITY_CONFIG``), then the environment.
+
+    Without any file the defaults apply; a named file that cannot be read is an error.
+    """
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("CONTINUITY_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                raw = tomllib.load(handle)
+        except OSError as error:
+            raise ConfigError(f"--config: cannot read {path}: {error.strerror}") from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"--config: {path} is not valid TOML: {error}") from error
+    known = {"database", "directory", "standby", "gateway", "outbound", "portal", "sync"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"[{sorted(unknown)[0]}]: unknown table")
+
+    database = _overlay_env(dict(raw.get("database", {})), {"url"}, ("database",), environ)
+    url = _typed(database.get("url", DEFAULT_DATABASE_URL), str, "[database].url")
+    if not re.match(r"(sqlite|postgresql)(\+\w+)?://", url):
+        raise ConfigError(
+            f"[database].url: expected sqlite:///... or postgresql+psycopg://..., got {url!r}"
+        )
+
+    sync = _overlay_env(dict(raw.get("sync", {})), {"lock_seconds"}, ("sync",), environ)
+    lock_seconds = _typed(sync.get("lock_seconds", 900), int, "[sync].lock_seconds")
+
+    entries = raw.get("directory", [])
+    if not isinstance(entries, list):
+        raise ConfigError("[[directory]]: must be an array of tables ([[directory]])")
+    directories = tuple(_directory(entry, i, environ) for i, entry in enumerate(entries))
+    names = [d.name for d in directories]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"[[directory]] {name!r}.name: used by more than one source")
+
+    tables = {}
+    for table in ("standby", "gateway", "outbound", "portal"):
+        given = dict(raw.get(table, {}))
+        tables[table] = _with_secrets(
+            _overlay_env(given, set(given) | _KNOWN_KEYS[table], (table,), environ), f"[{table}]"
+        )
+    return Config(
+        database_url=url,
+        directories=directories,
+        sync_lock_seconds=lock_seconds,
+        **tables,
+    )
+
+
+_KNOWN_KEYS: dict[str, set[str]] = {
+    "standby": {"imap", "lmtp", "master_user", "master_password"},
+    "gateway": {"listen", "spool_dir"},
+    "outbound": {"relay"},
+    "portal": {"secret_key", "base_url", "listen"},
+}

@@ -1,0 +1,106 @@
+"""A lease in the roster that keeps two runs of one job apart, on SQLite and PostgreSQL.
+
+The lease is a row keyed by the job name. Taking it is an INSERT (the primary key makes
+one of two racing runs fail) or, when the holder's lease has expired or its process is
+gone from this host, a conditional UPDATE that only one run can win.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from roster.models import RunLock, utcnow
+
+
+class LockHeld(Exception):
+    """Another run holds the lease."""
+
+    def __init__(self, name: str, holder: str, since: str) -> None:
+        super().__init__(f"another {name} run holds the lock ({holder}, since {since})")
+        self.holder = holder
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_gone(holder: str) -> bool:
+    """True when ``holder`` names a process of this host that no longer exists."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Lease:
+    """A held lease; ``renew`` pushes its expiry forward during long runs."""
+
+    def __init__(self, engine: Engine, name: str, seconds: int) -> None:
+        self.engine, self.name, self.seconds, self.holder = engine, name, seconds, _holder()
+
+    def acquire(self) -> None:
+        """Take the lease or raise LockHeld."""
+        now = utcnow()
+        expires = now + timedelta(seconds=self.seconds)
+        values = {"holder": self.holder, "acquired_at": now, "expires_at": expires}
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(RunLock).values(name=self.name, **values))
+            return
+        except IntegrityError:
+            pass
+        with self.engine.begin() as connection:
+            row = connection.execute(select(RunLock).where(RunLock.name == self.name)).first()
+            if row is None:
+                connection.execute(insert(RunLock).values(name=self.name, **values))
+                return
+            if row.expires_at > now and not _process_gone(row.holder):
+                raise LockHeld(self.name, row.holder, row.acquired_at.isoformat(timespec="seconds"))
+            taken = connection.execute(
+                update(RunLock)
+                .where(RunLock.name == self.name, RunLock.holder == row.holder)
+                .where(RunLock.acquired_at == row.acquired_at)
+                .values(**values)
+            )
+            if taken.rowcount != 1:
+                raise LockHeld(self.name, "another run", "just now")
+
+    def renew(self) -> None:
+        """Push the expiry forward; a no-op if the lease was lost."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(RunLock)
+                .where(RunLock.name == self.name, RunLock.holder == self.holder)
+                .values(expires_at=utcnow() + timedelta(seconds=self.seconds))
+            )
+
+    def release(self) -> None:
+        """Give the lease back."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                delete(RunLock).where(RunLock.name == self.name, RunLock.holder == self.holder)
+            )
+
+
+@contextmanager
+def lease(engine: Engine, name: str, seconds: int) -> Iterator[Lease]:
+    """Hold the lease ``name`` for the duration of the block."""
+    held = Lease(engine, name, seconds)
+    held.acquire()
+    try:
+        yield held
+    finally:
+        held.release()

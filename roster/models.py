@@ -1,0 +1,290 @@
+"""The roster: every table of the service, as SQLAlchemy 2 models.
+
+Later capabilities add columns and tables through Alembic migrations; the shape here
+already holds the whole design so that the portal and the gateway find their places.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+COVERAGE_ALL = "all"
+COVERAGE_SELECTED = "selected"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (SQLite drops zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Store as UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Read back as UTC-aware."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with stable constraint names for migrations."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Domain(Base):
+    """A mail domain and its Continuity Service settings."""
+
+    __tablename__ = "domain"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    continuity_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    coverage_mode: Mapped[str] = mapped_column(String(16), default=COVERAGE_ALL)
+    emergency_password_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    primary_host: Mapped[str | None] = mapped_column(String(253))
+    primary_port: Mapped[int] = mapped_column(Integer, default=25)
+    primary_tls: Mapped[str] = mapped_column(String(16), default="starttls")
+    failover_automatic: Mapped[bool] = mapped_column(Boolean, default=True)
+    probe_interval_seconds: Mapped[int] = mapped_column(Integer, default=60)
+    failures_before_failover: Mapped[int] = mapped_column(Integer, default=3)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    people: Mapped[list[Person]] = relationship(back_populates="domain")
+
+
+class Person(Base):
+    """Someone from a directory; never hard-deleted by the sync, only marked removed."""
+
+    __tablename__ = "person"
+    __table_args__ = (
+        UniqueConstraint("source", "external_id"),
+        Index(
+            "uq_person_mail_live",
+            "mail",
+            unique=True,
+            sqlite_where=text("removed_at IS NULL"),
+            postgresql_where=text("removed_at IS NULL"),
+        ),
+        Index("ix_person_domain_mail", "domain_id", "mail"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domain.id"))
+    source: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str] = mapped_column(String(255))
+    dn: Mapped[str] = mapped_column(Text)
+    mail: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str] = mapped_column(String(512), default="")
+    alternate_contact: Mapped[str | None] = mapped_column(String(320))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    session_generation: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    domain: Mapped[Domain] = relationship(back_populates="people")
+    aliases: Mapped[list[Alias]] = relationship(
+        back_populates="person", cascade="all, delete-orphan"
+    )
+
+
+class Alias(Base):
+    """Another address that delivers to a person."""
+
+    __tablename__ = "alias"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+
+    person: Mapped[Person] = relationship(back_populates="aliases")
+
+
+class CoverageEntry(Base):
+    """A person individually added to Continuity Service ("Only selected users")."""
+
+    __tablename__ = "coverage_entry"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domain.id"), index=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), unique=True)
+    added_by: Mapped[str] = mapped_column(String(320))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EmergencyCredential(Base):
+    """A person's emergency password, as an argon2id hash."""
+
+    __tablename__ = "emergency_credential"
+
+    person_id: Mapped[int] = mapped_column(
+        ForeignKey("person.id", ondelete="CASCADE"), primary_key=True
+    )
+    password_hash: Mapped[str] = mapped_column(String(255))
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ResetCode(Base):
+    """A single-use helpdesk code for setting a new emergency password, stored hashed."""
+
+    __tablename__ = "reset_code"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(255))
+    issued_by: Mapped[str] = mapped_column(String(320))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LocalAccount(Base):
+    """A staff account that lives only in the roster, to administer before any directory."""
+
+    __tablename__ = "local_account"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    session_generation: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StaffRole(Base):
+    """A role (helpdesk, admin, global admin) held by a person or a local account.
+
+    ``origin`` is ``directory:<source>`` for roles the sync maps from groups (the sync
+    owns and rewrites those) or ``local`` for roles given on the command line.
+    """
+
+    __tablename__ = "staff_role"
+    __table_args__ = (
+        UniqueConstraint("person_id", "local_account_id", "role", "domain_id", "origin"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int | None] = mapped_column(
+        ForeignKey("person.id", ondelete="CASCADE"), index=True
+    )
+    local_account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("local_account.id", ondelete="CASCADE"), index=True
+    )
+    role: Mapped[str] = mapped_column(String(32))
+    domain_id: Mapped[int | None] = mapped_column(ForeignKey("domain.id"))
+    origin: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DirectoryMark(Base):
+    """A source's incremental high-water mark on one directory server."""
+
+    __tablename__ = "directory_mark"
+    __table_args__ = (UniqueConstraint("source", "server"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    server: Mapped[str] = mapped_column(String(255))
+    mark: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SyncRun(Base):
+    """One run of the directory sync for one source, whatever its outcome."""
+
+    __tablename__ = "sync_run"
+    __table_args__ = (Index("ix_sync_run_source_started", "source", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))
+    server: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16), default="running")
+    entries_read: Mapped[int] = mapped_column(Integer, default=0)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class RunLock(Base):
+    """A lease that keeps two runs of the same job from overlapping (SQLite and PostgreSQL)."""
+
+    __tablename__ = "run_lock"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ContinuityEvent(Base):
+    """An outage of a domain's primary server, from detection to hand-back."""
+
+    __tablename__ = "continuity_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domain.id"), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditEvent(Base):
+    """Who did what, when, to whom, with the state before and after."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        Index("ix_audit_event_domain_at", "domain_id", "at"),
+        Index("ix_audit_event_person_at", "person_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(64))
+    domain_id: Mapped[int | None] = mapped_column(ForeignKey("domain.id"))
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("person.id", ondelete="SET NULL"))
+    client: Mapped[str | None] = mapped_column(String(64))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,1 @@
+"""The directory sync: read (directory), plan (pure), apply (one transaction), run."""

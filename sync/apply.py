@@ -1,0 +1,348 @@
+"""Applying: one transaction that brings the roster in line with a plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Table, and_, bindparam, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from roster.models import (
+    Alias,
+    AuditEvent,
+    CoverageEntry,
+    DirectoryMark,
+    Domain,
+    EmergencyCredential,
+    Person,
+    ResetCode,
+    StaffRole,
+    utcnow,
+)
+from sync.directory import normalise_dn
+from sync.plan import Plan, RosterPerson, Update, domain_of
+
+T = TypeVar("T")
+CHUNK = 500  # stays under every database's bound-parameter limit
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    """Slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def domain_ids(session: Session) -> dict[str, int]:
+    """Every domain of the roster, by name."""
+    return {name: id_ for id_, name in session.execute(select(Domain.id, Domain.name))}
+
+
+def _aliases_by_person(session: Session, person_ids: Iterable[int] | None) -> dict[int, list[str]]:
+    query = select(Alias.person_id, Alias.address)
+    found: dict[int, list[str]] = {}
+    if person_ids is None:
+        queries = [query]
+    else:
+        queries = [query.where(Alias.person_id.in_(part)) for part in chunks(list(person_ids))]
+    for each in queries:
+        for person_id, address in session.execute(each):
+            found.setdefault(person_id, []).append(address)
+    return found
+
+
+def _roster_people(session: Session, where: Any | None) -> list[RosterPerson]:
+    query = select(
+        Person.id,
+        Person.source,
+        Person.external_id,
+        Domain.name,
+        Person.dn,
+        Person.mail,
+        Person.display_name,
+        Person.disabled,
+        Person.removed_at,
+        Person.alternate_contact,
+    ).join(Domain, Domain.id == Person.domain_id)
+    if where is not None:
+        query = query.where(where)
+    rows = session.execute(query).all()
+    aliases = _aliases_by_person(session, None if where is None else [r[0] for r in rows])
+    return [
+        RosterPerson(
+            id=r[0],
+            source=r[1],
+            external_id=r[2],
+            domain=r[3],
+            dn=r[4],
+            mail=r[5],
+            aliases=tuple(aliases.get(r[0], ())),
+            display_name=r[6],
+            disabled=r[7],
+            removed=r[8] is not None,
+            alternate_contact=r[9],
+        )
+        for r in rows
+    ]
+
+
+def load_roster(
+    session: Session, source: str, external_ids: Sequence[str] | None, addresses: Sequence[str]
+) -> list[RosterPerson]:
+    """The roster rows a plan needs.
+
+    For a full run (``external_ids`` None): everyone. For an incremental run: only the
+    people with those stable ids and the live people holding any of ``addresses``, so the
+    cost follows the size of the change, not of the directory.
+    """
+    if external_ids is None:
+        return _roster_people(session, None)
+    ids: set[int] = set()
+    for id_part in chunks(list(external_ids)):
+        ids.update(
+            session.scalars(
+                select(Person.id).where(Person.source == source, Person.external_id.in_(id_part))
+            )
+        )
+    for part in chunks(list(addresses)):
+        ids.update(
+            session.scalars(
+                select(Person.id).where(Person.mail.in_(part), Person.removed_at.is_(None))
+            )
+        )
+        ids.update(session.scalars(select(Alias.person_id).where(Alias.address.in_(part))))
+    people: list[RosterPerson] = []
+    for number_part in chunks(sorted(ids)):
+        people.extend(_roster_people(session, Person.id.in_(number_part)))
+    return people
+
+
+def apply_plan(
+    session: Session,
+    plan: Plan,
+    domains: Mapping[str, int],
+    actor: str,
+    now: datetime | None = None,
+) -> None:
+    """Write the plan into the roster inside the caller's transaction."""
+    now = now or utcnow()
+    person = cast(Table, Person.__table__)
+
+    # Addresses change hands inside one run (a rename into an address another person
+    # just gave up, a swap): park every changing address first so the unique index on
+    # live addresses never sees two holders at once.
+    movers = [u for u in plan.updates if "mail" in u.changed or u.restored]
+    if movers:
+        session.execute(
+            update(Person)
+            .where(Person.id == bindparam("pid"))
+            .values(mail=bindparam("parked"))
+            .execution_options(synchronize_session=False),
+            [{"pid": u.person_id, "parked": f"~moving~{u.person_id}"} for u in movers],
+        )
+    alias_changes = [u.person_id for u in plan.updates if "aliases" in u.changed or u.restored]
+    removed_ids = [r.person_id for r in plan.removals]
+    for part in chunks(alias_changes + removed_ids):
+        session.execute(delete(Alias).where(Alias.person_id.in_(part)))
+
+    if plan.removals:
+        _remove(session, removed_ids, now)
+
+    if plan.updates:
+        session.execute(
+            person.update()
+            .where(person.c.id == bindparam("pid"))
+            .values(
+                mail=bindparam("mail"),
+                dn=bindparam("dn"),
+                display_name=bindparam("display_name"),
+                disabled=bindparam("disabled"),
+                alternate_contact=bindparam("alternate_contact"),
+                domain_id=bindparam("domain_id"),
+                removed_at=None,
+                updated_at=now,
+                session_generation=person.c.session_generation + bindparam("bump"),
+            ),
+            [
+                {
+                    "pid": u.person_id,
+                    "mail": u.entry.mail,
+                    "dn": u.entry.dn,
+                    "display_name": u.entry.display_name,
+                    "disabled": u.entry.disabled,
+                    "alternate_contact": u.entry.alternate_contact,
+                    "domain_id": domains[u.domain],
+                    # A disabled person's open sessions end, as do those of someone
+                    # whose address changed to one they may not have had before.
+                    "bump": 1 if (u.disabled_now or u.renamed_from) else 0,
+                }
+                for u in plan.updates
+            ],
+        )
+
+    new_ids: dict[str, int] = {}
+    if plan.creates:
+        rows = [
+            {
+                "domain_id": domains[c.domain],
+                "source": plan.source,
+                "external_id": c.entry.external_id,
+                "dn": c.entry.dn,
+                "mail": c.entry.mail,
+                "display_name": c.entry.display_name,
+                "alternate_contact": c.entry.alternate_contact,
+                "disabled": c.entry.disabled,
+                "session_generation": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for c in plan.creates
+        ]
+        for row_part in chunks(rows, 5000):
+            result = session.execute(
+                insert(Person).returning(
+                    Person.id, Person.external_id, sort_by_parameter_order=True
+                ),
+                row_part,
+            )
+            new_ids.update((external_id, id_) for id_, external_id in result)
+
+    alias_rows = [
+        {"person_id": new_ids[c.entry.external_id], "address": a}
+        for c in plan.creates
+        for a in c.entry.aliases
+    ] + [
+        {"person_id": u.person_id, "address": a}
+        for u in plan.updates
+        if "aliases" in u.changed or u.restored
+        for a in u.entry.aliases
+    ]
+    for alias_part in chunks(alias_rows, 5000):
+        session.execute(insert(Alias), alias_part)
+
+    audits = [
+        {
+            "at": now,
+            "actor": actor,
+            "action": action,
+            "person_id": u.person_id,
+            "domain_id": domains[u.domain],
+            "before": before,
+            "after": after,
+            "detail": "",
+        }
+        for u in plan.updates
+        for action, before, after in _update_audits(u.renamed_from, u)
+    ] + [
+        {
+            "at": now,
+            "actor": actor,
+            "action": "person.removed",
+            "person_id": r.person_id,
+            "domain_id": domains.get(domain_of(r.mail)),
+            "before": {"mail": r.mail},
+            "after": None,
+            "detail": "gone from the directory",
+        }
+        for r in plan.removals
+    ]
+    for audit_part in chunks(audits, 5000):
+        session.execute(insert(AuditEvent), audit_part)
+
+
+def _update_audits(renamed_from: str | None, u: Update) -> list[tuple[str, Any, Any]]:
+    """Audit entries worth keeping for one update (not every display-name change)."""
+    found: list[tuple[str, Any, Any]] = []
+    if renamed_from:
+        found.append(("person.renamed", {"mail": renamed_from}, {"mail": u.entry.mail}))
+    if u.disabled_now:
+        found.append(("person.disabled", {"disabled": False}, {"disabled": True}))
+    if u.enabled_now:
+        found.append(("person.enabled", {"disabled": True}, {"disabled": False}))
+    if u.restored:
+        found.append(("person.restored", None, {"mail": u.entry.mail}))
+    return found
+
+
+def _remove(session: Session, person_ids: list[int], now: datetime) -> None:
+    """Mark people removed: no coverage, no emergency password, no sessions, no roles."""
+    for part in chunks(person_ids):
+        session.execute(delete(CoverageEntry).where(CoverageEntry.person_id.in_(part)))
+        session.execute(delete(EmergencyCredential).where(EmergencyCredential.person_id.in_(part)))
+        session.execute(delete(ResetCode).where(ResetCode.person_id.in_(part)))
+        session.execute(delete(StaffRole).where(StaffRole.person_id.in_(part)))
+        session.execute(
+            update(Person)
+            .where(Person.id.in_(part))
+            .values(
+                removed_at=now,
+                updated_at=now,
+                session_generation=Person.session_generation + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+
+def apply_roles(
+    session: Session,
+    source: str,
+    members: Mapping[str, set[str]],
+    source_domains: Sequence[str],
+    domains: Mapping[str, int],
+) -> int:
+    """Replace the staff roles this source's groups grant; returns how many there are now.
+
+    A member of the admin (helpdesk) group administers (serves) every domain of the
+    source. Only live, enabled people of the source get a role.
+    """
+    origin = f"directory:{source}"
+    session.execute(delete(StaffRole).where(StaffRole.origin == origin))
+    if not members:
+        return 0
+    wanted = set().union(*members.values())
+    people: dict[str, int] = {}
+    query = select(Person.id, Person.dn).where(
+        and_(Person.source == source, Person.removed_at.is_(None), Person.disabled.is_(False))
+    )
+    for id_, dn in session.execute(query):
+        key = normalise_dn(dn)
+        if key in wanted:
+            people[key] = id_
+    rows = [
+        {
+            "person_id": people[dn],
+            "role": role,
+            "domain_id": domains[name],
+            "origin": origin,
+            "created_at": utcnow(),
+        }
+        for role, dns in sorted(members.items())
+        for dn in sorted(dns)
+        if dn in people
+        for name in source_domains
+        if name in domains
+    ]
+    if rows:
+        session.execute(insert(StaffRole), rows)
+    return len(rows)
+
+
+def save_mark(session: Session, source: str, server: str, mark: str) -> None:
+    """Store where the next incremental read of ``server`` for ``source`` starts."""
+    found = session.scalar(
+        select(DirectoryMark).where(DirectoryMark.source == source, DirectoryMark.server == server)
+    )
+    if found is None:
+        session.add(DirectoryMark(source=source, server=server, mark=mark, updated_at=utcnow()))
+    else:
+        found.mark, found.updated_at = mark, utcnow()
+    session.flush()
+
+
+def load_marks(session: Session, source: str) -> dict[str, str]:
+    """Every server's mark for ``source``."""
+    rows = session.execute(
+        select(DirectoryMark.server, DirectoryMark.mark).where(DirectoryMark.source == source)
+    )
+    return {server: mark for server, mark in rows}

@@ -1,0 +1,345 @@
+"""Reading the directory: paged, escaped, and a failed read is never a short directory."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import ldap3
+from ldap3.core.exceptions import LDAPException
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import parse_dn
+
+from roster.config import DirectoryConfig
+from sync.plan import DirectoryEntry
+
+AD_IN_CHAIN = "1.2.840.113556.1.4.1941"
+UAC_ACCOUNTDISABLE = 0x2
+FALSE_VALUES = frozenset({"", "0", "false", "no", "off"})
+
+
+class DirectoryReadError(Exception):
+    """The directory could not be read whole; the message says why."""
+
+
+@dataclass
+class ReadResult:
+    """What one read saw, and where the next incremental read may start."""
+
+    entries: list[DirectoryEntry]
+    server: str
+    full: bool
+    next_mark: str
+    role_members: dict[str, set[str]]
+
+
+def _tls(config: DirectoryConfig) -> ldap3.Tls | None:
+    if not (config.ca_file or config.start_tls or any(u.startswith("ldaps") for u in config.urls)):
+        return None
+    return ldap3.Tls(
+        validate=ssl.CERT_REQUIRED,
+        ca_certs_file=config.ca_file or None,
+        version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+
+
+def connect(config: DirectoryConfig) -> ldap3.Connection:
+    """Bind to the first server of the source that answers, with timeouts and TLS."""
+    tls = _tls(config)
+    servers = [
+        ldap3.Server(url, get_info=ldap3.NONE, tls=tls, connect_timeout=config.connect_timeout)
+        for url in config.urls
+    ]
+    pool = ldap3.ServerPool(servers, ldap3.FIRST, active=True, exhaust=False)
+    try:
+        connection = ldap3.Connection(
+            pool,
+            user=config.bind_dn or None,
+            password=config.bind_password or None,
+            auto_bind=ldap3.AUTO_BIND_NONE,
+            raise_exceptions=True,
+            receive_timeout=config.read_timeout,
+            auto_referrals=False,
+            read_only=True,
+        )
+        connection.open()
+        if config.start_tls:
+            connection.start_tls()
+        connection.bind()
+    except LDAPException as error:
+        raise DirectoryReadError(f"cannot connect to {', '.join(config.urls)}: {error}") from error
+    return connection
+
+
+def server_name(connection: ldap3.Connection) -> str:
+    """The URL of the server this connection talks to, for per-server marks."""
+    server = connection.server
+    scheme = "ldaps" if server.ssl else "ldap"
+    return f"{scheme}://{server.host}:{server.port}"
+
+
+def _first(values: Any) -> str:
+    if isinstance(values, list):
+        return str(values[0]) if values else ""
+    return "" if values is None else str(values)
+
+
+def _text(raw: Sequence[bytes]) -> str:
+    return raw[0].decode("utf-8", "replace") if raw else ""
+
+
+class Profile:
+    """How one source's entries turn into DirectoryEntry values."""
+
+    def __init__(self, config: DirectoryConfig) -> None:
+        self.config = config
+        self.ad = config.profile == "ad"
+        self.mark_attribute = "uSNChanged" if self.ad else "modifyTimestamp"
+        wanted = [
+            config.id_attribute,
+            config.mail_attribute,
+            config.alias_attribute,
+            config.display_name_attribute,
+            config.name_attribute,
+            config.alternate_contact_attribute,
+            config.disabled_attribute,
+            self.mark_attribute,
+        ]
+        self.attributes = list(dict.fromkeys(a for a in wanted if a))
+
+    def entry(self, dn: str, raw: dict[str, list[bytes]], disabled_dns: set[str]) -> DirectoryEntry:
+        """Normalise one search result."""
+        config = self.config
+        raw_id = raw.get(config.id_attribute) or []
+        if not raw_id:
+            external_id = ""
+        elif config.id_attribute.lower() == "objectguid" and len(raw_id[0]) == 16:
+            external_id = str(uuid.UUID(bytes_le=raw_id[0]))
+        else:
+            external_id = _text(raw_id).lower()
+        mail = _text(raw.get(config.mail_attribute, [])).strip().lower()
+        aliases: list[str] = []
+        for raw_alias in raw.get(config.alias_attribute, []) if config.alias_attribute else []:
+            alias = raw_alias.decode("utf-8", "replace").strip()
+            if config.alias_attribute.lower() == "proxyaddresses":
+                # Only secondary SMTP addresses ("smtp:"), not the primary ("SMTP:"),
+                # X400 or other types.
+                if not alias.startswith("smtp:"):
+                    continue
+                alias = alias[5:]
+            aliases.append(alias.lower())
+        display_name = _text(raw.get(config.display_name_attribute, [])) or _text(
+            raw.get(config.name_attribute, [])
+        )
+        disabled = False
+        if config.disabled_attribute:
+            value = _text(raw.get(config.disabled_attribute, [])).strip()
+            if config.disabled_attribute.lower() == "useraccountcontrol":
+                disabled = value.isdigit() and bool(int(value) & UAC_ACCOUNTDISABLE)
+            else:
+                disabled = value.lower() not in FALSE_VALUES
+        if disabled_dns and normalise_dn(dn) in disabled_dns:
+            disabled = True
+        alternate = ""
+        if config.alternate_contact_attribute:
+            alternate = _text(raw.get(config.alternate_contact_attribute, [])).strip().lower()
+        return DirectoryEntry(
+            external_id=external_id,
+            dn=dn,
+            mail=mail,
+            aliases=tuple(aliases),
+            display_name=display_name.strip(),
+            disabled=disabled,
+            alternate_contact=alternate or None,
+        )
+
+
+def normalise_dn(dn: str) -> str:
+    """A DN in a form that compares equal however a server spells it."""
+    try:
+        parts = parse_dn(dn, escape=False, strip=True)
+    except LDAPException:
+        return dn.lower()
+    return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _ in parts)
+
+
+def user_filter(config: DirectoryConfig, extra: str = "") -> str:
+    """The filter for the people of a source, narrowed to the scope group if any."""
+    parts = [config.user_filter]
+    if config.scope_group and config.profile == "ad":
+        parts.append(f"(memberOf:{AD_IN_CHAIN}:={escape_filter_chars(config.scope_group)})")
+    if extra:
+        parts.append(extra)
+    return parts[0] if len(parts) == 1 else "(&" + "".join(parts) + ")"
+
+
+def paged(
+    connection: ldap3.Connection,
+    config: DirectoryConfig,
+    search_filter: str,
+    attributes: list[str],
+) -> Iterator[tuple[str, dict[str, list[bytes]]]]:
+    """Every entry matching ``search_filter`` under the base DN, page by page.
+
+    Any error (size or time limit, referral, dropped connection) raises
+    DirectoryReadError: a partial read must never look like a small directory.
+    """
+    try:
+        results = connection.extend.standard.paged_search(
+            search_base=config.base_dn,
+            search_filter=search_filter,
+            search_scope=ldap3.SUBTREE,
+            attributes=attributes,
+            paged_size=config.page_size,
+            generator=True,
+        )
+        for item in results:
+            if item.get("type") != "searchResEntry":
+                continue  # continuation references point at other naming contexts
+            yield item["dn"], item["raw_attributes"]
+        result = connection.result or {}
+        if result.get("result", 0) != 0:
+            raise DirectoryReadError(
+                f"search ended with {result.get('description')}: {result.get('message')}"
+            )
+    except LDAPException as error:
+        raise DirectoryReadError(
+            f"directory read failed: {type(error).__name__}: {error}"
+        ) from error
+
+
+def group_members(connection: ldap3.Connection, config: DirectoryConfig, group_dn: str) -> set[str]:
+    """Normalised DNs of everyone in ``group_dn``, following nested groups."""
+    if config.profile == "ad":
+        found = set()
+        for dn, _ in paged(
+            connection,
+            config,
+            f"(&{config.user_filter}(memberOf:{AD_IN_CHAIN}:={escape_filter_chars(group_dn)}))",
+            ["1.1"],
+        ):
+            found.add(normalise_dn(dn))
+        return found
+    member = config.member_attribute
+    groups: dict[str, list[str]] = {}
+    for dn, raw in paged(connection, config, f"({member}=*)", [member]):
+        groups[normalise_dn(dn)] = [
+            normalise_dn(v.decode("utf-8", "replace")) for v in raw.get(member, [])
+        ]
+    found, todo, visited = set(), [normalise_dn(group_dn)], set()
+    while todo:
+        current = todo.pop()
+        if current in visited:
+            continue
+        visited.add(current)
+        for dn in groups.get(current, []):
+            if dn in groups:
+                todo.append(dn)
+            else:
+                found.add(dn)
+    return found
+
+
+def openldap_mark(timestamp: str) -> datetime | None:
+    """Parse a generalizedTime such as 20261126193000Z (fractions allowed)."""
+    text = timestamp.strip().rstrip("Z")
+    try:
+        return datetime.strptime(text[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def generalized_time(moment: datetime) -> str:
+    """Format a UTC moment as an LDAP generalizedTime."""
+    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%SZ")
+
+
+def highest_usn(connection: ldap3.Connection) -> int:
+    """The AD server's highestCommittedUSN from its rootDSE."""
+    try:
+        connection.search("", "(objectClass=*)", ldap3.BASE, attributes=["highestCommittedUSN"])
+        values = (connection.response or [{}])[0]["raw_attributes"]["highestCommittedUSN"]
+        return int(values[0])
+    except (LDAPException, IndexError, KeyError, ValueError) as error:
+        raise DirectoryReadError(f"cannot read highestCommittedUSN: {error}") from error
+
+
+def read_directory(
+    config: DirectoryConfig,
+    marks: Mapping[str, str] | None,
+    progress: Callable[[int], None] | None = None,
+    started: datetime | None = None,
+) -> ReadResult:
+    """Read the people of one source: all of them, or only what changed since the last run.
+
+    ``marks`` maps each server to the mark an earlier read of it returned; None asks for
+    a full read. Marks are per server (AD's USNs are), so when the answering server has
+    no mark yet the read is full.
+    """
+    started = started or datetime.now(UTC)
+    connection = connect(config)
+    try:
+        server = server_name(connection)
+        since = marks.get(server) if marks is not None else None
+        profile = Profile(config)
+        extra = ""
+        if since and profile.ad:
+            extra = f"(uSNChanged>={int(since) + 1})"
+        elif since:
+            extra = f"(modifyTimestamp>={escape_filter_chars(since)})"
+        next_usn = highest_usn(connection) if profile.ad else None
+
+        scope: set[str] | None = None
+        if config.scope_group and not profile.ad:
+            scope = group_members(connection, config, config.scope_group)
+        disabled_dns: set[str] = set()
+        if config.disabled_filter:
+            for dn, _ in paged(
+                connection, config, user_filter(config, config.disabled_filter), ["1.1"]
+            ):
+                disabled_dns.add(normalise_dn(dn))
+
+        entries: list[DirectoryEntry] = []
+        newest = ""
+        read = 0
+        search = user_filter(config, extra)
+        for dn, raw in paged(connection, config, search, profile.attributes):
+            read += 1
+            if progress and read % config.page_size == 0:
+                progress(read)
+            if scope is not None and normalise_dn(dn) not in scope:
+                continue
+            entries.append(profile.entry(dn, raw, disabled_dns))
+            if not profile.ad:
+                # generalizedTime strings of one server share a format, so they sort
+                # as text; parsing 100,000 of them would cost more than the read.
+                stamp = _text(raw.get("modifyTimestamp", []))
+                if stamp > newest:
+                    newest = stamp
+        if progress:
+            progress(read)
+
+        role_members = {}
+        for role, group in (("admin", config.admin_group), ("helpdesk", config.helpdesk_group)):
+            if group:
+                role_members[role] = group_members(connection, config, group)
+    finally:
+        with contextlib.suppress(LDAPException):
+            connection.unbind()
+
+    if profile.ad:
+        next_mark = str(next_usn)
+    else:
+        # The next read starts no later than this run did (less the allowed clock skew),
+        # so changes made while this run was reading are read again, not missed.
+        floor = started - timedelta(seconds=config.clock_skew_seconds)
+        newest_seen = openldap_mark(newest) if newest else None
+        if newest_seen is not None:
+            floor = min(floor, newest_seen + timedelta(seconds=1))
+        next_mark = generalized_time(floor)
+    return ReadResult(entries, server, since is None, next_mark, role_members)

@@ -1,0 +1,228 @@
+"""One sync run: choose the mode, read, plan, guard, apply in one transaction, record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from roster.config import Config, DirectoryConfig
+from roster.db import session_factory, transaction
+from roster.locks import Lease, lease
+from roster.logs import log_event
+from roster.models import SyncRun, utcnow
+from sync.apply import apply_plan, apply_roles, domain_ids, load_marks, load_roster, save_mark
+from sync.directory import DirectoryReadError, read_directory
+from sync.plan import FULL, INCREMENTAL, Plan, plan_sync
+
+log = logging.getLogger("continuity.sync")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_GUARD = 3
+EXIT_LOCKED = 75
+
+SUCCESS = "success"
+FAILED = "failed"
+GUARD = "guard"
+DRY_RUN = "dry-run"
+
+
+class GuardTripped(Exception):
+    """The run would do something a healthy directory never asks for."""
+
+
+@dataclass
+class RunReport:
+    """What one source's run did, for the summary line, --json and the exit status."""
+
+    source: str
+    mode: str
+    outcome: str
+    entries_read: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+    plan: Plan | None = None
+    server: str | None = None
+
+    @property
+    def exit_status(self) -> int:
+        """The process exit status this outcome calls for."""
+        return {SUCCESS: EXIT_OK, DRY_RUN: EXIT_OK, GUARD: EXIT_GUARD}.get(
+            self.outcome, EXIT_FAILED
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "source": self.source,
+            "mode": self.mode,
+            "outcome": self.outcome,
+            "server": self.server,
+            "entries_read": self.entries_read,
+            "counts": self.counts,
+            "duration_seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
+
+
+@dataclass
+class SyncOptions:
+    """How a run was asked to behave (the command line's flags)."""
+
+    full: bool = False
+    dry_run: bool = False
+    allow_mass_removal: bool = False
+    progress: Callable[[str, int], None] | None = None
+
+
+def _choose_mode(session: Session, source: DirectoryConfig, full: bool) -> dict[str, str] | None:
+    """None for a full read, else the per-server marks for an incremental one."""
+    if full:
+        return None
+    last_full = session.scalar(
+        select(func.max(SyncRun.started_at)).where(
+            SyncRun.source == source.name, SyncRun.mode == FULL, SyncRun.outcome == SUCCESS
+        )
+    )
+    if last_full is None:
+        return None
+    if utcnow() - last_full > timedelta(hours=source.full_sync_interval_hours):
+        return None
+    return load_marks(session, source.name) or None
+
+
+def _guard(plan: Plan, entries_read: int, source: DirectoryConfig, allow_mass: bool) -> None:
+    """Raise GuardTripped when the plan looks like a broken directory, not a real change."""
+    if plan.mode != FULL:
+        return
+    if entries_read == 0 and plan.live_in_source:
+        raise GuardTripped(
+            f"the directory returned no entries but the roster holds {plan.live_in_source}"
+            " people of this source; check base_dn and user_filter"
+        )
+    share = plan.removal_share()
+    if share > source.max_removal_share and not allow_mass:
+        raise GuardTripped(
+            f"the run would remove {len(plan.removals)} of {plan.live_in_source} people"
+            f" ({share:.0%}, limit {source.max_removal_share:.0%});"
+            " run again with --allow-mass-removal if that is right"
+        )
+
+
+def sync_source(
+    engine: Engine,
+    factory: sessionmaker[Session],
+    source: DirectoryConfig,
+    options: SyncOptions,
+    held: Lease | None = None,
+) -> RunReport:
+    """Run the sync for one source and record it; never raises for a failed run."""
+    clock = time.monotonic()
+    started = utcnow()
+    with factory() as session:
+        marks = _choose_mode(session, source, options.full)
+    mode = FULL if marks is None else INCREMENTAL
+    run_id = None
+    if not options.dry_run:
+        with transaction(factory, writing=True) as session:
+            run = SyncRun(source=source.name, mode=mode, started_at=started)
+            session.add(run)
+            session.flush()
+            run_id = run.id
+    report = RunReport(source=source.name, mode=mode, outcome=FAILED)
+    last_renew = [time.monotonic()]
+
+    def progress(read: int) -> None:
+        if options.progress:
+            options.progress(source.name, read)
+        if held is not None and time.monotonic() - last_renew[0] > 30:
+            held.renew()
+            last_renew[0] = time.monotonic()
+
+    try:
+        result = read_directory(source, marks, progress, started=started)
+        report.mode = mode = FULL if result.full else INCREMENTAL
+        report.server = result.server
+        report.entries_read = len(result.entries)
+        with transaction(factory, writing=not options.dry_run) as session:
+            domains = domain_ids(session)
+            external_ids = None if mode == FULL else [e.external_id for e in result.entries]
+            addresses = [a for e in result.entries for a in (e.mail, *e.aliases)]
+            roster = load_roster(session, source.name, external_ids, addresses)
+            plan = plan_sync(source.name, mode, result.entries, roster, domains)
+            report.plan = plan
+            report.counts = plan.counts()
+            _guard(plan, report.entries_read, source, options.allow_mass_removal)
+            if options.dry_run:
+                report.outcome = DRY_RUN
+                session.rollback()
+            else:
+                apply_plan(session, plan, domains, actor=f"sync:{source.name}")
+                report.counts["staff_roles"] = apply_roles(
+                    session, source.name, result.role_members, source.domains, domains
+                )
+                save_mark(session, source.name, result.server, result.next_mark)
+                report.outcome = SUCCESS
+                _finish(session, run_id, report, clock)
+    except GuardTripped as error:
+        report.outcome, report.error = GUARD, str(error)
+    except DirectoryReadError as error:
+        report.error = str(error)
+    except Exception as error:  # noqa: BLE001 - any failure is recorded, then reported
+        log.exception("sync failed")
+        report.error = f"{type(error).__name__}: {error}"
+    report.seconds = time.monotonic() - clock
+    if report.outcome != SUCCESS and run_id is not None:
+        with transaction(factory) as session:
+            _finish(session, run_id, report, clock)
+    level = logging.INFO if report.outcome in (SUCCESS, DRY_RUN) else logging.ERROR
+    log_event(
+        log,
+        level,
+        "sync.run",
+        source=source.name,
+        mode=report.mode,
+        outcome=report.outcome,
+        read=report.entries_read,
+        error=report.error,
+        **{k: v for k, v in report.counts.items() if v},
+    )
+    return report
+
+
+def _finish(session: Session, run_id: int | None, report: RunReport, clock: float) -> None:
+    """Write the outcome into the run's record."""
+    run = session.get(SyncRun, run_id) if run_id is not None else None
+    if run is None:
+        return
+    run.mode = report.mode
+    run.server = report.server
+    run.finished_at = utcnow()
+    run.outcome = report.outcome
+    run.entries_read = report.entries_read
+    run.counts = dict(report.counts)
+    run.error = report.error
+    report.seconds = time.monotonic() - clock
+
+
+def run_sync(
+    config: Config, engine: Engine, options: SyncOptions, only: str | None = None
+) -> list[RunReport]:
+    """Sync every configured source (or only one), holding the sync lock throughout.
+
+    Raises roster.locks.LockHeld when another run is going; a dry run takes no lock.
+    """
+    factory = session_factory(engine)
+    sources = [config.directory(only)] if only else list(config.directories)
+    if options.dry_run:
+        return [sync_source(engine, factory, s, options) for s in sources]
+    with lease(engine, "sync", config.sync_lock_seconds) as held:
+        return [sync_source(engine, factory, s, options, held) for s in sources]

@@ -52,6 +52,12 @@ class State:
                 fail(f"configuration error: {error}", EXIT_USAGE)
         return self._config
 
+    def close(self) -> None:
+        """Give back the database connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
     @property
     def engine(self) -> Engine:
         """The roster database engine."""
@@ -115,6 +121,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
         stream=sys.stderr,
     )
     ctx.obj = State(config_path, verbose)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @cli.group()

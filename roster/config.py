@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATABASE_URL = "sqlite:///var/lib/continuity/roster.db"
+DEFAULT_DATABASE_URL = "sqlite:////var/lib/continuity/roster.db"
 SECRET_KEYS = frozenset({"bind_password", "master_password", "secret_key", "password"})
 
 PROFILE_ATTRIBUTES: dict[str, dict[str, str]] = {

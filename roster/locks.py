@@ -8,6 +8,7 @@ gone from this host, a conditional UPDATE that only one run can win.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,12 +29,16 @@ class LockHeld(Exception):
 
 
 def _holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid:token; the token tells apart two leases taken by one process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def _process_gone(holder: str) -> bool:
     """True when ``holder`` names a process of this host that no longer exists."""
-    host, _, pid = holder.rpartition(":")
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3:
+        return False
+    host, pid, _token = parts
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:

@@ -135,10 +135,7 @@ def apply_plan(
     movers = [u for u in plan.updates if "mail" in u.changed or u.restored]
     if movers:
         session.execute(
-            update(Person)
-            .where(Person.id == bindparam("pid"))
-            .values(mail=bindparam("parked"))
-            .execution_options(synchronize_session=False),
+            person.update().where(person.c.id == bindparam("pid")).values(mail=bindparam("parked")),
             [{"pid": u.person_id, "parked": f"~moving~{u.person_id}"} for u in movers],
         )
     alias_changes = [u.person_id for u in plan.updates if "aliases" in u.changed or u.restored]

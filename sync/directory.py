@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import ssl
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -13,7 +14,7 @@ from typing import Any
 import ldap3
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import parse_dn
+from ldap3.utils.dn import escape_rdn, parse_dn
 
 from roster.config import DirectoryConfig
 from sync.plan import DirectoryEntry
@@ -55,7 +56,9 @@ def connect(config: DirectoryConfig) -> ldap3.Connection:
         ldap3.Server(url, get_info=ldap3.NONE, tls=tls, connect_timeout=config.connect_timeout)
         for url in config.urls
     ]
-    pool = ldap3.ServerPool(servers, ldap3.FIRST, active=True, exhaust=False)
+    # active=1: try each server once, then fail; True would retry forever. (The stubs
+    # say bool, ldap3 takes a number of rounds.)
+    pool = ldap3.ServerPool(servers, ldap3.FIRST, active=1, exhaust=False)  # type: ignore[arg-type]
     try:
         connection = ldap3.Connection(
             pool,
@@ -63,7 +66,7 @@ def connect(config: DirectoryConfig) -> ldap3.Connection:
             password=config.bind_password or None,
             auto_bind=ldap3.AUTO_BIND_NONE,
             raise_exceptions=True,
-            receive_timeout=config.read_timeout,
+            receive_timeout=max(1, math.ceil(config.read_timeout)),
             auto_referrals=False,
             read_only=True,
         )
@@ -89,8 +92,16 @@ def _first(values: Any) -> str:
     return "" if values is None else str(values)
 
 
+_CONTROL = {c: None for c in range(32) if c != 9} | {127: None}
+
+
 def _text(raw: Sequence[bytes]) -> str:
-    return raw[0].decode("utf-8", "replace") if raw else ""
+    """The first value as text. Control characters (NUL above all: PostgreSQL refuses it
+    in text) are dropped; a name or address is never meant to hold them."""
+    if not raw:
+        return ""
+    text = raw[0].decode("utf-8", "replace")
+    return text.translate(_CONTROL) if not text.isprintable() else text
 
 
 class Profile:
@@ -159,13 +170,37 @@ class Profile:
         )
 
 
+def _unescape_dn_value(value: str) -> str:
+    """Undo RFC 4514 escapes: ``\\,`` and friends, and ``\\XX`` hex (UTF-8) pairs."""
+    if "\\" not in value:
+        return value
+    out = bytearray()
+    index = 0
+    while index < len(value):
+        char = value[index]
+        if char == "\\" and index + 1 < len(value):
+            pair = value[index + 1 : index + 3]
+            if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):
+                out.append(int(pair, 16))
+                index += 3
+                continue
+            char = value[index + 1]
+            index += 1
+        out.extend(char.encode("utf-8"))
+        index += 1
+    return out.decode("utf-8", "replace")
+
+
 def normalise_dn(dn: str) -> str:
-    """A DN in a form that compares equal however a server spells it."""
+    """A DN in one canonical spelling, so that ``\\5C`` and ``\\\\`` compare equal."""
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except LDAPException:
         return dn.lower()
-    return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _ in parts)
+    return "".join(
+        f"{attr.lower()}={escape_rdn(_unescape_dn_value(value).lower())}{separator}"
+        for attr, value, separator in parts
+    )
 
 
 def user_filter(config: DirectoryConfig, extra: str = "") -> str:

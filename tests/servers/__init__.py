@@ -1,0 +1,1 @@
+"""Real directory servers (OpenLDAP slapd, Samba AD DC) started on loopback for tests."""

@@ -34,6 +34,18 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+def _batches(rows: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of at most ``size`` items drawn from ``rows`` as they come."""
+    batch: list[T] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def domain_ids(session: Session) -> dict[str, int]:
     """Every domain of the roster, by name."""
     return {name: id_ for id_, name in session.execute(select(Domain.id, Domain.name))}
@@ -53,34 +65,44 @@ def _aliases_by_person(session: Session, person_ids: Iterable[int] | None) -> di
 
 
 def _roster_people(session: Session, where: Any | None) -> list[RosterPerson]:
+    """RosterPerson values for the people matching ``where`` (everyone when None).
+
+    Rows are streamed and repeated strings (source, domain) shared, so that holding the
+    whole roster of a large directory costs as little memory as it can.
+    """
+    names = {id_: name for name, id_ in domain_ids(session).items()}
+    sources: dict[str, str] = {}
     query = select(
         Person.id,
         Person.source,
         Person.external_id,
-        Domain.name,
+        Person.domain_id,
         Person.dn,
         Person.mail,
         Person.display_name,
         Person.disabled,
-        Person.removed_at,
+        Person.removed_at.is_not(None),
         Person.alternate_contact,
-    ).join(Domain, Domain.id == Person.domain_id)
+    )
     if where is not None:
         query = query.where(where)
-    rows = session.execute(query).all()
-    aliases = _aliases_by_person(session, None if where is None else [r[0] for r in rows])
+        rows: Iterable[Any] = session.execute(query).all()
+        aliases = _aliases_by_person(session, [r[0] for r in rows])
+    else:
+        aliases = _aliases_by_person(session, None)
+        rows = session.execute(query.execution_options(yield_per=5000))
     return [
         RosterPerson(
             id=r[0],
-            source=r[1],
+            source=sources.setdefault(r[1], r[1]),
             external_id=r[2],
-            domain=r[3],
+            domain=names[r[3]],
             dn=r[4],
             mail=r[5],
             aliases=tuple(aliases.get(r[0], ())),
             display_name=r[6],
-            disabled=r[7],
-            removed=r[8] is not None,
+            disabled=bool(r[7]),
+            removed=bool(r[8]),
             alternate_contact=r[9],
         )
         for r in rows
@@ -146,68 +168,73 @@ def apply_plan(
     if plan.removals:
         _remove(session, removed_ids, now)
 
-    if plan.updates:
-        session.execute(
-            person.update()
-            .where(person.c.id == bindparam("pid"))
-            .values(
-                mail=bindparam("mail"),
-                dn=bindparam("dn"),
-                display_name=bindparam("display_name"),
-                disabled=bindparam("disabled"),
-                alternate_contact=bindparam("alternate_contact"),
-                domain_id=bindparam("domain_id"),
-                removed_at=None,
-                updated_at=now,
-                session_generation=person.c.session_generation + bindparam("bump"),
-            ),
-            [
-                {
-                    "pid": u.person_id,
-                    "mail": u.entry.mail,
-                    "dn": u.entry.dn,
-                    "display_name": u.entry.display_name,
-                    "disabled": u.entry.disabled,
-                    "alternate_contact": u.entry.alternate_contact,
-                    "domain_id": domains[u.domain],
-                    # A disabled person's open sessions end, as do those of someone
-                    # whose address changed to one they may not have had before.
-                    "bump": 1 if (u.disabled_now or u.renamed_from) else 0,
-                }
-                for u in plan.updates
-            ],
+    update_statement = (
+        person.update()
+        .where(person.c.id == bindparam("pid"))
+        .values(
+            mail=bindparam("mail"),
+            dn=bindparam("dn"),
+            display_name=bindparam("display_name"),
+            disabled=bindparam("disabled"),
+            alternate_contact=bindparam("alternate_contact"),
+            domain_id=bindparam("domain_id"),
+            removed_at=None,
+            updated_at=now,
+            session_generation=person.c.session_generation + bindparam("bump"),
         )
+    )
+    update_rows = (
+        {
+            "pid": u.person_id,
+            "mail": u.entry.mail,
+            "dn": u.entry.dn,
+            "display_name": u.entry.display_name,
+            "disabled": u.entry.disabled,
+            "alternate_contact": u.entry.alternate_contact,
+            "domain_id": domains[u.domain],
+            # A disabled person's open sessions end, as do those of someone whose
+            # address changed to one they may not have had before.
+            "bump": 1 if (u.disabled_now or u.renamed_from) else 0,
+        }
+        for u in plan.updates
+    )
+    for update_part in _batches(update_rows, 5000):
+        session.execute(update_statement, update_part)
 
+    # Plain executemany INSERTs, built a chunk at a time: RETURNING per row and a list of
+    # 100,000 row dicts both cost more than the whole rest of the write.
+    created_rows = (
+        {
+            "domain_id": domains[c.domain],
+            "source": plan.source,
+            "external_id": c.entry.external_id,
+            "dn": c.entry.dn,
+            "mail": c.entry.mail,
+            "display_name": c.entry.display_name,
+            "alternate_contact": c.entry.alternate_contact,
+            "disabled": c.entry.disabled,
+            "session_generation": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for c in plan.creates
+    )
+    for row_part in _batches(created_rows, 5000):
+        session.execute(person.insert(), row_part)
+
+    with_aliases = [c for c in plan.creates if c.entry.aliases]
     new_ids: dict[str, int] = {}
-    if plan.creates:
-        rows = [
-            {
-                "domain_id": domains[c.domain],
-                "source": plan.source,
-                "external_id": c.entry.external_id,
-                "dn": c.entry.dn,
-                "mail": c.entry.mail,
-                "display_name": c.entry.display_name,
-                "alternate_contact": c.entry.alternate_contact,
-                "disabled": c.entry.disabled,
-                "session_generation": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for c in plan.creates
-        ]
-        for row_part in chunks(rows, 5000):
-            result = session.execute(
-                insert(Person).returning(
-                    Person.id, Person.external_id, sort_by_parameter_order=True
-                ),
-                row_part,
+    for create_part in chunks(with_aliases):
+        found = session.execute(
+            select(Person.external_id, Person.id).where(
+                Person.source == plan.source,
+                Person.external_id.in_([c.entry.external_id for c in create_part]),
             )
-            new_ids.update((external_id, id_) for id_, external_id in result)
-
+        )
+        new_ids.update((external_id, id_) for external_id, id_ in found)
     alias_rows = [
         {"person_id": new_ids[c.entry.external_id], "address": a}
-        for c in plan.creates
+        for c in with_aliases
         for a in c.entry.aliases
     ] + [
         {"person_id": u.person_id, "address": a}
@@ -215,8 +242,9 @@ def apply_plan(
         if "aliases" in u.changed or u.restored
         for a in u.entry.aliases
     ]
+    alias_table = cast(Table, Alias.__table__)
     for alias_part in chunks(alias_rows, 5000):
-        session.execute(insert(Alias), alias_part)
+        session.execute(alias_table.insert(), alias_part)
 
     audits = [
         {
@@ -245,7 +273,7 @@ def apply_plan(
         for r in plan.removals
     ]
     for audit_part in chunks(audits, 5000):
-        session.execute(insert(AuditEvent), audit_part)
+        session.execute(cast(Table, AuditEvent.__table__).insert(), audit_part)
 
 
 def _update_audits(renamed_from: str | None, u: Update) -> list[tuple[str, Any, Any]]:

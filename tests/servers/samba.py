@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -21,7 +22,13 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
-from tests.servers.slapd import ClosingConnection, bound_connection, close_connection, log_tail
+from tests.servers.slapd import (
+    ClosingConnection,
+    bound_connection,
+    close_connection,
+    die_with_parent,
+    log_tail,
+)
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
@@ -36,9 +43,13 @@ class SambaError(RuntimeError):
 def _listening(host: str, port: int) -> bool:
     """Whether something accepts TCP connections on ``host``:``port``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex((host, port)) == 0
+    except OSError:
+        # A machine without IPv6 has nothing listening on ::1.
+        return False
 
 
 def _process_group(pgid: int) -> list[int]:
@@ -75,12 +86,30 @@ class SambaDC:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        # Four character classes and no part of the account name meet AD's complexity rule.
-        self.admin_password = f"Ct1!{secrets.token_urlsafe(15)}"
         self.config_file = workdir / "etc" / "smb.conf"
+        # A domain provisioned earlier into the same directory keeps its password.
+        self._password_file = workdir / "admin-password"
+        if self._password_file.exists():
+            self.admin_password = self._password_file.read_text().strip()
+        else:
+            # Four character classes and no part of the account name meet AD's complexity rule.
+            self.admin_password = f"Ct1!{secrets.token_urlsafe(15)}"
         self.log_file = workdir / "samba.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        """Why a Samba DC cannot start on this machine now (for a skip), or None if it can."""
+        if os.geteuid() != 0:
+            return "a Samba DC needs root (it listens on port 389)"
+        missing = [tool for tool in ("samba", "samba-tool") if shutil.which(tool) is None]
+        if missing:
+            return f"{' and '.join(missing)} not installed (Debian package samba-ad-dc)"
+        for host in ("127.0.0.1", "::1"):
+            if _listening(host, LDAP_PORT):
+                return f"something already listens on [{host}]:{LDAP_PORT}"
+        return None
 
     @property
     def provisioned(self) -> bool:
@@ -96,12 +125,11 @@ class SambaDC:
         """Provision (once), start samba and wait until an Administrator bind works."""
         if self.running:
             raise SambaError("this Samba DC is already running")
-        for host in ("127.0.0.1", "::1"):
-            if _listening(host, LDAP_PORT):
-                raise SambaError(
-                    f"something already listens on [{host}]:{LDAP_PORT}; only one Samba DC "
-                    "can run at a time (is another test's DC or a system slapd still up?)"
-                )
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise SambaError(
+                f"cannot start a Samba DC: {reason}; only one can run at a time on a machine"
+            )
         if not self.provisioned:
             self._provision()
         self._launch()
@@ -228,7 +256,7 @@ class SambaDC:
         """The rootDSE highestCommittedUSN: every later change gets a higher uSNChanged."""
         with self.connection() as conn:
             conn.search("", "(objectClass=*)", ldap3.BASE, attributes=["highestCommittedUSN"])
-            value = conn.response[0]["attributes"]["highestCommittedUSN"]
+            value = (conn.response or [{}])[0]["attributes"]["highestCommittedUSN"]
         return int(value[0] if isinstance(value, list) else value)
 
     def __enter__(self) -> SambaDC:
@@ -260,7 +288,8 @@ class SambaDC:
             f"(sAMAccountName={escape_filter_chars(sam_account_name)})",
             attributes=["1.1"],
         )
-        found = [entry["dn"] for entry in conn.response if entry["type"] == "searchResEntry"]
+        response = conn.response or []
+        found = [entry["dn"] for entry in response if entry["type"] == "searchResEntry"]
         if len(found) != 1:
             raise SambaError(f"{len(found)} objects have sAMAccountName {sam_account_name!r}")
         dn: str = found[0]
@@ -290,6 +319,8 @@ class SambaDC:
     def _provision(self) -> None:
         """Provision the domain and set the [global] options the tests rely on."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._password_file.write_text(self.admin_password + "\n")
+        self._password_file.chmod(0o600)
         result = subprocess.run(
             [
                 "samba-tool",
@@ -320,8 +351,8 @@ class SambaDC:
         run_dir = self.workdir / "run"
         run_dir.mkdir(exist_ok=True)
         (self.workdir / "log").mkdir(exist_ok=True)
-        # The provision step drops these: ldap alone starts fastest, simple binds without
-        # TLS are what the tests use, and pid/log files must stay inside the temp dir.
+        # Provision writes the full service list and system pid/log paths: LDAP alone starts
+        # fastest, the tests bind simply without TLS, and every file must stay in workdir.
         options = {
             "server services": "ldap",
             "ldap server require strong auth": "no",
@@ -330,7 +361,9 @@ class SambaDC:
         }
         text = self.config_file.read_text()
         for name, value in options.items():
-            pattern = re.compile(rf"^\s*{re.escape(name)}\s*=.*$", re.MULTILINE | re.IGNORECASE)
+            pattern = re.compile(
+                rf"^[ \t]*{re.escape(name)}[ \t]*=.*\n", re.MULTILINE | re.IGNORECASE
+            )
             text = pattern.sub("", text)
             text = text.replace("[global]\n", f"[global]\n\t{name} = {value}\n", 1)
         self.config_file.write_text(text)
@@ -344,6 +377,7 @@ class SambaDC:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT
         last_error = "no attempt"

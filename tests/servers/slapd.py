@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import os
 import re
 import secrets
@@ -50,6 +51,7 @@ objectclass ( 1.3.6.1.4.1.99999.1.2.1
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 LOG_TAIL_LINES = 30
+PR_SET_PDEATHSIG = 1
 _HEX_PAIR = re.compile(r"[0-9A-Fa-f]{2}")
 
 
@@ -199,6 +201,15 @@ def close_connection(conn: ldap3.Connection) -> None:
         conn.socket = None
 
 
+def die_with_parent() -> None:
+    """In a child before exec: have the kernel SIGTERM it when the process that forked it dies."""
+    # A test run killed outright (SIGKILL, pytest-timeout's thread method) runs no teardown;
+    # without this its servers would keep their ports, and Samba's fixed 389, for good.
+    # The kernel watches the forking thread, so start servers from a long-lived thread.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _run(command: list[str], what: str) -> None:
     """Run a short command; raise SlapdError with its output if it fails."""
     result = subprocess.run(
@@ -320,8 +331,6 @@ class Slapd:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=STOP_TIMEOUT)
-        elif process is not None:
-            process.wait()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -415,15 +424,16 @@ class Slapd:
         self.pid_file.unlink(missing_ok=True)
         self._log = self.log_file.open("ab")
         log_start = self._log.tell()
-        # "-d none" keeps slapd in the foreground, so it stays our child and is reaped by
-        # wait() (a daemonised slapd becomes a zombie here, where PID 1 does not reap), and
-        # still prints configuration and bind errors to the log.
+        # "-d none" keeps slapd in the foreground as our child, so stop() can wait() for it;
+        # a daemonised slapd is reparented to PID 1, which here reaps it only lazily, so it
+        # lingers as a zombie. The flag still lets configuration and bind errors reach the log.
         self._process = subprocess.Popen(
             ["slapd", "-f", str(self.config_file), "-h", urls, "-d", "none"],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT
         last_error = "no attempt"

@@ -349,7 +349,7 @@ def highest_usn(connection: ldap3.Connection) -> int:
     """The AD server's highestCommittedUSN from its rootDSE."""
     try:
         connection.search("", "(objectClass=*)", ldap3.BASE, attributes=["highestCommittedUSN"])
-        values = (connection.response or [{}])[0]["raw_attributes"]["highestCommittedUSN"]
+        values = (connection.response or [{}])[0]["raw_attributes"]["highestcommittedusn"]
         return int(values[0])
     except (LDAPException, IndexError, KeyError, ValueError) as error:
         raise DirectoryReadError(f"cannot read highestCommittedUSN: {error}") from error

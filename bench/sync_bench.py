@@ -164,8 +164,8 @@ def main() -> None:
     if args.phase == "sync":
         return sync(args.config, *(["--full"] if args.full else []))
 
+    from continuity.localslapd import Slapd
     from roster.db import make_engine, upgrade
-    from tests.servers.slapd import Slapd
 
     with tempfile.TemporaryDirectory(prefix="continuity-bench-") as tmp:
         workdir = Path(tmp)

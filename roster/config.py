@@ -77,6 +77,7 @@ class DirectoryConfig:
     disabled_filter: str = ""
     member_attribute: str = ""
     scope_group: str = ""
+    group_base_dn: str = ""
     admin_group: str = ""
     helpdesk_group: str = ""
     max_removal_share: float = 0.10
@@ -185,6 +186,7 @@ _DIRECTORY_FIELDS: dict[str, type] = {
     "disabled_filter": str,
     "member_attribute": str,
     "scope_group": str,
+    "group_base_dn": str,
     "admin_group": str,
     "helpdesk_group": str,
     "max_removal_share": float,

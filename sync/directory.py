@@ -269,6 +269,7 @@ def paged(
     config: DirectoryConfig,
     search_filter: str,
     attributes: list[str],
+    base: str | None = None,
 ) -> Iterator[tuple[str, dict[str, list[bytes]]]]:
     """Every entry matching ``search_filter`` under the base DN, page by page.
 
@@ -277,7 +278,7 @@ def paged(
     """
     try:
         results = connection.extend.standard.paged_search(
-            search_base=config.base_dn,
+            search_base=base or config.base_dn,
             search_filter=search_filter,
             search_scope=ldap3.SUBTREE,
             attributes=attributes,
@@ -313,7 +314,8 @@ def group_members(connection: ldap3.Connection, config: DirectoryConfig, group_d
         return found
     member = config.member_attribute
     groups: dict[str, list[str]] = {}
-    for dn, raw in paged(connection, config, f"({member}=*)", [member]):
+    base = config.group_base_dn or config.base_dn
+    for dn, raw in paged(connection, config, f"({member}=*)", [member], base=base):
         groups[normalise_dn(dn)] = [
             normalise_dn(v.decode("utf-8", "replace")) for v in raw.get(member.lower(), ())
         ]

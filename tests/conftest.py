@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from continuity.localslapd import Slapd
 from roster.db import make_engine, upgrade
 from roster.models import Base
 from tests.directory import DirectoryTree
-from tests.servers.slapd import Slapd
 
 POSTGRES_URL = os.environ.get("CONTINUITY_TEST_DATABASE_URL", "")
 DATABASES = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])

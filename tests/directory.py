@@ -13,7 +13,7 @@ import ldap3
 from click.testing import CliRunner, Result
 
 from continuity.cli import cli
-from tests.servers.slapd import Slapd
+from continuity.localslapd import Slapd
 
 _counter = itertools.count()
 

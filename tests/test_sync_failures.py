@@ -10,11 +10,11 @@ import ldap3
 import pytest
 from sqlalchemy import Engine, select
 
+from continuity.localslapd import Slapd, ldif_entry
 from roster.config import load_config
 from roster.models import SyncRun
 from sync.run import SyncOptions, run_sync
 from tests.directory import Continuity, source_toml
-from tests.servers.slapd import Slapd, ldif_entry
 
 SUFFIX = "dc=acme,dc=test"
 

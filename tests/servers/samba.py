@@ -22,7 +22,7 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
-from tests.servers.slapd import (
+from continuity.localslapd import (
     ClosingConnection,
     bound_connection,
     close_connection,

@@ -1,4 +1,5 @@
-"""A real OpenLDAP slapd, started from a generated slapd.conf in a temp directory on loopback."""
+"""A real OpenLDAP slapd on loopback, from a generated slapd.conf: the demo directory and the
+test suites' directory server."""
 
 from __future__ import annotations
 

@@ -1,0 +1,152 @@
+"""`continuity demo`: the product on its embedded default, from nothing, on this machine.
+
+A local slapd holds a small demo directory, the roster is a SQLite file, the sync runs
+once in full, and the portal serves its health page. Everything lives in one work
+directory, made anew on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from continuity.localslapd import Slapd, ldif_entry
+from roster.config import load_config
+from roster.db import make_engine, session_factory, transaction, upgrade
+from roster.domains import add_domain, parse_primary
+from sync.run import SyncOptions, run_sync
+
+SUFFIX = "dc=acme,dc=test"
+DOMAIN = "acme.test"
+PEOPLE = [
+    # uid, display name, aliases, disabled
+    ("ana.garcia", "Ana García", ("ventas",), False),
+    ("luis.martinez", "Luis Martínez", (), False),
+    ("maria.lopez", "María López", ("info", "contacto"), False),
+    ("john.smith", "John Smith", (), False),
+    ("emma.brown", "Emma Brown", (), False),
+    ("jorge.ruiz", "Jorge Ruiz", (), True),
+    ("sofia.fernandez", "Sofía Fernández", (), False),
+    ("oliver.jones", "Oliver Jones", ("support",), False),
+    ("lucia.gomez", "Lucía Gómez", (), False),
+    ("noah.wilson", "Noah Wilson", (), False),
+]
+
+
+def demo_ldif() -> str:
+    """The demo directory: people, one disabled, and the admin and helpdesk groups."""
+    entries = [
+        ldif_entry(f"ou={ou},{SUFFIX}", {"objectClass": "organizationalUnit", "ou": ou})
+        for ou in ("people", "groups")
+    ]
+    for uid, name, aliases, disabled in PEOPLE:
+        attributes: dict[str, list[str] | str] = {
+            "objectClass": ["inetOrgPerson"] + (["continuityMailUser"] if aliases else []),
+            "uid": uid,
+            "cn": name,
+            "sn": name.split()[-1],
+            "displayName": name,
+            "mail": f"{uid}@{DOMAIN}",
+        }
+        if aliases:
+            attributes["mailAlternateAddress"] = [f"{a}@{DOMAIN}" for a in aliases]
+        if disabled:
+            attributes["description"] = "disabled"
+        entries.append(ldif_entry(f"uid={uid},ou=people,{SUFFIX}", attributes))
+    for group, members in (("continuity-admins", ["ana.garcia"]), ("helpdesk", ["luis.martinez"])):
+        entries.append(
+            ldif_entry(
+                f"cn={group},ou=groups,{SUFFIX}",
+                {
+                    "objectClass": "groupOfNames",
+                    "cn": group,
+                    "member": [f"uid={m},ou=people,{SUFFIX}" for m in members],
+                },
+            )
+        )
+    return "\n".join(entries)
+
+
+def write_config(workdir: Path, slapd: Slapd, listen: str) -> Path:
+    """The demo's configuration file, with the directory password in a file of its own."""
+    secret = workdir / "ldap-password"
+    secret.write_text(slapd.root_password, encoding="utf-8")
+    secret.chmod(0o600)
+    path = workdir / "continuity.toml"
+    values = {
+        "url": f"sqlite:///{workdir / 'roster.db'}",
+        "ldap": slapd.url,
+        "bind_dn": slapd.root_dn,
+        "secret": str(secret),
+    }
+    quoted = {key: json.dumps(value) for key, value in values.items()}
+    path.write_text(
+        f"""# Written by `continuity demo`.
+[database]
+url = {quoted["url"]}
+
+[[directory]]
+name = "demo"
+url = {quoted["ldap"]}
+bind_dn = {quoted["bind_dn"]}
+bind_password_file = {quoted["secret"]}
+base_dn = "ou=people,{SUFFIX}"
+profile = "openldap"
+domains = ["{DOMAIN}"]
+disabled_filter = "(description=disabled)"
+admin_group = "cn=continuity-admins,ou=groups,{SUFFIX}"
+helpdesk_group = "cn=helpdesk,ou=groups,{SUFFIX}"
+group_base_dn = "ou=groups,{SUFFIX}"
+
+[portal]
+listen = {json.dumps(listen)}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run_demo(workdir_name: str, listen: str, *, serve: bool) -> int:
+    """Set everything up, sync once, then serve the portal until interrupted."""
+    workdir = Path(workdir_name).resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    slapd = Slapd(workdir / "slapd", SUFFIX)
+    slapd.start(demo_ldif())
+    try:
+        config_path = write_config(workdir, slapd, listen)
+        config = load_config(config_path, environ={})
+        engine = make_engine(config.database_url)
+        upgrade(engine)
+        with transaction(session_factory(engine)) as session:
+            add_domain(session, DOMAIN, "demo", parse_primary("127.0.0.1:2525"))
+        (report,) = run_sync(config, engine, SyncOptions(full=True))
+        engine.dispose()
+        click.echo(f"demo directory: {slapd.url} ({len(PEOPLE)} people under {SUFFIX})")
+        click.echo(f"configuration:  {config_path}")
+        click.echo(
+            f"directory sync: {report.outcome}, {report.counts.get('created', 0)} people,"
+            f" {report.counts.get('staff_roles', 0)} staff roles"
+        )
+        click.echo(
+            f"try:            continuity --config {config_path} roster list --domain {DOMAIN}"
+        )
+        if report.exit_status != 0:
+            click.echo(f"the demo sync failed: {report.error}", err=True)
+            return report.exit_status
+        if not serve:
+            return 0
+        from portal import create_app
+        from portal.server import serve_app
+
+        click.echo(f"portal:         http://{listen}/health  (Ctrl-C stops the demo)")
+        sys.stdout.flush()
+        serve_app(create_app(config=config), listen, workers=1)
+        return 0
+    finally:
+        slapd.stop()

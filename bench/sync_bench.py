@@ -59,6 +59,31 @@ def _config(workdir: Path, url: str, slapd_url: str, root_dn: str, password: str
     return path
 
 
+def _database(postgres: str | None, workdir: Path) -> str:
+    """A SQLite file in the work directory, or a new PostgreSQL database."""
+    if not postgres:
+        return f"sqlite:///{workdir}/roster.db"
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"continuity_bench_{os.getpid()}"
+    admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(postgres).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_database(postgres: str, url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def _phase(args: list[str]) -> dict[str, float]:
     """Run one phase in a fresh interpreter; returns its JSON result."""
     output = subprocess.run(
@@ -154,7 +179,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--people", type=int, default=100_000)
     parser.add_argument("--changes", type=int, default=1_000)
-    parser.add_argument("--database-url", help="default: a SQLite file in a temp directory")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="run on PostgreSQL: a database of the run's own is made (and dropped) there",
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
@@ -179,7 +208,7 @@ def main() -> None:
         )
         load_seconds = time.perf_counter() - started
         try:
-            url = args.database_url or f"sqlite:///{workdir}/roster.db"
+            url = _database(args.postgres, workdir)
             engine = make_engine(url)
             upgrade(engine)
             from roster.db import session_factory, transaction
@@ -197,6 +226,8 @@ def main() -> None:
             incremental = _phase(["--phase", "sync", "--config", config])
         finally:
             slapd.stop()
+            if args.postgres:
+                _drop_database(args.postgres, url)
 
     def line(name: str, result: dict[str, float], target: str) -> str:
         ratio = result["seconds"] / bare["seconds"]

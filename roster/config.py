@@ -131,6 +131,10 @@ def _overlay_env(
         value = environ.get(_env_name(*prefix, key))
         if value is not None:
             table[key] = value
+            # A secret given in the environment replaces the file's, in either form.
+            other = key[: -len("_file")] if key.endswith("_file") else key + "_file"
+            if key in SECRET_KEYS or key.endswith("_file"):
+                table.pop(other, None)
     return table
 
 

@@ -7,7 +7,6 @@ import math
 import ssl
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,17 +25,6 @@ FALSE_VALUES = frozenset({"", "0", "false", "no", "off"})
 
 class DirectoryReadError(Exception):
     """The directory could not be read whole; the message says why."""
-
-
-@dataclass
-class ReadResult:
-    """What one read saw, and where the next incremental read may start."""
-
-    entries: list[DirectoryEntry]
-    server: str
-    full: bool
-    next_mark: str
-    role_members: dict[str, set[str]]
 
 
 def _tls(config: DirectoryConfig) -> ldap3.Tls | None:
@@ -357,77 +345,92 @@ def highest_usn(connection: ldap3.Connection) -> int:
         raise DirectoryReadError(f"cannot read highestCommittedUSN: {error}") from error
 
 
-def read_directory(
-    config: DirectoryConfig,
-    marks: Mapping[str, str] | None,
-    progress: Callable[[int], None] | None = None,
-    started: datetime | None = None,
-) -> ReadResult:
-    """Read the people of one source: all of them, or only what changed since the last run.
+class DirectoryRead:
+    """One read of a source's people, streamed: entries come as the pages arrive.
 
-    ``marks`` maps each server to the mark an earlier read of it returned; None asks for
-    a full read. Marks are per server (AD's USNs are), so when the answering server has
-    no mark yet the read is full.
+    Opening it connects and settles the mode: ``full`` is False only when the
+    answering server has a mark to read changes from. ``entries()`` may be iterated
+    once; it raises DirectoryReadError whenever the read cannot finish whole, and only
+    once it has finished are ``next_mark`` and ``role_members`` known.
     """
-    started = started or datetime.now(UTC)
-    connection = connect(config)
-    try:
-        server = server_name(connection)
-        since = marks.get(server) if marks is not None else None
-        profile = Profile(config)
-        extra = ""
-        if since and profile.ad:
-            extra = f"(uSNChanged>={int(since) + 1})"
-        elif since:
-            extra = f"(modifyTimestamp>={escape_filter_chars(since)})"
-        next_usn = highest_usn(connection) if profile.ad else None
 
-        scope: set[str] | None = None
-        if config.scope_group and not profile.ad:
-            scope = group_members(connection, config, config.scope_group)
-        disabled_dns: set[str] = set()
-        if config.disabled_filter:
-            for dn, _ in paged(
-                connection, config, user_filter(config, config.disabled_filter), ["1.1"]
-            ):
-                disabled_dns.add(normalise_dn(dn))
+    def __init__(
+        self,
+        config: DirectoryConfig,
+        marks: Mapping[str, str] | None,
+        progress: Callable[[int], None] | None = None,
+        started: datetime | None = None,
+    ) -> None:
+        self.config = config
+        self.progress = progress
+        self.started = started or datetime.now(UTC)
+        self.profile = Profile(config)
+        self.connection = connect(config)
+        self.server = server_name(self.connection)
+        self.since = marks.get(self.server) if marks is not None else None
+        self.full = self.since is None
+        self.next_mark = ""
+        self.role_members: dict[str, set[str]] = {}
 
-        entries: list[DirectoryEntry] = []
-        newest = ""
-        read = 0
-        search = user_filter(config, extra)
-        for dn, raw in paged(connection, config, search, profile.attributes):
-            read += 1
-            if progress and read % config.page_size == 0:
-                progress(read)
-            if scope is not None and normalise_dn(dn) not in scope:
-                continue
-            entries.append(profile.entry(dn, raw, disabled_dns))
-            if not profile.ad:
-                # generalizedTime strings of one server share a format, so they sort
-                # as text; parsing 100,000 of them would cost more than the read.
-                stamp = _text(raw.get("modifytimestamp", ()))
-                if stamp > newest:
-                    newest = stamp
-        if progress:
-            progress(read)
-
-        role_members = {}
-        for role, group in (("admin", config.admin_group), ("helpdesk", config.helpdesk_group)):
-            if group:
-                role_members[role] = group_members(connection, config, group)
-    finally:
+    def close(self) -> None:
+        """Drop the connection (also done when ``entries()`` ends)."""
         with contextlib.suppress(LDAPException):
-            connection.unbind()
+            self.connection.unbind()
 
-    if profile.ad:
-        next_mark = str(next_usn)
-    else:
-        # The next read starts no later than this run did (less the allowed clock skew),
-        # so changes made while this run was reading are read again, not missed.
-        floor = started - timedelta(seconds=config.clock_skew_seconds)
+    def entries(self) -> Iterator[DirectoryEntry]:
+        """Every person in scope (or every changed one), as the directory describes them."""
+        config, profile, connection = self.config, self.profile, self.connection
+        try:
+            extra = ""
+            if self.since and profile.ad:
+                extra = f"(uSNChanged>={int(self.since) + 1})"
+            elif self.since:
+                extra = f"(modifyTimestamp>={escape_filter_chars(self.since)})"
+            next_usn = highest_usn(connection) if profile.ad else None
+            scope: set[str] | None = None
+            if config.scope_group and not profile.ad:
+                scope = group_members(connection, config, config.scope_group)
+            disabled_dns: set[str] = set()
+            if config.disabled_filter:
+                search = user_filter(config, config.disabled_filter)
+                for dn, _ in paged(connection, config, search, ["1.1"]):
+                    disabled_dns.add(normalise_dn(dn))
+
+            newest = ""
+            read = 0
+            for dn, raw in paged(
+                connection, config, user_filter(config, extra), profile.attributes
+            ):
+                read += 1
+                if self.progress and read % config.page_size == 0:
+                    self.progress(read)
+                if scope is not None and normalise_dn(dn) not in scope:
+                    continue
+                if not profile.ad:
+                    # generalizedTime strings of one server share a format, so they sort
+                    # as text; parsing 100,000 of them would cost more than the read.
+                    stamp = _text(raw.get("modifytimestamp", ()))
+                    if stamp > newest:
+                        newest = stamp
+                yield profile.entry(dn, raw, disabled_dns)
+            if self.progress:
+                self.progress(read)
+            for role, group in (("admin", config.admin_group), ("helpdesk", config.helpdesk_group)):
+                if group:
+                    self.role_members[role] = group_members(connection, config, group)
+        finally:
+            self.close()
+        self.next_mark = str(next_usn) if profile.ad else self._timestamp_mark(newest)
+
+    def _timestamp_mark(self, newest: str) -> str:
+        """Where the next OpenLDAP read starts.
+
+        No later than this run did (less the allowed clock skew), so that changes made
+        while this run was reading are read again, not missed; and no later than just
+        after the newest change seen, which costs nothing in a quiet directory.
+        """
+        floor = self.started - timedelta(seconds=self.config.clock_skew_seconds)
         newest_seen = openldap_mark(newest) if newest else None
         if newest_seen is not None:
             floor = min(floor, newest_seen + timedelta(seconds=1))
-        next_mark = generalized_time(floor)
-    return ReadResult(entries, server, since is None, next_mark, role_members)
+        return generalized_time(floor)

@@ -87,6 +87,7 @@ class Plan:
     skipped: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     live_in_source: int = 0
+    entries_read: int = 0
 
     def counts(self) -> dict[str, int]:
         """The number of each kind of action, for summaries and the run record."""
@@ -165,6 +166,7 @@ def plan_sync(
     read_ids: set[str] = set()
     seen_ids: set[str] = set()  # people still in the directory, in a domain we hold
     for entry in entries:
+        plan.entries_read += 1
         if not entry.external_id or not entry.mail or not _valid_address(entry.mail):
             plan.skipped["invalid"] += 1
             plan.problems.append(f"skipped {entry.dn!r}: no stable id or no valid mail address")
@@ -178,7 +180,13 @@ def plan_sync(
             plan.skipped["unknown_domain"] += 1
             continue
         seen_ids.add(entry.external_id)
-        accepted.append((entry, mine.get(entry.external_id)))
+        existing = mine.get(entry.external_id)
+        if existing is not None and _unchanged(entry, existing):
+            # The common case of a full run, settled here so that the entry need not be
+            # kept: its addresses are its own already, so no one else can claim them.
+            plan.unchanged += 1
+            continue
+        accepted.append((entry, existing))
 
     # Addresses are claimed in a fixed order so that a conflict always resolves the same
     # way: people already in the roster keep what they hold, then the rest by stable id.
@@ -219,6 +227,20 @@ def plan_sync(
             if not person.removed and external_id not in seen_ids:
                 plan.removals.append(Remove(person.id, person.mail))
     return plan
+
+
+def _unchanged(entry: DirectoryEntry, person: RosterPerson) -> bool:
+    """True when the roster already holds exactly what the entry says."""
+    return (
+        not person.removed
+        and entry.mail == person.mail
+        and entry.display_name == person.display_name
+        and entry.dn == person.dn
+        and entry.disabled == person.disabled
+        and entry.alternate_contact == person.alternate_contact
+        and tuple(sorted(entry.aliases)) == tuple(sorted(person.aliases))
+        and domain_of(entry.mail) == person.domain
+    )
 
 
 def _addresses_released(

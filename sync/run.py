@@ -19,7 +19,7 @@ from roster.locks import Lease, lease
 from roster.logs import log_event
 from roster.models import SyncRun, utcnow
 from sync.apply import apply_plan, apply_roles, domain_ids, load_marks, load_roster, save_mark
-from sync.directory import DirectoryReadError, read_directory
+from sync.directory import DirectoryRead, DirectoryReadError
 from sync.plan import FULL, INCREMENTAL, Plan, plan_sync
 
 log = logging.getLogger("continuity.sync")
@@ -120,6 +120,28 @@ def _guard(plan: Plan, entries_read: int, source: DirectoryConfig, allow_mass: b
         )
 
 
+def _plan(factory: sessionmaker[Session], source: DirectoryConfig, read: DirectoryRead) -> Plan:
+    """Plan one run from the directory read and a snapshot of the roster.
+
+    A full run loads the roster first and plans while the pages arrive, so an entry
+    that changes nothing is never kept. An incremental run reads its (few) entries
+    first and loads only the roster rows they touch. The snapshot is taken outside the
+    write transaction: only the sync, under its lease, changes what the plan reads, and
+    the write lock is not held while the directory is slow to answer.
+    """
+    with factory() as session:
+        domains = domain_ids(session)
+        if read.full:
+            roster = load_roster(session, source.name, None, [])
+            session.rollback()
+            return plan_sync(source.name, FULL, read.entries(), roster, domains)
+        entries = list(read.entries())
+        addresses = [a for e in entries for a in (e.mail, *e.aliases)]
+        roster = load_roster(session, source.name, [e.external_id for e in entries], addresses)
+        session.rollback()
+        return plan_sync(source.name, INCREMENTAL, entries, roster, domains)
+
+
 def sync_source(
     engine: Engine,
     factory: sessionmaker[Session],
@@ -155,35 +177,26 @@ def sync_source(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        result = read_directory(source, marks, progress, started=started)
-        report.mode = mode = FULL if result.full else INCREMENTAL
-        report.server = result.server
-        report.entries_read = len(result.entries)
-        report.phases["read"] = time.monotonic() - clock
-        with transaction(factory, writing=not options.dry_run) as session:
-            domains = domain_ids(session)
-            external_ids = None if mode == FULL else [e.external_id for e in result.entries]
-            addresses = (
-                [] if mode == FULL else [a for e in result.entries for a in (e.mail, *e.aliases)]
-            )
-            roster = load_roster(session, source.name, external_ids, addresses)
-            report.phases["load"] = time.monotonic() - clock - report.phases["read"]
-            plan = plan_sync(source.name, mode, result.entries, roster, domains)
-            del roster
-            report.phases["plan"] = time.monotonic() - clock - sum(report.phases.values())
-            report.plan = plan
-            report.counts = plan.counts()
-            _guard(plan, report.entries_read, source, options.allow_mass_removal)
-            if options.dry_run:
-                report.outcome = DRY_RUN
-                session.rollback()
-            else:
+        read = DirectoryRead(source, marks, progress, started=started)
+        report.mode = mode = FULL if read.full else INCREMENTAL
+        report.server = read.server
+        plan = _plan(factory, source, read)
+        report.entries_read = plan.entries_read
+        report.phases["read+plan"] = time.monotonic() - clock
+        report.plan = plan
+        report.counts = plan.counts()
+        _guard(plan, report.entries_read, source, options.allow_mass_removal)
+        if options.dry_run:
+            report.outcome = DRY_RUN
+        else:
+            with transaction(factory, writing=True) as session:
+                domains = domain_ids(session)
                 apply_plan(session, plan, domains, actor=f"sync:{source.name}")
                 report.counts["staff_roles"] = apply_roles(
-                    session, source.name, result.role_members, source.domains, domains
+                    session, source.name, read.role_members, source.domains, domains
                 )
-                save_mark(session, source.name, result.server, result.next_mark)
-                report.phases["apply"] = time.monotonic() - clock - sum(report.phases.values())
+                save_mark(session, source.name, read.server, read.next_mark)
+                report.phases["apply"] = time.monotonic() - clock - report.phases["read+plan"]
                 report.outcome = SUCCESS
                 _finish(session, run_id, report, clock)
     except GuardTripped as error:

@@ -108,3 +108,13 @@ def test_invalid_toml_is_reported(tmp_path: Path) -> None:
     path.write_text("[database\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path, environ={})
+
+
+def test_a_secret_from_the_environment_wins_over_the_file(tmp_path: Path) -> None:
+    environ = {"CONTINUITY_DIRECTORY_CORP_BIND_PASSWORD": "from-env"}
+    config = load_config(write(tmp_path, SOURCE), environ=environ)
+    assert config.directory("corp").bind_password == "from-env"
+    (tmp_path / "other-secret").write_text("from-other-file")
+    environ = {"CONTINUITY_DIRECTORY_CORP_BIND_PASSWORD_FILE": str(tmp_path / "other-secret")}
+    config = load_config(write(tmp_path, SOURCE + 'bind_password = "inline"\n'), environ=environ)
+    assert config.directory("corp").bind_password == "from-other-file"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
+from continuity.localslapd import Slapd
 from roster.locks import Lease
 from roster.models import (
     AuditEvent,
@@ -40,10 +41,11 @@ def configure(tool: Continuity, tree: DirectoryTree, **extra: object) -> None:
     extra.setdefault("disabled_filter", "(description=disabled)")
     extra.setdefault("domains", ["acme.test", "acme-brand.test"])
     base_dn = str(extra.pop("base_dn", tree.base_dn))
+    url = str(extra.pop("url", tree.slapd.url))
     tool.configure(
         source_toml(
             "corp",
-            tree.slapd.url,
+            url,
             base_dn,
             tree.slapd.root_dn,
             tree.slapd.root_password,
@@ -368,3 +370,18 @@ def test_configuration_error_exits_2_naming_the_key(continuity: Continuity) -> N
         result.stderr.strip()
         == "continuity: configuration error: [[directory]] 'corp'.base_dn: missing"
     )
+
+
+def test_incremental_marks_are_kept_per_server(
+    continuity: Continuity, directory: DirectoryTree, slapd: Slapd
+) -> None:
+    """A server with no mark of its own (another replica) gets a full read."""
+    directory.add_person("ana", "ana@acme.test")
+    configure(continuity, directory)
+    assert continuity.sync()[1]["mode"] == "full"
+    assert continuity.sync()[1]["mode"] == "incremental"
+    other = slapd.url.replace("127.0.0.1", "localhost")
+    configure(continuity, directory, url=other)
+    status, summary = continuity.sync()
+    assert (status, summary["mode"], summary["server"]) == (0, "full", other)
+    assert continuity.sync()[1]["mode"] == "incremental"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
 import subprocess
 import sys
 import time
@@ -385,3 +388,60 @@ def test_incremental_marks_are_kept_per_server(
     status, summary = continuity.sync()
     assert (status, summary["mode"], summary["server"]) == (0, "full", other)
     assert continuity.sync()[1]["mode"] == "incremental"
+
+
+def test_alternate_contact_address(continuity: Continuity, directory: DirectoryTree) -> None:
+    directory.add_person("ana", "ana@acme.test", aliases=())
+    directory.replace("ana", objectClass=["inetOrgPerson", directory.slapd.alias_object_class])
+    directory.replace("ana", mailForwardingAddress="Ana.Private@Example.ORG")
+    configure(continuity, directory, alternate_contact_attribute="mailForwardingAddress")
+    assert continuity.sync()[0] == 0
+    assert continuity.people()["ana@acme.test"]["alternate_contact"] == "ana.private@example.org"
+
+
+def test_a_referral_instead_of_entries_is_a_failed_read(
+    continuity: Continuity, directory: DirectoryTree
+) -> None:
+    directory.add_person("ana", "ana@acme.test")
+    configure(continuity, directory)
+    assert continuity.sync()[0] == 0
+    moved = f"ou=moved,{directory.base_dn}"
+    directory.slapd.add(
+        moved,
+        ["referral", "extensibleObject"],
+        {"ou": "moved", "ref": "ldap://127.0.0.1:1/ou=moved,dc=elsewhere,dc=test"},
+    )
+    configure(continuity, directory, base_dn=moved)
+
+    status, summary = continuity.sync("--full")
+
+    assert status == 1 and "referral" in summary["error"].lower()
+    assert "ana@acme.test" in continuity.people()
+
+
+def test_progress_bar_on_a_terminal(continuity: Continuity, directory: DirectoryTree) -> None:
+    for number in range(3):
+        directory.add_person(f"p{number}", f"p{number}@acme.test")
+    configure(continuity, directory, page_size=1)
+    parent, child = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "continuity", "--config", str(continuity.path), "sync"],
+            stderr=child,
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+        os.close(child)
+        child = -1
+        shown = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(parent, 4096):
+                shown += chunk
+    finally:
+        os.close(parent)
+        if child != -1:
+            os.close(child)
+    assert result.returncode == 0
+    assert b"corp: 3 entries read" in shown
+    assert result.stdout.startswith("sync source=corp mode=full outcome=success read=3")

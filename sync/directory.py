@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import ssl
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
 from roster.config import DirectoryConfig
+from roster.ldap import server_pool
 from sync.plan import DirectoryEntry
 
 AD_IN_CHAIN = "1.2.840.113556.1.4.1941"
@@ -27,30 +27,13 @@ class DirectoryReadError(Exception):
     """The directory could not be read whole; the message says why."""
 
 
-def _tls(config: DirectoryConfig) -> ldap3.Tls | None:
-    if not (config.ca_file or config.start_tls or any(u.startswith("ldaps") for u in config.urls)):
-        return None
-    return ldap3.Tls(
-        validate=ssl.CERT_REQUIRED,
-        ca_certs_file=config.ca_file or None,
-        version=ssl.PROTOCOL_TLS_CLIENT,
-    )
-
-
 def connect(config: DirectoryConfig, *, lean: bool = True) -> ldap3.Connection:
     """Bind to the first server of the source that answers, with timeouts and TLS.
 
     ``lean`` installs the lean entry decoder (the benchmark turns it off to measure
     ldap3's own read).
     """
-    tls = _tls(config)
-    servers = [
-        ldap3.Server(url, get_info=ldap3.NONE, tls=tls, connect_timeout=config.connect_timeout)
-        for url in config.urls
-    ]
-    # active=1: try each server once, then fail; True would retry forever. (The stubs
-    # say bool, ldap3 takes a number of rounds.)
-    pool = ldap3.ServerPool(servers, ldap3.FIRST, active=1, exhaust=False)  # type: ignore[arg-type]
+    pool = server_pool(config)
     try:
         connection = ldap3.Connection(
             pool,

@@ -1,0 +1,254 @@
+"""Who someone is in the roster, what they may do, and their emergency credentials."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from roster.coverage import person_is_covered
+from roster.domains import audit
+from roster.models import (
+    Alias,
+    CoverageEntry,
+    Domain,
+    EmergencyCredential,
+    LocalAccount,
+    Person,
+    ResetCode,
+    StaffRole,
+    utcnow,
+)
+from roster.passwords import hash_password
+
+ROLE_HELPDESK = "helpdesk"
+ROLE_ADMIN = "admin"
+ROLE_GLOBAL_ADMIN = "global_admin"
+ROLES = (ROLE_HELPDESK, ROLE_ADMIN, ROLE_GLOBAL_ADMIN)
+
+# 16 characters of Crockford's base32 (no I, L, O, U): 80 bits, read aloud in four groups.
+CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CODE_LENGTH = 16
+
+
+def normalise_address(address: str) -> str:
+    """An address as the roster stores it."""
+    return address.strip().lower()
+
+
+def find_person(session: Session, address: str) -> Person | None:
+    """The live person whose address or alias this is."""
+    address = normalise_address(address)
+    return session.scalar(
+        select(Person)
+        .outerjoin(Alias, Alias.person_id == Person.id)
+        .where(Person.removed_at.is_(None), or_(Person.mail == address, Alias.address == address))
+        .limit(1)
+    )
+
+
+def find_local_account(session: Session, address: str) -> LocalAccount | None:
+    """The local staff account with this address."""
+    return session.scalar(
+        select(LocalAccount).where(LocalAccount.address == normalise_address(address))
+    )
+
+
+def is_listed(session: Session, person: Person) -> bool:
+    """True when the person is on their domain's "only selected users" list."""
+    found = session.scalar(select(CoverageEntry.id).where(CoverageEntry.person_id == person.id))
+    return found is not None
+
+
+def covered(session: Session, person: Person) -> bool:
+    """True when Continuity Service covers the person now."""
+    domain = session.get(Domain, person.domain_id)
+    return domain is not None and person_is_covered(domain, person, is_listed(session, person))
+
+
+def may_use_emergency_password(session: Session, person: Person) -> bool:
+    """The emergency password works only for covered people, where it is switched on."""
+    domain = session.get(Domain, person.domain_id)
+    return bool(domain and domain.emergency_password_enabled and covered(session, person))
+
+
+def emergency_credential(session: Session, person: Person) -> EmergencyCredential | None:
+    """The person's emergency password hash, if one is set."""
+    return session.get(EmergencyCredential, person.id)
+
+
+def end_sessions(
+    session: Session, person: Person | None = None, account: LocalAccount | None = None
+) -> None:
+    """End every open portal session of a person or local account."""
+    if person is not None:
+        session.execute(
+            update(Person)
+            .where(Person.id == person.id)
+            .values(session_generation=Person.session_generation + 1)
+            .execution_options(synchronize_session="fetch")
+        )
+    if account is not None:
+        session.execute(
+            update(LocalAccount)
+            .where(LocalAccount.id == account.id)
+            .values(session_generation=LocalAccount.session_generation + 1)
+            .execution_options(synchronize_session="fetch")
+        )
+
+
+def set_emergency_password(
+    session: Session, person: Person, password: str, actor: str, client: str | None = None
+) -> None:
+    """Store a new emergency password (policy already checked) and end other sessions."""
+    credential = emergency_credential(session, person)
+    hashed = hash_password(password)
+    if credential is None:
+        session.add(EmergencyCredential(person_id=person.id, password_hash=hashed, set_at=utcnow()))
+        action = "emergency_password.set"
+    else:
+        credential.password_hash, credential.set_at = hashed, utcnow()
+        action = "emergency_password.changed"
+    end_sessions(session, person)
+    audit(session, actor, action, domain_id=person.domain_id, person_id=person.id, client=client)
+
+
+def _code_digest(code: str) -> str:
+    """The stored form of a reset code: its 80 random bits make a plain hash enough."""
+    canonical = "".join(c for c in code.upper() if c in CODE_ALPHABET)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def format_code(code: str) -> str:
+    """XXXX-XXXX-XXXX-XXXX, easier to read aloud on the phone."""
+    return "-".join(code[i : i + 4] for i in range(0, len(code), 4))
+
+
+def issue_reset_code(
+    session: Session, person: Person, actor: str, valid_for: timedelta, client: str | None = None
+) -> str:
+    """A new single-use reset code for the person (shown once, stored only hashed).
+
+    Earlier unused codes stop working, and the person's sessions end.
+    """
+    now = utcnow()
+    session.execute(
+        update(ResetCode)
+        .where(ResetCode.person_id == person.id, ResetCode.used_at.is_(None))
+        .values(used_at=now)
+    )
+    code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    session.add(
+        ResetCode(
+            person_id=person.id,
+            code_hash=_code_digest(code),
+            issued_by=actor,
+            issued_at=now,
+            expires_at=now + valid_for,
+        )
+    )
+    end_sessions(session, person)
+    audit(
+        session,
+        actor,
+        "reset_code.issued",
+        domain_id=person.domain_id,
+        person_id=person.id,
+        after={"expires_at": (now + valid_for).isoformat(timespec="seconds")},
+        client=client,
+    )
+    return format_code(code)
+
+
+def redeem_reset_code(session: Session, person: Person, code: str, now: datetime) -> bool:
+    """Use up the person's valid reset code matching ``code``; False if there is none."""
+    digest = _code_digest(code)
+    for candidate in session.scalars(
+        select(ResetCode)
+        .where(
+            ResetCode.person_id == person.id,
+            ResetCode.used_at.is_(None),
+            ResetCode.expires_at > now,
+        )
+        .with_for_update()
+    ):
+        if hmac.compare_digest(candidate.code_hash, digest):
+            candidate.used_at = now
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Role:
+    """One role held, over one domain (None: every domain, for global admins)."""
+
+    role: str
+    domain_id: int | None
+
+
+def roles_of(session: Session, person_id: int | None, account_id: int | None) -> list[Role]:
+    """The staff roles of a person (from the directory or given locally) or local account."""
+    query = select(StaffRole.role, StaffRole.domain_id)
+    if person_id is not None:
+        query = query.where(StaffRole.person_id == person_id)
+    elif account_id is not None:
+        query = query.where(StaffRole.local_account_id == account_id)
+    else:
+        return []
+    return [Role(role, domain_id) for role, domain_id in session.execute(query)]
+
+
+def add_local_staff(
+    session: Session, address: str, password: str, role: str, domain: Domain | None, actor: str
+) -> LocalAccount:
+    """Create (or extend) a local staff account with a role."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    account = find_local_account(session, address)
+    if account is None:
+        account = LocalAccount(
+            address=normalise_address(address), password_hash=hash_password(password)
+        )
+        session.add(account)
+        session.flush()
+    else:
+        account.password_hash = hash_password(password)
+        end_sessions(session, account=account)
+    domain_id = domain.id if domain else None
+    same_scope = (
+        StaffRole.domain_id.is_(None) if domain_id is None else StaffRole.domain_id == domain_id
+    )
+    held = session.scalar(
+        select(StaffRole.id).where(
+            StaffRole.local_account_id == account.id, StaffRole.role == role, same_scope
+        )
+    )
+    if held is None:
+        session.add(
+            StaffRole(
+                local_account_id=account.id,
+                role=role,
+                domain_id=domain_id,
+                origin="local",
+                created_at=utcnow(),
+            )
+        )
+    audit(
+        session,
+        actor,
+        "staff.added",
+        domain_id=domain.id if domain else None,
+        after={"address": account.address, "role": role},
+    )
+    session.flush()
+    return account
+
+
+def forget_reset_codes(session: Session, person: Person) -> None:
+    """Drop every code of a person (after a successful reset)."""
+    session.execute(delete(ResetCode).where(ResetCode.person_id == person.id))

@@ -357,6 +357,61 @@ def roster_list(state: State, domain_name: str, as_json: bool, include_removed: 
         click.echo(f"{row['mail']}\t{row['status']}\t{row['display_name']}{extra}")
 
 
+@cli.group()
+def staff() -> None:
+    """Staff accounts: helpdesk and admins."""
+
+
+@staff.command("add")
+@click.argument("address")
+@click.option(
+    "--role",
+    type=click.Choice(["helpdesk", "admin", "global-admin"]),
+    required=True,
+    help="helpdesk or admin of --domain, or global-admin of every domain.",
+)
+@click.option("--domain", "domain_name", help="The domain served (not for global-admin).")
+@click.option(
+    "--password-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read the password from this file (default: ask twice).",
+)
+@pass_state
+def staff_add(
+    state: State, address: str, role: str, domain_name: str | None, password_file: Any
+) -> None:
+    """Create a local staff account (or give an existing one another role)."""
+    from roster.identity import ROLE_GLOBAL_ADMIN, add_local_staff
+    from roster.passwords import MIN_LENGTH
+
+    state.require_schema()
+    if role == "global-admin" and domain_name:
+        fail("--domain: a global admin serves every domain; leave it out", EXIT_USAGE)
+    if role != "global-admin" and not domain_name:
+        fail(f"--domain: a {role} serves one domain; name it", EXIT_USAGE)
+    local, at, host = address.strip().rpartition("@")
+    if not (local and at and host) or any(c.isspace() for c in address.strip()):
+        fail(f"{address!r} is not an email address", EXIT_USAGE)
+    if password_file is not None:
+        password = password_file.read().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_LENGTH:
+        fail(f"the password must have at least {MIN_LENGTH} characters", EXIT_USAGE)
+    with state.session(writing=True) as session:
+        domain = get_domain(session, domain_name) if domain_name else None
+        add_local_staff(
+            session,
+            address,
+            password,
+            ROLE_GLOBAL_ADMIN if role == "global-admin" else role,
+            domain,
+            actor(),
+        )
+    where = f" of {domain.name}" if domain else ""
+    click.echo(f"{address.strip().lower()} is {role}{where}")
+
+
 @cli.command()
 @click.option("--listen", default=None, help="HOST:PORT to listen on (default [portal].listen).")
 @click.option("--workers", default=2, show_default=True, help="Worker processes.")

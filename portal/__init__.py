@@ -4,27 +4,99 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 
-from roster.config import Config, load_config
+from roster.config import Config, ConfigError, load_config
 from roster.db import make_engine, session_factory
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def _setting(config: Config, key: str, default: Any, kind: type) -> Any:
+    """A typed [portal] value, or a ConfigError naming the key."""
+    value = config.portal.get(key, default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"[portal].{key}: expected true or false, got {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"[portal].{key}: expected a number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"[portal].{key}: must be more than 0")
+    return number
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, config: Config | None = None) -> Flask:
-    """Build the portal: configuration, roster database, blueprints."""
+    """Build the portal: configuration, roster database, extensions, blueprints."""
     app = Flask(__name__, template_folder="../templates")
     config = config or load_config()
     secret = config.portal.get("secret_key") or secrets.token_hex(32)
-    app.config.from_mapping(SECRET_KEY=secret, CONTINUITY=config)
+    idle = _setting(config, "session_idle_minutes", 30, int)
+    lifetime = _setting(config, "session_lifetime_hours", 12, int)
+    app.config.from_mapping(
+        SECRET_KEY=secret,
+        CONTINUITY=config,
+        CONTINUITY_IDLE_SECONDS=idle * 60,
+        CONTINUITY_LIFETIME_SECONDS=lifetime * 3600,
+        CONTINUITY_RESET_CODE_HOURS=_setting(config, "reset_code_hours", 24, int),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=lifetime),
+        SESSION_COOKIE_NAME="continuity_session",
+        SESSION_COOKIE_SECURE=_setting(config, "secure_cookies", True, bool),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+        BABEL_DEFAULT_LOCALE="en",
+        BABEL_TRANSLATION_DIRECTORIES="translations",
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
     if test_config:
         app.config.from_mapping(test_config)
     engine = make_engine(app.config["CONTINUITY"].database_url)
     app.extensions["roster_engine"] = engine
     app.extensions["roster_sessions"] = session_factory(engine)
 
-    from portal import health
+    from portal import access, auth, health, helpdesk, me
+    from portal.extensions import babel, csrf, login_manager
+    from portal.i18n import LANGUAGES, select_locale
 
-    app.register_blueprint(health.bp)
+    babel.init_app(app, locale_selector=select_locale)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.sign_in"
+    login_manager.session_protection = None  # sessions are bound by generation instead
+    app.before_request(access.enforce_session_lifetime)
+    app.teardown_appcontext(access.close_db)
+    app.after_request(_security_headers)
+
+    @app.context_processor
+    def languages() -> dict[str, Any]:
+        from flask_babel import get_locale
+
+        return {"languages": LANGUAGES, "current_language": str(get_locale())}
+
+    for blueprint in (health.bp, auth.bp, me.bp, helpdesk.bp):
+        app.register_blueprint(blueprint)
     return app
+
+
+def _security_headers(response: Response) -> Response:
+    """Headers every response carries."""
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response

@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, render_template, request
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from portal.access import public
 from roster.db import current_revision
 from roster.models import Domain, Person, SyncRun
 
@@ -60,6 +61,7 @@ def _status() -> tuple[dict[str, Any], int]:
 
 
 @bp.get("/health")
+@public
 def health() -> Any:
     """The service's health, as JSON for monitors or as a page for people."""
     body, status = _status()

@@ -301,5 +301,13 @@ _KNOWN_KEYS: dict[str, set[str]] = {
     "standby": {"imap", "lmtp", "master_user", "master_password"},
     "gateway": {"listen", "spool_dir"},
     "outbound": {"relay"},
-    "portal": {"secret_key", "base_url", "listen"},
+    "portal": {
+        "secret_key",
+        "base_url",
+        "listen",
+        "secure_cookies",
+        "session_idle_minutes",
+        "session_lifetime_hours",
+        "reset_code_hours",
+    },
 }

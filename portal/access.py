@@ -1,0 +1,225 @@
+"""Who is signed in, how long a session lives, and who may call each endpoint.
+
+Every view carries one of the decorators below; a test walks all endpoints of the app
+and fails on any without one (STYLE.md, after Mailu).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from flask import abort, current_app, g, redirect, request, session, url_for
+from flask_login import current_user, login_user, logout_user
+from sqlalchemy.orm import Session
+
+from portal.extensions import login_manager
+from roster.identity import ROLE_ADMIN, ROLE_GLOBAL_ADMIN, ROLE_HELPDESK, Role, roles_of
+from roster.models import LocalAccount, Person
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+METHOD_DIRECTORY = "directory"
+METHOD_EMERGENCY = "emergency"
+METHOD_LOCAL = "local"
+
+
+@dataclass
+class Principal:
+    """A signed-in person or local staff account, as flask-login sees it."""
+
+    kind: str  # "person" or "local"
+    id: int
+    address: str
+    display_name: str
+    domain_id: int | None
+    generation: int
+    roles: list[Role] = field(default_factory=list)
+    is_authenticated: bool = True
+    is_active: bool = True
+    is_anonymous: bool = False
+
+    def get_id(self) -> str:
+        """The id flask-login keeps in the session."""
+        return f"{self.kind}:{self.id}"
+
+    @property
+    def method(self) -> str:
+        """How this session was signed in (directory, emergency or local password)."""
+        return str(session.get("method", ""))
+
+    def domains_for(self, *roles: str) -> set[int] | None:
+        """Domain ids over which the principal holds one of ``roles``; None means all."""
+        found: set[int] = set()
+        for held in self.roles:
+            if held.role == ROLE_GLOBAL_ADMIN:
+                return None
+            if held.role in roles and held.domain_id is not None:
+                found.add(held.domain_id)
+        return found
+
+    def is_staff(self, *roles: str) -> bool:
+        """True when the principal holds any of ``roles`` (global admins hold all)."""
+        domains = self.domains_for(*roles)
+        return domains is None or bool(domains)
+
+
+def db() -> Session:
+    """The request's roster session (closed at the end of the request)."""
+    if "db" not in g:
+        g.db = current_app.extensions["roster_sessions"]()
+    return g.db  # type: ignore[no-any-return]
+
+
+@contextmanager
+def writing() -> Iterator[Session]:
+    """A short write transaction of its own (SQLite's write lock taken at its start)."""
+    factory = current_app.extensions["roster_sessions"]
+    with factory() as write, write.begin():
+        write.connection(execution_options={"begin_immediate": True})
+        yield write
+
+
+def close_db(_error: BaseException | None = None) -> None:
+    """Close the request's roster session."""
+    found = g.pop("db", None)
+    if found is not None:
+        found.close()
+
+
+def principal_for(row: Person | LocalAccount, roster: Session) -> Principal:
+    """A Principal for a roster row."""
+    if isinstance(row, Person):
+        return Principal(
+            "person",
+            row.id,
+            row.mail,
+            row.display_name,
+            row.domain_id,
+            row.session_generation,
+            roles_of(roster, row.id, None),
+        )
+    return Principal(
+        "local",
+        row.id,
+        row.address,
+        row.address,
+        None,
+        row.session_generation,
+        roles_of(roster, None, row.id),
+    )
+
+
+@login_manager.user_loader
+def load_principal(user_id: str) -> Principal | None:
+    """Load the signed-in principal; a session whose generation is old is over."""
+    kind, _, number = user_id.partition(":")
+    if not number.isdigit():
+        return None
+    roster = db()
+    row: Person | LocalAccount | None
+    if kind == "person":
+        row = roster.get(Person, int(number))
+        if row is None or row.removed_at is not None or row.disabled:
+            return None
+    elif kind == "local":
+        row = roster.get(LocalAccount, int(number))
+        if row is None:
+            return None
+    else:
+        return None
+    if session.get("gen") != row.session_generation:
+        return None
+    return principal_for(row, roster)
+
+
+def start_session(principal: Principal, method: str) -> None:
+    """Sign in: a fresh session (never the one the browser came with)."""
+    session.clear()
+    login_user(principal)
+    now = int(time.time())
+    session.update(
+        gen=principal.generation, method=method, since=now, seen=now, sid=secrets.token_hex(16)
+    )
+    session.permanent = True
+
+
+def end_session() -> None:
+    """Sign out and forget everything in the session."""
+    logout_user()
+    session.clear()
+
+
+def enforce_session_lifetime() -> None:
+    """End sessions idle for too long or older than the absolute lifetime."""
+    since = session.get("since")
+    if since is None:
+        return
+    now = int(time.time())
+    idle = current_app.config["CONTINUITY_IDLE_SECONDS"]
+    lifetime = current_app.config["CONTINUITY_LIFETIME_SECONDS"]
+    if now - int(session.get("seen", since)) > idle or now - int(since) > lifetime:
+        end_session()
+        return
+    if now - int(session.get("seen", since)) >= 30:
+        session["seen"] = now
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` if it is a path on this site, else None (no open redirects)."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(ord(c) < 32 for c in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
+def _tag(view: F, access: str) -> F:
+    view._access = access  # type: ignore[attr-defined]
+    return view
+
+
+def public(view: F) -> F:
+    """Anyone may call this endpoint."""
+    return _tag(view, "public")
+
+
+def signed_in(view: F) -> F:
+    """Only a signed-in principal may call this endpoint."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not current_user.is_authenticated:
+            return redirect(url_for("auth.sign_in", next=request.full_path.rstrip("?")))
+        return view(*args, **kwargs)
+
+    return _tag(wrapper, "signed_in")  # type: ignore[arg-type]
+
+
+def staff(*roles: str) -> Callable[[F], F]:
+    """Only principals holding one of ``roles`` may call this endpoint."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not current_user.is_authenticated:
+                return redirect(url_for("auth.sign_in", next=request.full_path.rstrip("?")))
+            if not current_user.is_staff(*roles):
+                abort(403)
+            return view(*args, **kwargs)
+
+        return _tag(wrapper, "staff:" + ",".join(roles))  # type: ignore[arg-type]
+
+    return decorate
+
+
+HELPDESK_ROLES = (ROLE_HELPDESK, ROLE_ADMIN)

@@ -1,0 +1,104 @@
+"""Signing in and out, and choosing the language."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, flash, make_response, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+
+from portal.access import end_session, public, safe_next, signed_in, start_session
+from portal.forms import ActionForm, LanguageForm, SignInForm
+from portal.i18n import LANGUAGES
+from portal.signin import Failure, check_sign_in
+
+bp = Blueprint("auth", __name__)
+
+
+def client_address() -> str:
+    """The client's address as the portal sees it (a proxy in front sets remote_addr)."""
+    return request.remote_addr or "unknown"
+
+
+def _wait_text(seconds: int) -> str:
+    if seconds >= 90:
+        return _(
+            "Too many attempts. Try again in %(minutes)d minutes.", minutes=(seconds + 59) // 60
+        )
+    return _("Too many attempts. Try again in %(seconds)d seconds.", seconds=seconds)
+
+
+@bp.get("/")
+@public
+def index() -> Any:
+    """Send people where they belong: their page, or the sign-in page."""
+    if current_user.is_authenticated:
+        return redirect(url_for("me.status"))
+    return redirect(url_for("auth.sign_in"))
+
+
+@bp.route("/sign-in", methods=["GET", "POST"], endpoint="sign_in")
+@public
+def sign_in_page() -> Any:
+    """The one sign-in page, for end users, helpdesk and admins alike."""
+    form = SignInForm()
+    if request.method == "GET":
+        form.next.data = safe_next(request.args.get("next")) or ""
+        return render_template("auth/sign_in.html", form=form)
+    if not form.validate_on_submit():
+        flash(_("The form expired. Please try again."), "error")
+        return render_template("auth/sign_in.html", form=form), 400
+    outcome = check_sign_in(form.address.data or "", form.password.data or "", client_address())
+    if outcome.principal is None or outcome.method is None:
+        if outcome.failure is Failure.LOCKED:
+            message = _(
+                "Too many failed sign-ins: this account is locked for a while."
+                " Try again later, or ask your helpdesk."
+            )
+        elif outcome.failure is Failure.THROTTLED:
+            message = _wait_text(outcome.wait_seconds)
+        else:
+            message = _("The address or password is not right.")
+        flash(message, "error")
+        if outcome.directory_down:
+            flash(
+                _(
+                    "Your organisation's directory cannot be reached right now. If you have"
+                    " set an emergency password, sign in with it instead."
+                ),
+                "notice",
+            )
+        form.password.data = ""
+        return render_template("auth/sign_in.html", form=form), 401
+    start_session(outcome.principal, outcome.method)
+    target = safe_next(form.next.data)
+    return redirect(target or url_for("me.status"))
+
+
+@bp.post("/sign-out")
+@signed_in
+def sign_out() -> Any:
+    """End the session."""
+    ActionForm()  # CSRF is checked for every POST by CSRFProtect
+    end_session()
+    flash(_("You have signed out."), "notice")
+    return redirect(url_for("auth.sign_in"))
+
+
+@bp.post("/language")
+@public
+def language() -> Any:
+    """Remember the chosen language in a cookie and go back to the page."""
+    form = LanguageForm()
+    chosen = form.language.data if form.language.data in LANGUAGES else "en"
+    response = make_response(redirect(safe_next(form.next.data) or url_for("auth.index")))
+    response.set_cookie(
+        "lang",
+        chosen,
+        max_age=365 * 24 * 3600,
+        httponly=True,
+        samesite="Lax",
+        secure=request.is_secure,
+    )
+    return response

@@ -1,0 +1,150 @@
+"""Helpdesk: find people of the domains served, see their status and audit trail, issue a
+reset code for the emergency password, lift a lock. Never sees or chooses a password."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+from sqlalchemy import or_, select
+
+from portal.access import HELPDESK_ROLES, db, staff, writing
+from portal.auth import client_address
+from portal.forms import ActionForm
+from roster import throttle
+from roster.domains import audit
+from roster.identity import covered, emergency_credential, issue_reset_code
+from roster.models import Alias, AuditEvent, Domain, Person, utcnow
+
+bp = Blueprint("helpdesk", __name__, url_prefix="/helpdesk")
+PAGE = 50
+
+
+def _served() -> set[int] | None:
+    """The domains this helpdesk member serves (None: all)."""
+    return current_user.domains_for(*HELPDESK_ROLES)  # type: ignore[no-any-return]
+
+
+def _person_or_404(person_id: int) -> Person:
+    """A person of a served domain; any other id is "not found", never "forbidden"."""
+    person = db().get(Person, person_id)
+    served = _served()
+    if person is None or (served is not None and person.domain_id not in served):
+        abort(404)
+    return person
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, its own wildcards escaped."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@bp.get("")
+@staff(*HELPDESK_ROLES)
+def search() -> Any:
+    """Search people by address or name in the domains served."""
+    query_text = (request.args.get("q") or "").strip()[:200]
+    people: list[Person] = []
+    if query_text:
+        pattern = _like(query_text.lower())
+        query = (
+            select(Person)
+            .outerjoin(Alias, Alias.person_id == Person.id)
+            .where(
+                or_(
+                    Person.mail.like(pattern, escape="\\"),
+                    Person.display_name.ilike(pattern, escape="\\"),
+                    Alias.address.like(pattern, escape="\\"),
+                )
+            )
+            .distinct()
+            .order_by(Person.mail)
+            .limit(PAGE)
+        )
+        served = _served()
+        if served is not None:
+            query = query.where(Person.domain_id.in_(served or {-1}))
+        people = list(db().scalars(query))
+    return render_template("helpdesk/search.html", q=query_text, people=people)
+
+
+def _lock_keys(person: Person) -> list[str]:
+    """Every throttle key that can lock this person out (their address and aliases)."""
+    addresses = [person.mail] + list(
+        db().scalars(select(Alias.address).where(Alias.person_id == person.id))
+    )
+    return [throttle.account_key(a) for a in addresses]
+
+
+@bp.get("/people/<int:person_id>")
+@staff(*HELPDESK_ROLES)
+def person_page(person_id: int) -> Any:
+    """A person's status and audit trail."""
+    roster = db()
+    person = _person_or_404(person_id)
+    now = utcnow()
+    events = list(
+        roster.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.person_id == person.id)
+            .order_by(AuditEvent.id.desc())
+            .limit(200)
+        )
+    )
+    return render_template(
+        "helpdesk/person.html",
+        person=person,
+        domain=roster.get(Domain, person.domain_id),
+        is_covered=covered(roster, person),
+        credential=emergency_credential(roster, person),
+        locked=any(throttle.is_locked(roster, key, now) for key in _lock_keys(person)),
+        events=events,
+        form=ActionForm(),
+    )
+
+
+@bp.post("/people/<int:person_id>/reset-code")
+@staff(*HELPDESK_ROLES)
+def reset_code(person_id: int) -> Any:
+    """Issue a single-use reset code, shown this once."""
+    person = _person_or_404(person_id)
+    db().rollback()
+    hours = current_app.config["CONTINUITY_RESET_CODE_HOURS"]
+    with writing() as write:
+        row = write.get(Person, person.id)
+        if row is None:
+            abort(404)
+        code = issue_reset_code(
+            write, row, current_user.address, timedelta(hours=hours), client_address()
+        )
+    response = current_app.make_response(
+        render_template("helpdesk/code.html", person=person, code=code, hours=hours)
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/people/<int:person_id>/unlock")
+@staff(*HELPDESK_ROLES)
+def unlock(person_id: int) -> Any:
+    """Lift a sign-in lock."""
+    person = _person_or_404(person_id)
+    keys = _lock_keys(person)
+    db().rollback()
+    with writing() as write:
+        lifted = [key for key in keys if throttle.clear(write, key)]
+        audit(
+            write,
+            current_user.address,
+            "account.unlocked",
+            person_id=person.id,
+            domain_id=person.domain_id,
+            client=client_address(),
+            detail=", ".join(lifted),
+        )
+    flash(_("The sign-in lock is lifted."), "notice")
+    return redirect(url_for("helpdesk.person_page", person_id=person.id))

@@ -1,0 +1,178 @@
+"""Self-service: a person's Continuity status, their emergency password, reset codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, session, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+
+from portal.access import METHOD_DIRECTORY, db, public, signed_in, writing
+from portal.auth import client_address
+from portal.forms import EmergencyPasswordForm, ResetForm
+from portal.ldapauth import BindOutcome, check_password
+from roster import throttle
+from roster.config import Config
+from roster.domains import audit
+from roster.identity import (
+    covered,
+    emergency_credential,
+    find_person,
+    forget_reset_codes,
+    may_use_emergency_password,
+    normalise_address,
+    redeem_reset_code,
+    set_emergency_password,
+)
+from roster.models import Domain, Person, utcnow
+from roster.passwords import burn_verify_time, policy_problems
+
+bp = Blueprint("me", __name__)
+
+
+def policy_messages() -> dict[str, str]:
+    """What each password-policy refusal says, in the person's language."""
+    return {
+        "too_short": _("Use at least 12 characters."),
+        "too_long": _("Use at most 256 characters."),
+        "mismatch": _("The two new passwords are not the same."),
+        "same_as_directory": _("Do not use your directory password as emergency password."),
+        "contains_identity": _("Do not use your address or your name in the password."),
+        "common": _("This password is too common; choose another."),
+    }
+
+
+def _person() -> Person:
+    """The signed-in person (local staff accounts have no emergency password)."""
+    if current_user.kind != "person":
+        abort(404)
+    person = db().get(Person, current_user.id)
+    if person is None:
+        abort(404)
+    return person
+
+
+@bp.get("/me")
+@signed_in
+def status() -> Any:
+    """The person's Continuity status and, after a directory sign-in, the password form."""
+    if current_user.kind != "person":
+        return render_template("me/staff.html")
+    roster = db()
+    person = _person()
+    domain = roster.get(Domain, person.domain_id)
+    credential = emergency_credential(roster, person)
+    return render_template(
+        "me/status.html",
+        person=person,
+        domain=domain,
+        is_covered=covered(roster, person),
+        may_use=may_use_emergency_password(roster, person),
+        credential=credential,
+        can_change=current_user.method == METHOD_DIRECTORY,
+        form=EmergencyPasswordForm(),
+    )
+
+
+@bp.post("/me/emergency-password")
+@signed_in
+def emergency_password() -> Any:
+    """Set or change the emergency password (only in a directory-password session)."""
+    if current_user.method != METHOD_DIRECTORY:
+        abort(403)
+    form = EmergencyPasswordForm()
+    person = _person()
+    config: Config = current_app.config["CONTINUITY"]
+    source = next((d for d in config.directories if d.name == person.source), None)
+    directory_password = form.directory_password.data or ""
+    if source is None or check_password(source, person.dn, directory_password) is not (
+        BindOutcome.ACCEPTED
+    ):
+        with writing() as write:
+            throttle.record_failure(write, throttle.account_key(person.mail), utcnow())
+        flash(_("Your directory password is not right."), "error")
+        return redirect(url_for("me.status"))
+    problems = policy_problems(
+        form.password.data or "",
+        form.confirmation.data or "",
+        address=person.mail,
+        display_name=person.display_name,
+        directory_password=directory_password,
+    )
+    if problems:
+        messages = policy_messages()
+        for problem in problems:
+            flash(messages[problem], "error")
+        return redirect(url_for("me.status"))
+    with writing() as write:
+        row = write.get(Person, person.id)
+        if row is None:
+            abort(404)
+        set_emergency_password(write, row, form.password.data or "", row.mail, client_address())
+        write.flush()
+        write.refresh(row)
+        # This session goes on; every other one of the person ends.
+        session["gen"] = row.session_generation
+    flash(_("Your emergency password is set."), "notice")
+    return redirect(url_for("me.status"))
+
+
+@bp.route("/reset", methods=["GET", "POST"])
+@public
+def reset() -> Any:
+    """Set a new emergency password with the code the helpdesk gave."""
+    form = ResetForm()
+    if not form.is_submitted():
+        return render_template("me/reset.html", form=form)
+    if not form.validate():
+        flash(_("The form expired. Please try again."), "error")
+        return render_template("me/reset.html", form=form), 400
+    address = normalise_address(form.address.data or "")
+    keys = [throttle.account_key(address), throttle.client_key(client_address())]
+    roster = db()
+    verdict = throttle.check(roster, keys, utcnow())
+    if not verdict.allowed:
+        flash(_("Too many attempts. Try again later."), "error")
+        return render_template("me/reset.html", form=form), 429
+    person = find_person(roster, address)
+    roster.rollback()
+    wrong = _("The address or the code is not right, or the code has expired.")
+    if person is None:
+        burn_verify_time(form.code.data or "")
+        with writing() as write:
+            for key in keys:
+                throttle.record_failure(write, key, utcnow())
+        flash(wrong, "error")
+        return render_template("me/reset.html", form=form), 401
+    problems = policy_problems(
+        form.password.data or "",
+        form.confirmation.data or "",
+        address=person.mail,
+        display_name=person.display_name,
+    )
+    if problems:
+        messages = policy_messages()
+        for problem in problems:
+            flash(messages[problem], "error")
+        return render_template("me/reset.html", form=form), 400
+    with writing() as write:
+        row = write.get(Person, person.id)
+        if row is None or not redeem_reset_code(write, row, form.code.data or "", utcnow()):
+            for key in keys:
+                throttle.record_failure(write, key, utcnow())
+            audit(
+                write,
+                address,
+                "reset_code.refused",
+                person_id=person.id,
+                domain_id=person.domain_id,
+                client=client_address(),
+            )
+            flash(wrong, "error")
+            return render_template("me/reset.html", form=form), 401
+        set_emergency_password(write, row, form.password.data or "", row.mail, client_address())
+        forget_reset_codes(write, row)
+        throttle.clear(write, keys[0])
+    flash(_("Your new emergency password is set. You can sign in with it."), "notice")
+    return redirect(url_for("auth.sign_in"))

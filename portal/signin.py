@@ -1,0 +1,175 @@
+"""The sign-in decision: directory password, emergency password or local staff password.
+
+Kept apart from the views so that its rules read in one place. Reads happen in one
+short session, the slow checks (directory bind, argon2) outside any transaction, and
+the outcome is written in a short write transaction, so that sign-ins on several
+workers never queue behind each other's password checks.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from flask import current_app
+
+from portal.access import (
+    METHOD_DIRECTORY,
+    METHOD_EMERGENCY,
+    METHOD_LOCAL,
+    Principal,
+    db,
+    principal_for,
+    writing,
+)
+from portal.ldapauth import BindOutcome, check_password, find_dn
+from roster import throttle
+from roster.config import Config
+from roster.domains import audit
+from roster.identity import (
+    emergency_credential,
+    find_local_account,
+    find_person,
+    may_use_emergency_password,
+    normalise_address,
+)
+from roster.models import EmergencyCredential, LocalAccount, Person, utcnow
+from roster.passwords import burn_verify_time, hash_password, needs_rehash, verify_password
+
+
+class Failure(enum.Enum):
+    """Why a sign-in did not succeed, as far as the person may be told."""
+
+    WRONG = "wrong"
+    THROTTLED = "throttled"
+    LOCKED = "locked"
+
+
+@dataclass
+class Outcome:
+    """The result of one attempt."""
+
+    principal: Principal | None = None
+    method: str | None = None
+    failure: Failure | None = None
+    wait_seconds: int = 0
+    directory_down: bool = False
+
+
+def _plausible(address: str) -> bool:
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain) and len(address) <= 320 and address.isprintable()
+
+
+def check_sign_in(address: str, password: str, client: str) -> Outcome:
+    """Check an address and password; on success the caller starts the session."""
+    config: Config = current_app.config["CONTINUITY"]
+    address = normalise_address(address)
+    keys = [throttle.account_key(address), throttle.client_key(client)]
+    roster = db()
+    verdict = throttle.check(roster, keys, utcnow())
+    if not verdict.allowed:
+        roster.rollback()
+        failure = Failure.LOCKED if verdict.locked else Failure.THROTTLED
+        return Outcome(failure=failure, wait_seconds=verdict.wait_seconds)
+
+    person = find_person(roster, address) if _plausible(address) else None
+    account = (
+        None
+        if person is not None or not _plausible(address)
+        else find_local_account(roster, address)
+    )
+    stored_emergency = None
+    if person is not None and may_use_emergency_password(roster, person):
+        credential = emergency_credential(roster, person)
+        stored_emergency = credential.password_hash if credential else None
+    source = None
+    if person is not None:
+        source = next((d for d in config.directories if d.name == person.source), None)
+    elif account is None and _plausible(address):
+        domain = address.rpartition("@")[2]
+        source = next((d for d in config.directories if domain in d.domains), None)
+    roster.rollback()  # no transaction stays open across the slow checks below
+
+    method: str | None = None
+    directory_down = False
+    checked_hash = False
+    if person is not None and not person.disabled:
+        if source is not None:
+            outcome = check_password(source, person.dn, password)
+            directory_down = outcome is BindOutcome.UNREACHABLE
+            if outcome is BindOutcome.ACCEPTED:
+                method = METHOD_DIRECTORY
+        if method is None and stored_emergency is not None:
+            checked_hash = True
+            if verify_password(stored_emergency, password):
+                method = METHOD_EMERGENCY
+    elif account is not None:
+        checked_hash = True
+        if verify_password(account.password_hash, password):
+            method = METHOD_LOCAL
+    elif source is not None:
+        # Someone the roster does not know: ask the directory all the same, so that the
+        # answer and its timing are those of a known address.
+        dn, reachable = find_dn(source, address)
+        directory_down = not reachable
+        if dn is not None and check_password(source, dn, password) is BindOutcome.UNREACHABLE:
+            directory_down = True
+    if method is None and not checked_hash:
+        burn_verify_time(password)
+
+    now = utcnow()
+    with writing() as write:
+        if method is None:
+            locked = throttle.record_failure(write, keys[0], now)
+            throttle.record_failure(write, keys[1], now)
+            person_id = person.id if person is not None else None
+            domain_id = person.domain_id if person is not None else None
+            audit(
+                write,
+                address,
+                "sign_in.failed",
+                person_id=person_id,
+                domain_id=domain_id,
+                client=client,
+                detail="directory unreachable" if directory_down else "",
+            )
+            if locked:
+                audit(
+                    write,
+                    "portal",
+                    "account.locked",
+                    person_id=person_id,
+                    domain_id=domain_id,
+                    client=client,
+                    detail=address,
+                )
+            return Outcome(failure=Failure.WRONG, directory_down=directory_down)
+        throttle.clear(write, keys[0])
+        row: Person | LocalAccount | None
+        if person is not None:
+            row = write.get(Person, person.id)
+            if method == METHOD_EMERGENCY and stored_emergency and needs_rehash(stored_emergency):
+                stored = write.get(EmergencyCredential, person.id)
+                if stored is not None:
+                    stored.password_hash = hash_password(password)
+        elif account is not None:
+            row = write.get(LocalAccount, account.id)
+            if row is not None and needs_rehash(row.password_hash):
+                row.password_hash = hash_password(password)
+        else:
+            row = None
+        if row is None:
+            return Outcome(failure=Failure.WRONG)
+        audit(
+            write,
+            address,
+            "sign_in",
+            person_id=person.id if person is not None else None,
+            domain_id=person.domain_id if person is not None else None,
+            client=client,
+            detail=method,
+        )
+        write.flush()
+        principal = principal_for(row, write)
+    return Outcome(principal=principal, method=method)

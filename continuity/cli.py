@@ -185,10 +185,17 @@ def sync(
         if progress is not None:
             click.echo("", err=True)
     if as_json:
-        click.echo(json.dumps({"runs": [r.as_dict() for r in reports]}, indent=2))
+        runs = []
+        for report in reports:
+            body = report.as_dict()
+            if dry_run and report.plan is not None:
+                body["plan"] = _plan_lines(report.plan)
+            runs.append(body)
+        click.echo(json.dumps({"runs": runs}, indent=2, ensure_ascii=False))
     for report in reports:
         if dry_run and report.plan is not None and not as_json:
-            _print_plan(report.plan)
+            for line in _plan_lines(report.plan):
+                click.echo(line)
         if not as_json:
             _print_summary(report)
     sys.exit(max(r.exit_status for r in reports))
@@ -220,26 +227,24 @@ def _progress_printer(state: State, only: str | None) -> Callable[[str, int], No
     return show
 
 
-def _print_plan(plan: Any) -> None:
+def _plan_lines(plan: Any) -> list[str]:
     """The actions of a dry run, one per line."""
-    for create in plan.creates:
-        click.echo(f"create  {create.entry.mail}  ({create.entry.dn})")
+    lines = [f"create  {c.entry.mail}  ({c.entry.dn})" for c in plan.creates]
     for update in plan.updates:
         if update.renamed_from:
-            click.echo(f"rename  {update.renamed_from} -> {update.entry.mail}")
+            lines.append(f"rename  {update.renamed_from} -> {update.entry.mail}")
         if update.disabled_now:
-            click.echo(f"disable {update.entry.mail}")
+            lines.append(f"disable {update.entry.mail}")
         if update.enabled_now:
-            click.echo(f"enable  {update.entry.mail}")
+            lines.append(f"enable  {update.entry.mail}")
         if update.restored:
-            click.echo(f"restore {update.entry.mail}")
+            lines.append(f"restore {update.entry.mail}")
         rest = [c for c in update.changed if c not in ("mail", "disabled")]
         if rest and not update.restored:
-            click.echo(f"update  {update.entry.mail}  ({', '.join(rest)})")
-    for removal in plan.removals:
-        click.echo(f"remove  {removal.mail}")
-    for problem in plan.problems:
-        click.echo(f"warning {problem}")
+            lines.append(f"update  {update.entry.mail}  ({', '.join(rest)})")
+    lines += [f"remove  {removal.mail}" for removal in plan.removals]
+    lines += [f"warning {problem}" for problem in plan.problems]
+    return lines
 
 
 def _print_summary(report: Any) -> None:

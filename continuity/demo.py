@@ -8,6 +8,7 @@ directory, made anew on every run.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -71,11 +72,36 @@ def demo_ldif() -> str:
     return "\n".join(entries)
 
 
+MARKER = ".continuity-demo"
+
+
+def _private_file(path: Path, text: str) -> None:
+    """Write a file only its owner can read, created that way (never chmod'ed after)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Start from an empty work directory; only ever delete one the demo made itself."""
+    if workdir.exists():
+        if not (workdir / MARKER).is_file():
+            if any(workdir.iterdir()):
+                raise click.ClickException(
+                    f"{workdir} exists and was not made by `continuity demo`; choose another"
+                    " --workdir (the demo empties its work directory on every run)"
+                )
+            workdir.rmdir()
+        else:
+            shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, mode=0o700)
+    (workdir / MARKER).write_text("made by `continuity demo`; deleted on its next run\n")
+
+
 def write_config(workdir: Path, slapd: Slapd, listen: str) -> Path:
     """The demo's configuration file, with the directory password in a file of its own."""
     secret = workdir / "ldap-password"
-    secret.write_text(slapd.root_password, encoding="utf-8")
-    secret.chmod(0o600)
+    _private_file(secret, slapd.root_password)
     path = workdir / "continuity.toml"
     values = {
         "url": f"sqlite:///{workdir / 'roster.db'}",
@@ -84,7 +110,8 @@ def write_config(workdir: Path, slapd: Slapd, listen: str) -> Path:
         "secret": str(secret),
     }
     quoted = {key: json.dumps(value) for key, value in values.items()}
-    path.write_text(
+    _private_file(
+        path,
         f"""# Written by `continuity demo`.
 [database]
 url = {quoted["url"]}
@@ -104,8 +131,8 @@ group_base_dn = "ou=groups,{SUFFIX}"
 
 [portal]
 listen = {json.dumps(listen)}
+secure_cookies = false  # the demo serves plain HTTP on loopback
 """,
-        encoding="utf-8",
     )
     return path
 
@@ -113,9 +140,7 @@ listen = {json.dumps(listen)}
 def run_demo(workdir_name: str, listen: str, *, serve: bool) -> int:
     """Set everything up, sync once, then serve the portal until interrupted."""
     workdir = Path(workdir_name).resolve()
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    prepare_workdir(workdir)
     slapd = Slapd(workdir / "slapd", SUFFIX)
     slapd.start(demo_ldif())
     try:

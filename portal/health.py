@@ -52,7 +52,6 @@ def _status() -> tuple[dict[str, Any], int]:
                 if run.finished_at
                 else None,
                 "entries_read": run.entries_read,
-                "error": run.error,
             }
             for run in runs
         ],

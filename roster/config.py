@@ -83,6 +83,7 @@ class DirectoryConfig:
     max_removal_share: float = 0.10
     full_sync_interval_hours: float = 24.0
     clock_skew_seconds: int = 10
+    allow_cleartext_bind: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,8 @@ def _typed(value: Any, kind: type, where: str) -> Any:
     if kind in (int, float):
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
         try:
             return kind(value)
         except (TypeError, ValueError):
@@ -196,6 +199,7 @@ _DIRECTORY_FIELDS: dict[str, type] = {
     "max_removal_share": float,
     "full_sync_interval_hours": float,
     "clock_skew_seconds": int,
+    "allow_cleartext_bind": bool,
 }
 
 
@@ -232,13 +236,42 @@ def _directory(raw: Mapping[str, Any], index: int, environ: Mapping[str, str]) -
         raise ConfigError(f"{where}.bind_password: missing (bind_dn is set)")
     if values.get("ca_file") and not Path(values["ca_file"]).is_file():
         raise ConfigError(f"{where}.ca_file: no such file {values['ca_file']!r}")
+    plain = [u for u in values["url"] if u.startswith("ldap://")]
+    if plain and not values.get("start_tls"):
+        if values.get("ca_file"):
+            raise ConfigError(
+                f"{where}.ca_file: set, but {plain[0]} is plain LDAP; use ldaps:// or start_tls"
+            )
+        remote = [u for u in plain if not _loopback(u)]
+        if remote and values.get("bind_password") and not values.get("allow_cleartext_bind"):
+            raise ConfigError(
+                f"{where}.start_tls: the bind password would cross the network in clear to"
+                f" {remote[0]}; use ldaps:// or start_tls = true"
+                " (or allow_cleartext_bind = true on a network you trust)"
+            )
     if values.get("page_size", 1000) < 1:
         raise ConfigError(f"{where}.page_size: must be at least 1")
     if not 0 <= values.get("max_removal_share", 0.1) <= 1:
         raise ConfigError(f"{where}.max_removal_share: must be between 0 and 1")
-    values["domains"] = tuple(d.lower() for d in values["domains"])
+    values["domains"] = tuple(_ascii_domain(d) for d in values["domains"])
     values["urls"] = values.pop("url")
     return DirectoryConfig(**values)
+
+
+def _loopback(url: str) -> bool:
+    """True for a URL on this host (127.0.0.0/8, ::1, localhost)."""
+    host = url.split("://", 1)[1].rstrip("/")
+    host = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _ascii_domain(name: str) -> str:
+    """A domain as the roster names it: lower case, IDNA for non-ASCII names."""
+    text = name.strip().rstrip(".").lower()
+    try:
+        return text.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(f"[[directory]].domains: {name!r} is not a valid domain name") from None
 
 
 def load_config(
@@ -263,6 +296,8 @@ def load_config(
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"[{sorted(unknown)[0]}]: unknown table")
+    for name in known - {"directory"}:
+        _check_table(raw, name, _TABLE_KEYS[name])
 
     database = _overlay_env(dict(raw.get("database", {})), {"url"}, ("database",), environ)
     url = _typed(database.get("url", DEFAULT_DATABASE_URL), str, "[database].url")
@@ -275,7 +310,7 @@ def load_config(
     lock_seconds = _typed(sync.get("lock_seconds", 900), int, "[sync].lock_seconds")
 
     entries = raw.get("directory", [])
-    if not isinstance(entries, list):
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ConfigError("[[directory]]: must be an array of tables ([[directory]])")
     directories = tuple(_directory(entry, i, environ) for i, entry in enumerate(entries))
     names = [d.name for d in directories]
@@ -297,6 +332,17 @@ def load_config(
     )
 
 
+def _check_table(raw: Mapping[str, Any], name: str, keys: set[str]) -> None:
+    """A single table must be a table and hold only keys we know (a typo is an error)."""
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}]: must be a table")
+    allowed = keys | {k + "_file" for k in keys if k in SECRET_KEYS}
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"[{name}].{key}: unknown key")
+
+
 _KNOWN_KEYS: dict[str, set[str]] = {
     "standby": {"imap", "lmtp", "master_user", "master_password"},
     "gateway": {"listen", "spool_dir"},
@@ -310,4 +356,9 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "session_lifetime_hours",
         "reset_code_hours",
     },
+}
+_TABLE_KEYS: dict[str, set[str]] = {
+    "database": {"url"},
+    "sync": {"lock_seconds"},
+    **_KNOWN_KEYS,
 }

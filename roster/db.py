@@ -15,17 +15,21 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def make_engine(url: str, **options: Any) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout.
+
+    Statement parameters (addresses, names) never appear in error messages, which end
+    up in logs and in the sync's run records.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **options)
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True, **options)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, **options)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, **options)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

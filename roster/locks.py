@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from roster.models import RunLock, utcnow
 
@@ -48,6 +49,10 @@ def _process_gone(holder: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+class LeaseLost(Exception):
+    """The lease expired and another run took it: this run must not write."""
 
 
 class Lease:
@@ -84,13 +89,27 @@ class Lease:
                 raise LockHeld(self.name, "another run", "just now")
 
     def renew(self) -> None:
-        """Push the expiry forward; a no-op if the lease was lost."""
+        """Push the expiry forward; raise LeaseLost if another run holds it now."""
         with self.engine.begin() as connection:
-            connection.execute(
+            renewed = connection.execute(
                 update(RunLock)
                 .where(RunLock.name == self.name, RunLock.holder == self.holder)
                 .values(expires_at=utcnow() + timedelta(seconds=self.seconds))
             )
+        if renewed.rowcount != 1:
+            raise LeaseLost(f"the {self.name} lock was taken over by another run")
+
+    def confirm(self, session: Session) -> None:
+        """Inside the caller's write transaction: raise LeaseLost unless still ours.
+
+        The row is locked until that transaction ends (SQLite's write lock does the same),
+        so no other run can take the lease between this check and the commit.
+        """
+        holder = session.scalar(
+            select(RunLock.holder).where(RunLock.name == self.name).with_for_update()
+        )
+        if holder != self.holder:
+            raise LeaseLost(f"the {self.name} lock was taken over by another run")
 
     def release(self) -> None:
         """Give the lease back."""

@@ -157,7 +157,10 @@ class Profile:
             external_id = str(uuid.UUID(bytes_le=raw_id[0]))
         else:
             external_id = _text(raw_id).lower()
-        mail = _text(raw.get(self.mail_key, ())).strip().lower()
+        # Control characters are not stripped from an address, as they are from names:
+        # an address holding one is refused, never quietly turned into another address.
+        raw_mail = raw.get(self.mail_key) or [b""]
+        mail = raw_mail[0].decode("utf-8", "replace").strip().lower()
         aliases: list[str] = []
         for raw_alias in raw.get(self.alias_key, ()) if self.alias_key else ():
             alias = raw_alias.decode("utf-8", "replace").strip()
@@ -318,12 +321,20 @@ def generalized_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%d%H%M%SZ")
 
 
-def highest_usn(connection: ldap3.Connection) -> int:
-    """The AD server's highestCommittedUSN from its rootDSE."""
+def ad_root(connection: ldap3.Connection) -> tuple[int, str]:
+    """The AD server's highestCommittedUSN and dsServiceName, from its rootDSE.
+
+    USNs count per domain controller, so the mark is kept per controller (its
+    dsServiceName), not per URL: one name may lead to several controllers.
+    """
     try:
-        connection.search("", "(objectClass=*)", ldap3.BASE, attributes=["highestCommittedUSN"])
-        values = (connection.response or [{}])[0]["raw_attributes"]["highestcommittedusn"]
-        return int(values[0])
+        connection.search(
+            "", "(objectClass=*)", ldap3.BASE, attributes=["highestCommittedUSN", "dsServiceName"]
+        )
+        raw = (connection.response or [{}])[0]["raw_attributes"]
+        usn = int(raw["highestcommittedusn"][0])
+        dsa = raw.get("dsservicename") or [b""]
+        return usn, dsa[0].decode("utf-8", "replace")[:255]
     except (LDAPException, IndexError, KeyError, ValueError) as error:
         raise DirectoryReadError(f"cannot read highestCommittedUSN: {error}") from error
 
@@ -350,7 +361,16 @@ class DirectoryRead:
         self.profile = Profile(config)
         self.connection = connect(config)
         self.server = server_name(self.connection)
-        self.since = marks.get(self.server) if marks is not None else None
+        self.mark_key = self.server
+        self.next_usn = 0
+        if self.profile.ad:
+            try:
+                self.next_usn, dsa = ad_root(self.connection)
+            except DirectoryReadError:
+                self.close()
+                raise
+            self.mark_key = dsa or self.server
+        self.since = marks.get(self.mark_key) if marks is not None else None
         self.full = self.since is None
         self.next_mark = ""
         self.role_members: dict[str, set[str]] = {}
@@ -369,7 +389,6 @@ class DirectoryRead:
                 extra = f"(uSNChanged>={int(self.since) + 1})"
             elif self.since:
                 extra = f"(modifyTimestamp>={escape_filter_chars(self.since)})"
-            next_usn = highest_usn(connection) if profile.ad else None
             scope: set[str] | None = None
             if config.scope_group and not profile.ad:
                 scope = group_members(connection, config, config.scope_group)
@@ -403,7 +422,7 @@ class DirectoryRead:
                     self.role_members[role] = group_members(connection, config, group)
         finally:
             self.close()
-        self.next_mark = str(next_usn) if profile.ad else self._timestamp_mark(newest)
+        self.next_mark = str(self.next_usn) if profile.ad else self._timestamp_mark(newest)
 
     def _timestamp_mark(self, newest: str) -> str:
         """Where the next OpenLDAP read starts.

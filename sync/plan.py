@@ -119,14 +119,22 @@ class Plan:
 
 
 def domain_of(address: str) -> str:
-    """The domain part of a mail address."""
-    return address.rpartition("@")[2]
+    """The domain part of a mail address, as the roster names domains (IDNA, ASCII)."""
+    domain = address.rpartition("@")[2]
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
 
 
 def _valid_address(address: str) -> bool:
     local, at, domain = address.rpartition("@")
-    return bool(at and local and domain and "." in domain) and not any(
-        c.isspace() or c in "<>,;\x00" for c in address
+    return (
+        bool(at and local and domain and "." in domain)
+        and address.isprintable()
+        and not any(c.isspace() or c in "<>,;" for c in address)
     )
 
 
@@ -191,35 +199,34 @@ def plan_sync(
     # Addresses are claimed in a fixed order so that a conflict always resolves the same
     # way: people already in the roster keep what they hold, then the rest by stable id.
     accepted.sort(key=lambda pair: (pair[1] is None, pair[0].external_id))
-    claimed: dict[str, str] = {}  # address -> external id claiming it in this run
-    moving_away = _addresses_released(accepted)
+    leaving: set[str] = set()  # addresses of the people a full run removes
     if mode == FULL:
         for external_id, person in mine.items():
             if not person.removed and external_id not in seen_ids:
-                moving_away.update((person.mail, *person.aliases))
-    for entry, existing in accepted:
-        own_id = existing.id if existing else None
-        if _taken(entry.mail, own_id, holder, moving_away) or entry.mail in claimed:
-            plan.skipped["conflict"] += 1
-            plan.problems.append(
-                f"skipped {entry.dn!r}: address {entry.mail} already belongs to someone else"
-            )
-            continue
-        claimed[entry.mail] = entry.external_id
-        aliases = []
-        for alias in entry.aliases:
-            if alias == entry.mail or alias in aliases:
-                continue
-            if (
-                not _valid_address(alias)
-                or _taken(alias, own_id, holder, moving_away)
-                or alias in claimed
-            ):
-                plan.problems.append(f"dropped alias {alias} of {entry.mail}: invalid or taken")
-                continue
-            claimed[alias] = entry.external_id
-            aliases.append(alias)
-        entry = _with_aliases(entry, tuple(sorted(aliases)))
+                leaving.update((person.mail, *person.aliases))
+    # Someone whose change is refused keeps every address they hold, so addresses they
+    # would have given up are not free after all: claim again until nothing moves.
+    stuck: set[str] = set()
+    while True:
+        released = _addresses_released(accepted, stuck) | leaving
+        granted, refused = _claim(accepted, holder, released)
+        newly_stuck = {
+            entry.external_id
+            for entry, existing in refused
+            if existing is not None and not existing.removed
+        } - stuck
+        if not newly_stuck:
+            break
+        stuck |= newly_stuck
+
+    for entry, _existing in refused:
+        plan.skipped["conflict"] += 1
+        plan.problems.append(
+            f"skipped {entry.dn!r}: address {entry.mail} already belongs to someone else"
+        )
+    for entry, existing, dropped in granted:
+        for alias in dropped:
+            plan.problems.append(f"dropped alias {alias} of {entry.mail}: invalid or taken")
         _plan_entry(plan, entry, existing)
 
     if mode == FULL:
@@ -243,13 +250,49 @@ def _unchanged(entry: DirectoryEntry, person: RosterPerson) -> bool:
     )
 
 
-def _addresses_released(
+def _claim(
     accepted: list[tuple[DirectoryEntry, RosterPerson | None]],
+    holder: Mapping[str, int],
+    released: set[str],
+) -> tuple[
+    list[tuple[DirectoryEntry, RosterPerson | None, list[str]]],
+    list[tuple[DirectoryEntry, RosterPerson | None]],
+]:
+    """Hand out addresses in order: (granted entries with dropped aliases, refused entries)."""
+    claimed: set[str] = set()
+    granted: list[tuple[DirectoryEntry, RosterPerson | None, list[str]]] = []
+    refused: list[tuple[DirectoryEntry, RosterPerson | None]] = []
+    for entry, existing in accepted:
+        own_id = existing.id if existing else None
+        if _taken(entry.mail, own_id, holder, released) or entry.mail in claimed:
+            refused.append((entry, existing))
+            continue
+        claimed.add(entry.mail)
+        aliases: list[str] = []
+        dropped: list[str] = []
+        for alias in entry.aliases:
+            if alias == entry.mail or alias in aliases:
+                continue
+            if (
+                not _valid_address(alias)
+                or _taken(alias, own_id, holder, released)
+                or alias in claimed
+            ):
+                dropped.append(alias)
+                continue
+            claimed.add(alias)
+            aliases.append(alias)
+        granted.append((_with_aliases(entry, tuple(sorted(aliases))), existing, dropped))
+    return granted, refused
+
+
+def _addresses_released(
+    accepted: list[tuple[DirectoryEntry, RosterPerson | None]], stuck: set[str]
 ) -> set[str]:
     """Addresses that people of this source give up in this run (renames, dropped aliases)."""
     released: set[str] = set()
     for entry, existing in accepted:
-        if existing is None or existing.removed:
+        if existing is None or existing.removed or entry.external_id in stuck:
             continue
         kept = {entry.mail, *entry.aliases}
         released.update(a for a in (existing.mail, *existing.aliases) if a not in kept)

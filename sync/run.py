@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from roster.config import Config, DirectoryConfig
 from roster.db import session_factory, transaction
-from roster.locks import Lease, lease
+from roster.locks import Lease, LeaseLost, lease
 from roster.logs import log_event
 from roster.models import SyncRun, utcnow
 from sync.apply import apply_plan, apply_roles, domain_ids, load_marks, load_roster, save_mark
@@ -195,10 +195,14 @@ def sync_source(
                 report.counts["staff_roles"] = apply_roles(
                     session, source.name, read.role_members, source.domains, domains
                 )
-                save_mark(session, source.name, read.server, read.next_mark)
+                save_mark(session, source.name, read.mark_key, read.next_mark)
+                if held is not None:
+                    held.confirm(session)
                 report.phases["apply"] = time.monotonic() - clock - report.phases["read+plan"]
                 report.outcome = SUCCESS
                 _finish(session, run_id, report, clock)
+    except LeaseLost as error:
+        report.error = f"{error}; this run changed nothing"
     except GuardTripped as error:
         report.outcome, report.error = GUARD, str(error)
     except DirectoryReadError as error:

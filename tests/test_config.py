@@ -89,6 +89,18 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         (('domains = ["Acme.test"]', "domains = 5"), "domains"),
         (("[database]", "[databse]"), "databse"),
         (('url = "sqlite:///{tmp}/roster.db"', 'url = "mysql://x"'), "[database].url"),
+        (('[database]\nurl = "sqlite:///{tmp}/roster.db"', 'database = "x"'), "[database]"),
+        (('url = "sqlite:///{tmp}/roster.db"', 'ur1 = "sqlite:///x"'), "[database].ur1"),
+        (("[database]", "[portal]\nsecure_cookie = false\n[database]"), "[portal].secure_cookie"),
+        (('domains = ["Acme.test"]', 'domains = ["acme.test"]\npage_size = 1.7'), "page_size"),
+        (
+            ('url = "ldap://127.0.0.1:3890"', 'url = "ldap://dc1.acme.test"'),
+            "'corp'.start_tls: the bind password would cross the network in clear",
+        ),
+        (
+            ('profile = "openldap"', 'profile = "openldap"\nca_file = "{tmp}/ldap-secret"'),
+            "'corp'.ca_file: set, but ldap://127.0.0.1:3890 is plain LDAP",
+        ),
     ],
 )
 def test_bad_configuration_names_the_key(
@@ -118,3 +130,22 @@ def test_a_secret_from_the_environment_wins_over_the_file(tmp_path: Path) -> Non
     environ = {"CONTINUITY_DIRECTORY_CORP_BIND_PASSWORD_FILE": str(tmp_path / "other-secret")}
     config = load_config(write(tmp_path, SOURCE + 'bind_password = "inline"\n'), environ=environ)
     assert config.directory("corp").bind_password == "from-other-file"
+
+
+def test_the_deployment_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    """deploy/continuity.toml.example documents every key: it must load as it stands."""
+    example = Path(__file__).parent.parent / "deploy" / "continuity.toml.example"
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    text = re.sub(r'"/etc/continuity/secrets/[^"]+"', f'"{secret}"', example.read_text())
+    (tmp_path / "example.toml").write_text(text)
+    config = load_config(tmp_path / "example.toml", environ={})
+    assert [d.profile for d in config.directories] == ["ad"]
+    assert config.directories[0].bind_password == "s3cret"
+
+
+def test_idn_domains_are_named_in_ascii(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, SOURCE.replace('["Acme.test"]', '["Bücher.test"]')), environ={}
+    )
+    assert config.directory("corp").domains == ("xn--bcher-kva.test",)

@@ -172,3 +172,38 @@ def test_unicode_names_and_addresses_pass_through() -> None:
     entries = [entry("a", "josé.núñez@acme.test", display_name="José Núñez (Łódź) 日本")]
     plan = plan_sync("corp", FULL, entries, [], DOMAINS)
     assert plan.creates[0].entry.display_name == "José Núñez (Łódź) 日本"
+
+
+def test_a_refused_rename_keeps_the_old_address_for_its_holder() -> None:
+    """Regression: B's rename was refused, yet B's old address was handed to A."""
+    roster = [person(1, "a", "a@acme.test"), person(2, "b", "b@acme.test")]
+    roster.append(person(3, "c", "c@acme.test"))
+    entries = [entry("a", "b@acme.test"), entry("b", "c@acme.test"), entry("c", "c@acme.test")]
+    plan = plan_sync("corp", INCREMENTAL, entries, roster, DOMAINS)
+    assert plan.updates == []
+    assert plan.skipped["conflict"] == 2
+
+
+def test_a_refused_change_keeps_the_aliases_it_would_have_dropped() -> None:
+    """Regression: A's change was refused, yet A's alias went to a new person."""
+    roster = [person(1, "a", "a@acme.test", aliases=("x@acme.test",))]
+    roster.append(person(3, "c", "c@acme.test"))
+    entries = [
+        entry("a", "c@acme.test"),
+        entry("n", "n@acme.test", aliases=("x@acme.test",)),
+        entry("c", "c@acme.test"),
+    ]
+    plan = plan_sync("corp", FULL, entries, roster, DOMAINS)
+    assert [(c.entry.mail, c.entry.aliases) for c in plan.creates] == [("n@acme.test", ())]
+
+
+def test_addresses_in_idn_domains_belong_to_the_ascii_named_domain() -> None:
+    plan = plan_sync("corp", FULL, [entry("a", "ana@bücher.test")], [], ["xn--bcher-kva.test"])
+    assert [(c.entry.mail, c.domain) for c in plan.creates] == [
+        ("ana@bücher.test", "xn--bcher-kva.test")
+    ]
+
+
+def test_an_address_with_a_control_character_is_refused() -> None:
+    plan = plan_sync("corp", FULL, [entry("a", "ana\x00.evil@acme.test")], [], DOMAINS)
+    assert plan.creates == [] and plan.skipped["invalid"] == 1

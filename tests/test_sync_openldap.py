@@ -257,6 +257,9 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
     assert result.exit_code == 0, result.output
     assert "create  ana@acme.test" in result.stdout
     assert "outcome=dry-run" in result.stdout
+    status, summary = continuity.sync("--dry-run")
+    assert (status, summary["outcome"]) == (0, "dry-run")
+    assert summary["plan"] == [f"create  ana@acme.test  ({directory.dn('ana')})"]
     assert continuity.people() == {}
     assert runs(engine) == []
 
@@ -423,10 +426,12 @@ def test_progress_bar_on_a_terminal(continuity: Continuity, directory: Directory
     for number in range(3):
         directory.add_person(f"p{number}", f"p{number}@acme.test")
     configure(continuity, directory, page_size=1)
+    assert continuity.sync()[0] == 0  # now the roster knows how many to expect
     parent, child = pty.openpty()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "continuity", "--config", str(continuity.path), "sync"],
+            [sys.executable, "-m", "continuity", "--config", str(continuity.path)]
+            + ["sync", "--full"],
             stderr=child,
             stdout=subprocess.PIPE,
             text=True,
@@ -443,5 +448,6 @@ def test_progress_bar_on_a_terminal(continuity: Continuity, directory: Directory
         if child != -1:
             os.close(child)
     assert result.returncode == 0
-    assert b"corp: 3 entries read" in shown
+    assert b"corp: [" + b"#" * 30 + b"] 3/3 entries read" in shown
+    assert b"corp: [" + b"#" * 10 + b"-" * 20 + b"] 1/3 entries read" in shown
     assert result.stdout.startswith("sync source=corp mode=full outcome=success read=3")

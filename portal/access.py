@@ -6,7 +6,6 @@ and fails on any without one (STYLE.md, after Mailu).
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +19,15 @@ from flask_login import current_user, login_user, logout_user
 from sqlalchemy.orm import Session
 
 from portal.extensions import login_manager
-from roster.identity import ROLE_ADMIN, ROLE_GLOBAL_ADMIN, ROLE_HELPDESK, Role, roles_of
+from roster.identity import (
+    ROLE_ADMIN,
+    ROLE_GLOBAL_ADMIN,
+    ROLE_HELPDESK,
+    Role,
+    close_session,
+    roles_of,
+    session_is_open,
+)
 from roster.models import LocalAccount, Person
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -136,22 +143,26 @@ def load_principal(user_id: str) -> Principal | None:
         return None
     if session.get("gen") != row.session_generation:
         return None
+    if not session_is_open(roster, str(session.get("sid", "")), kind, row.id):
+        return None
     return principal_for(row, roster)
 
 
-def start_session(principal: Principal, method: str) -> None:
+def start_session(principal: Principal, method: str, session_id: str) -> None:
     """Sign in: a fresh session (never the one the browser came with)."""
     session.clear()
     login_user(principal)
     now = int(time.time())
-    session.update(
-        gen=principal.generation, method=method, since=now, seen=now, sid=secrets.token_hex(16)
-    )
+    session.update(gen=principal.generation, method=method, since=now, seen=now, sid=session_id)
     session.permanent = True
 
 
 def end_session() -> None:
-    """Sign out and forget everything in the session."""
+    """Sign out: the session's record goes, and the browser's cookie is emptied."""
+    session_id = session.get("sid")
+    if session_id:
+        with writing() as write:
+            close_session(write, str(session_id))
     logout_user()
     session.clear()
 

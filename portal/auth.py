@@ -71,7 +71,7 @@ def sign_in_page() -> Any:
             )
         form.password.data = ""
         return render_template("auth/sign_in.html", form=form), 401
-    start_session(outcome.principal, outcome.method)
+    start_session(outcome.principal, outcome.method, outcome.session_id)
     target = safe_next(form.next.data)
     return redirect(target or url_for("me.status"))
 

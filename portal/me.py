@@ -109,7 +109,14 @@ def emergency_password() -> Any:
         row = write.get(Person, person.id)
         if row is None:
             abort(404)
-        set_emergency_password(write, row, form.password.data or "", row.mail, client_address())
+        set_emergency_password(
+            write,
+            row,
+            form.password.data or "",
+            row.mail,
+            client_address(),
+            keep=str(session.get("sid", "")),
+        )
         write.flush()
         write.refresh(row)
         # This session goes on; every other one of the person ends.

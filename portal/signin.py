@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import timedelta
 
 from flask import current_app
 
@@ -30,8 +31,10 @@ from roster.identity import (
     emergency_credential,
     find_local_account,
     find_person,
+    forget_old_sessions,
     may_use_emergency_password,
     normalise_address,
+    open_session,
 )
 from roster.models import EmergencyCredential, LocalAccount, Person, utcnow
 from roster.passwords import burn_verify_time, hash_password, needs_rehash, verify_password
@@ -54,6 +57,7 @@ class Outcome:
     failure: Failure | None = None
     wait_seconds: int = 0
     directory_down: bool = False
+    session_id: str = ""
 
 
 def _plausible(address: str) -> bool:
@@ -172,4 +176,7 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
         )
         write.flush()
         principal = principal_for(row, write)
-    return Outcome(principal=principal, method=method)
+        session_id = open_session(write, principal.kind, principal.id)
+        lifetime = current_app.config["CONTINUITY_LIFETIME_SECONDS"]
+        forget_old_sessions(write, now - timedelta(seconds=lifetime))
+    return Outcome(principal=principal, method=method, session_id=session_id)

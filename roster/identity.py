@@ -20,6 +20,7 @@ from roster.models import (
     EmergencyCredential,
     LocalAccount,
     Person,
+    PortalSession,
     ResetCode,
     StaffRole,
     utcnow,
@@ -82,10 +83,56 @@ def emergency_credential(session: Session, person: Person) -> EmergencyCredentia
     return session.get(EmergencyCredential, person.id)
 
 
+def session_id_hash(session_id: str) -> str:
+    """The stored form of a portal session id."""
+    return hashlib.sha256(session_id.encode("ascii", "replace")).hexdigest()
+
+
+def open_session(session: Session, kind: str, principal_id: int) -> str:
+    """Record a new portal session; returns its id for the browser's cookie."""
+    session_id = secrets.token_urlsafe(32)
+    session.add(
+        PortalSession(
+            id_hash=session_id_hash(session_id),
+            kind=kind,
+            principal_id=principal_id,
+            created_at=utcnow(),
+        )
+    )
+    return session_id
+
+
+def session_is_open(session: Session, session_id: str, kind: str, principal_id: int) -> bool:
+    """True when this portal session exists and belongs to this principal."""
+    row = session.get(PortalSession, session_id_hash(session_id))
+    return row is not None and row.kind == kind and row.principal_id == principal_id
+
+
+def close_session(session: Session, session_id: str) -> None:
+    """Forget one portal session (sign-out)."""
+    session.execute(
+        delete(PortalSession).where(PortalSession.id_hash == session_id_hash(session_id))
+    )
+
+
+def forget_old_sessions(session: Session, older_than: datetime) -> None:
+    """Drop the records of sessions past the absolute lifetime."""
+    session.execute(delete(PortalSession).where(PortalSession.created_at < older_than))
+
+
 def end_sessions(
-    session: Session, person: Person | None = None, account: LocalAccount | None = None
+    session: Session,
+    person: Person | None = None,
+    account: LocalAccount | None = None,
+    keep: str | None = None,
 ) -> None:
-    """End every open portal session of a person or local account."""
+    """End every open portal session of a person or local account (all but ``keep``)."""
+    for kind, row in (("person", person), ("local", account)):
+        if row is not None:
+            condition = [PortalSession.kind == kind, PortalSession.principal_id == row.id]
+            if keep is not None:
+                condition.append(PortalSession.id_hash != session_id_hash(keep))
+            session.execute(delete(PortalSession).where(*condition))
     if person is not None:
         session.execute(
             update(Person)
@@ -103,9 +150,15 @@ def end_sessions(
 
 
 def set_emergency_password(
-    session: Session, person: Person, password: str, actor: str, client: str | None = None
+    session: Session,
+    person: Person,
+    password: str,
+    actor: str,
+    client: str | None = None,
+    keep: str | None = None,
 ) -> None:
-    """Store a new emergency password (policy already checked) and end other sessions."""
+    """Store a new emergency password (policy already checked); end the person's other
+    sessions (all but ``keep``)."""
     credential = emergency_credential(session, person)
     hashed = hash_password(password)
     if credential is None:
@@ -114,7 +167,7 @@ def set_emergency_password(
     else:
         credential.password_hash, credential.set_at = hashed, utcnow()
         action = "emergency_password.changed"
-    end_sessions(session, person)
+    end_sessions(session, person, keep=keep)
     audit(session, actor, action, domain_id=person.domain_id, person_id=person.id, client=client)
 
 

@@ -300,3 +300,18 @@ class SignInThrottle(Base):
     window_start: Mapped[datetime] = mapped_column(UTCDateTime)
     last_failure_at: Mapped[datetime] = mapped_column(UTCDateTime)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PortalSession(Base):
+    """One signed-in portal session; the browser holds only its id (stored here hashed).
+
+    Signing out deletes the row, so a copy of the cookie taken before is worth nothing.
+    """
+
+    __tablename__ = "portal_session"
+    __table_args__ = (Index("ix_portal_session_principal", "kind", "principal_id"),)
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    principal_id: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 
@@ -11,7 +10,7 @@ from ldap3.core.exceptions import LDAPBindError, LDAPException, LDAPOperationRes
 from ldap3.utils.conv import escape_filter_chars
 
 from roster.config import DirectoryConfig
-from roster.ldap import server_pool
+from roster.ldap import discard, server_pool
 from roster.logs import log_event
 
 log = logging.getLogger("continuity.portal.directory")
@@ -42,9 +41,13 @@ def _connection(
         auto_referrals=False,
         read_only=True,
     )
-    connection.open()
-    if config.start_tls:
-        connection.start_tls()
+    try:
+        connection.open()
+        if config.start_tls:
+            connection.start_tls()
+    except LDAPException:
+        discard(connection)
+        raise
     return connection
 
 
@@ -70,7 +73,7 @@ def find_dn(config: DirectoryConfig, address: str) -> tuple[str | None, bool]:
                 r["dn"] for r in connection.response or [] if r.get("type") == "searchResEntry"
             ]
         finally:
-            connection.unbind()
+            discard(connection)
     except LDAPException as error:
         log_event(
             log,
@@ -119,5 +122,4 @@ def check_password(config: DirectoryConfig, dn: str, password: str) -> BindOutco
         )
         return BindOutcome.UNREACHABLE
     finally:
-        with contextlib.suppress(LDAPException):
-            connection.unbind()
+        discard(connection)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -15,7 +14,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
 from roster.config import DirectoryConfig
-from roster.ldap import server_pool
+from roster.ldap import discard, server_pool
 from sync.plan import DirectoryEntry
 
 AD_IN_CHAIN = "1.2.840.113556.1.4.1941"
@@ -34,6 +33,7 @@ def connect(config: DirectoryConfig, *, lean: bool = True) -> ldap3.Connection:
     ldap3's own read).
     """
     pool = server_pool(config)
+    connection = None
     try:
         connection = ldap3.Connection(
             pool,
@@ -54,6 +54,8 @@ def connect(config: DirectoryConfig, *, lean: bool = True) -> ldap3.Connection:
         if lean:
             _lean_decoder(connection)
     except LDAPException as error:
+        if connection is not None:
+            discard(connection)
         raise DirectoryReadError(f"cannot connect to {', '.join(config.urls)}: {error}") from error
     return connection
 
@@ -377,8 +379,7 @@ class DirectoryRead:
 
     def close(self) -> None:
         """Drop the connection (also done when ``entries()`` ends)."""
-        with contextlib.suppress(LDAPException):
-            self.connection.unbind()
+        discard(self.connection)
 
     def entries(self) -> Iterator[DirectoryEntry]:
         """Every person in scope (or every changed one), as the directory describes them."""

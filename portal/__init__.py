@@ -68,7 +68,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
     app.extensions["roster_engine"] = engine
     app.extensions["roster_sessions"] = session_factory(engine)
 
-    from portal import access, auth, health, helpdesk, me
+    from portal import access, auth, errors, health, helpdesk, me
     from portal.extensions import babel, csrf, login_manager
     from portal.i18n import LANGUAGES, select_locale
 
@@ -89,6 +89,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
 
     for blueprint in (health.bp, auth.bp, me.bp, helpdesk.bp):
         app.register_blueprint(blueprint)
+    errors.register(app)
+    app.jinja_env.globals["audit_text"] = helpdesk.audit_text
     return app
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, flash, make_response, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from flask_babel import ngettext
 from flask_login import current_user
 
 from portal.access import end_session, public, safe_next, signed_in, start_session
@@ -26,7 +27,11 @@ def _wait_text(seconds: int) -> str:
         return _(
             "Too many attempts. Try again in %(minutes)d minutes.", minutes=(seconds + 59) // 60
         )
-    return _("Too many attempts. Try again in %(seconds)d seconds.", seconds=seconds)
+    return ngettext(
+        "Too many attempts. Try again in %(num)d second.",
+        "Too many attempts. Try again in %(num)d seconds.",
+        seconds,
+    )
 
 
 @bp.get("/")

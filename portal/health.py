@@ -35,10 +35,10 @@ def _status() -> tuple[dict[str, Any], int]:
                 .order_by(SyncRun.source)
             ).all()
     except SQLAlchemyError as error:
-        return {"status": "failing", "database": f"unreachable: {type(error).__name__}"}, 503
+        return {"status": "failing", "database": "unreachable", "error": type(error).__name__}, 503
     body = {
         "status": "ok" if revision else "failing",
-        "database": "ok" if revision else "no schema: run `continuity db upgrade`",
+        "database": "ok" if revision else "no schema",
         "schema_revision": revision,
         "domains": domains,
         "people": people,

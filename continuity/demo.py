@@ -23,6 +23,8 @@ from sync.run import SyncOptions, run_sync
 
 SUFFIX = "dc=acme,dc=test"
 DOMAIN = "acme.test"
+# Every demo person's directory password: a demo, on loopback, made anew on every run.
+DEMO_PASSWORD = "Demo-directory-2026"  # noqa: S105
 PEOPLE = [
     # uid, display name, aliases, disabled
     ("ana.garcia", "Ana García", ("ventas",), False),
@@ -52,6 +54,7 @@ def demo_ldif() -> str:
             "sn": name.split()[-1],
             "displayName": name,
             "mail": f"{uid}@{DOMAIN}",
+            "userPassword": DEMO_PASSWORD,
         }
         if aliases:
             attributes["mailAlternateAddress"] = [f"{a}@{DOMAIN}" for a in aliases]
@@ -149,7 +152,9 @@ def run_demo(workdir_name: str, listen: str, *, serve: bool) -> int:
         engine = make_engine(config.database_url)
         upgrade(engine)
         with transaction(session_factory(engine)) as session:
-            add_domain(session, DOMAIN, "demo", parse_primary("127.0.0.1:2525"))
+            domain = add_domain(session, DOMAIN, "demo", parse_primary("127.0.0.1:2525"))
+            domain.continuity_active = True
+            domain.emergency_password_enabled = True
         (report,) = run_sync(config, engine, SyncOptions(full=True))
         engine.dispose()
         click.echo(f"demo directory: {slapd.url} ({len(PEOPLE)} people under {SUFFIX})")
@@ -160,6 +165,10 @@ def run_demo(workdir_name: str, listen: str, *, serve: bool) -> int:
         )
         click.echo(
             f"try:            continuity --config {config_path} roster list --domain {DOMAIN}"
+        )
+        click.echo(
+            f"sign in as:     ana.garcia@{DOMAIN} (an admin), luis.martinez@{DOMAIN}"
+            f" (helpdesk) or anyone else, password {DEMO_PASSWORD}"
         )
         if report.exit_status != 0:
             click.echo(f"the demo sync failed: {report.error}", err=True)

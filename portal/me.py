@@ -86,11 +86,23 @@ def emergency_password() -> Any:
     config: Config = current_app.config["CONTINUITY"]
     source = next((d for d in config.directories if d.name == person.source), None)
     directory_password = form.directory_password.data or ""
+    keys = [throttle.account_key(person.mail), throttle.client_key(client_address())]
+    verdict = throttle.check(db(), keys, utcnow())
+    db().rollback()
+    if not verdict.allowed:
+        # The same throttle as the sign-in page: a stolen session must not become a
+        # way to guess the directory password.
+        if verdict.locked:
+            flash(_("Too many failed attempts: this account is locked for a while."), "error")
+        else:
+            flash(_("Too many attempts. Try again later."), "error")
+        return redirect(url_for("me.status"))
     if source is None or check_password(source, person.dn, directory_password) is not (
         BindOutcome.ACCEPTED
     ):
         with writing() as write:
-            throttle.record_failure(write, throttle.account_key(person.mail), utcnow())
+            for key in keys:
+                throttle.record_failure(write, key, utcnow())
         flash(_("Your directory password is not right."), "error")
         return redirect(url_for("me.status"))
     problems = policy_problems(
@@ -143,14 +155,27 @@ def reset() -> Any:
         flash(_("Too many attempts. Try again later."), "error")
         return render_template("me/reset.html", form=form), 429
     person = find_person(roster, address)
+    code = form.code.data or ""
+    # The code is checked before the password policy: only someone holding a valid
+    # code may learn anything (policy messages) about an address.
+    valid = person is not None and redeem_reset_code(roster, person, code, utcnow(), use=False)
+    if not valid:
+        burn_verify_time(code)  # a refusal costs the same, whoever the address is
     roster.rollback()
-    wrong = _("The address or the code is not right, or the code has expired.")
-    if person is None:
-        burn_verify_time(form.code.data or "")
+    if person is None or not valid:
         with writing() as write:
             for key in keys:
                 throttle.record_failure(write, key, utcnow())
-        flash(wrong, "error")
+            if person is not None:
+                audit(
+                    write,
+                    address,
+                    "reset_code.refused",
+                    person_id=person.id,
+                    domain_id=person.domain_id,
+                    client=client_address(),
+                )
+        flash(_("The address or the code is not right, or the code has expired."), "error")
         return render_template("me/reset.html", form=form), 401
     problems = policy_problems(
         form.password.data or "",
@@ -165,18 +190,8 @@ def reset() -> Any:
         return render_template("me/reset.html", form=form), 400
     with writing() as write:
         row = write.get(Person, person.id)
-        if row is None or not redeem_reset_code(write, row, form.code.data or "", utcnow()):
-            for key in keys:
-                throttle.record_failure(write, key, utcnow())
-            audit(
-                write,
-                address,
-                "reset_code.refused",
-                person_id=person.id,
-                domain_id=person.domain_id,
-                client=client_address(),
-            )
-            flash(wrong, "error")
+        if row is None or not redeem_reset_code(write, row, code, utcnow()):
+            flash(_("The address or the code is not right, or the code has expired."), "error")
             return render_template("me/reset.html", form=form), 401
         set_emergency_password(write, row, form.password.data or "", row.mail, client_address())
         forget_reset_codes(write, row)

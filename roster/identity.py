@@ -218,8 +218,13 @@ def issue_reset_code(
     return format_code(code)
 
 
-def redeem_reset_code(session: Session, person: Person, code: str, now: datetime) -> bool:
-    """Use up the person's valid reset code matching ``code``; False if there is none."""
+def redeem_reset_code(
+    session: Session, person: Person, code: str, now: datetime, *, use: bool = True
+) -> bool:
+    """Use up the person's valid reset code matching ``code``; False if there is none.
+
+    With ``use=False`` only say whether it would work (the code stays valid).
+    """
     digest = _code_digest(code)
     for candidate in session.scalars(
         select(ResetCode)
@@ -231,7 +236,8 @@ def redeem_reset_code(session: Session, person: Person, code: str, now: datetime
         .with_for_update()
     ):
         if hmac.compare_digest(candidate.code_hash, digest):
-            candidate.used_at = now
+            if use:
+                candidate.used_at = now
             return True
     return False
 

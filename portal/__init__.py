@@ -18,7 +18,7 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def _setting(config: Config, key: str, default: Any, kind: type) -> Any:
+def _setting(config: Config, key: str, default: Any, kind: type, minimum: int = 1) -> Any:
     """A typed [portal] value, or a ConfigError naming the key."""
     value = config.portal.get(key, default)
     if kind is bool:
@@ -34,8 +34,8 @@ def _setting(config: Config, key: str, default: Any, kind: type) -> Any:
         number = kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"[portal].{key}: expected a number, got {value!r}") from None
-    if number <= 0:
-        raise ConfigError(f"[portal].{key}: must be more than 0")
+    if number < minimum:
+        raise ConfigError(f"[portal].{key}: must be at least {minimum}")
     return number
 
 
@@ -64,6 +64,15 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
     )
     if test_config:
         app.config.from_mapping(test_config)
+    proxies = _setting(config, "trusted_proxies", 0, int, minimum=0)
+    if proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Behind N reverse proxies the client is the Nth address from the right of
+        # X-Forwarded-For; without this every client would be the proxy (one throttle).
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies
+        )
     engine = make_engine(app.config["CONTINUITY"].database_url)
     app.extensions["roster_engine"] = engine
     app.extensions["roster_sessions"] = session_factory(engine)

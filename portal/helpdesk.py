@@ -16,6 +16,7 @@ from portal.access import HELPDESK_ROLES, db, staff, writing
 from portal.auth import client_address
 from portal.forms import ActionForm
 from roster import throttle
+from roster.addresses import printable
 from roster.domains import audit
 from roster.identity import covered, emergency_credential, issue_reset_code
 from roster.models import Alias, AuditEvent, Domain, Person, utcnow
@@ -70,7 +71,7 @@ def _like(text: str) -> str:
 @staff(*HELPDESK_ROLES)
 def search() -> Any:
     """Search people by address or name in the domains served."""
-    query_text = (request.args.get("q") or "").strip()[:200]
+    query_text = printable((request.args.get("q") or "").strip(), 200)
     people: list[Person] = []
     if query_text:
         pattern = _like(query_text.lower())
@@ -100,10 +101,10 @@ def _lock_keys(person: Person) -> list[str]:
     addresses = [person.mail] + list(
         db().scalars(select(Alias.address).where(Alias.person_id == person.id))
     )
-    return [throttle.account_key(a) for a in addresses]
+    return [throttle.person_key(person.id)] + [throttle.account_key(a) for a in addresses]
 
 
-@bp.get("/people/<int:person_id>")
+@bp.get("/people/<int(max=2147483647):person_id>")
 @staff(*HELPDESK_ROLES)
 def person_page(person_id: int) -> Any:
     """A person's status and audit trail."""
@@ -130,7 +131,7 @@ def person_page(person_id: int) -> Any:
     )
 
 
-@bp.post("/people/<int:person_id>/reset-code")
+@bp.post("/people/<int(max=2147483647):person_id>/reset-code")
 @staff(*HELPDESK_ROLES)
 def reset_code(person_id: int) -> Any:
     """Issue a single-use reset code, shown this once."""
@@ -151,7 +152,7 @@ def reset_code(person_id: int) -> Any:
     return response
 
 
-@bp.post("/people/<int:person_id>/unlock")
+@bp.post("/people/<int(max=2147483647):person_id>/unlock")
 @staff(*HELPDESK_ROLES)
 def unlock(person_id: int) -> Any:
     """Lift a sign-in lock."""

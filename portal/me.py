@@ -86,7 +86,11 @@ def emergency_password() -> Any:
     config: Config = current_app.config["CONTINUITY"]
     source = next((d for d in config.directories if d.name == person.source), None)
     directory_password = form.directory_password.data or ""
-    keys = [throttle.account_key(person.mail), throttle.client_key(client_address())]
+    keys = [
+        throttle.account_key(person.mail),
+        throttle.person_key(person.id),
+        throttle.client_key(client_address()),
+    ]
     verdict = throttle.check(db(), keys, utcnow())
     db().rollback()
     if not verdict.allowed:

@@ -25,6 +25,7 @@ from portal.access import (
 )
 from portal.ldapauth import BindOutcome, check_password, find_dn
 from roster import throttle
+from roster.addresses import domain_of
 from roster.config import Config
 from roster.domains import audit
 from roster.identity import (
@@ -69,20 +70,20 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     """Check an address and password; on success the caller starts the session."""
     config: Config = current_app.config["CONTINUITY"]
     address = normalise_address(address)
-    keys = [throttle.account_key(address), throttle.client_key(client)]
+    plausible = _plausible(address)
     roster = db()
+    person = find_person(roster, address) if plausible else None
+    account = None if person is not None or not plausible else find_local_account(roster, address)
+    keys = [throttle.account_key(address), throttle.client_key(client)]
+    if person is not None:
+        # One count per person, whichever of their addresses is typed.
+        keys.append(throttle.person_key(person.id))
     verdict = throttle.check(roster, keys, utcnow())
     if not verdict.allowed:
         roster.rollback()
         failure = Failure.LOCKED if verdict.locked else Failure.THROTTLED
         return Outcome(failure=failure, wait_seconds=verdict.wait_seconds)
 
-    person = find_person(roster, address) if _plausible(address) else None
-    account = (
-        None
-        if person is not None or not _plausible(address)
-        else find_local_account(roster, address)
-    )
     stored_emergency = None
     if person is not None and may_use_emergency_password(roster, person):
         credential = emergency_credential(roster, person)
@@ -90,43 +91,44 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     source = None
     if person is not None:
         source = next((d for d in config.directories if d.name == person.source), None)
-    elif account is None and _plausible(address):
-        domain = address.rpartition("@")[2]
+    elif plausible:
+        domain = domain_of(address)
         source = next((d for d in config.directories if domain in d.domains), None)
     roster.rollback()  # no transaction stays open across the slow checks below
 
     method: str | None = None
     directory_down = False
-    checked_hash = False
     if person is not None and not person.disabled:
-        if source is not None:
+        # The emergency password is tried first: typed while the directory is up, it must
+        # not reach the directory as a failed bind (an AD lockout policy would count it).
+        if stored_emergency is not None and verify_password(stored_emergency, password):
+            method = METHOD_EMERGENCY
+        elif source is not None:
             outcome = check_password(source, person.dn, password)
             directory_down = outcome is BindOutcome.UNREACHABLE
             if outcome is BindOutcome.ACCEPTED:
                 method = METHOD_DIRECTORY
-        if method is None and stored_emergency is not None:
-            checked_hash = True
-            if verify_password(stored_emergency, password):
-                method = METHOD_EMERGENCY
-    elif account is not None:
-        checked_hash = True
-        if verify_password(account.password_hash, password):
+        if stored_emergency is None:
+            burn_verify_time(password)
+    else:
+        if account is not None and verify_password(account.password_hash, password):
             method = METHOD_LOCAL
-    elif source is not None:
-        # Someone the roster does not know: ask the directory all the same, so that the
-        # answer and its timing are those of a known address.
-        dn, reachable = find_dn(source, address)
-        directory_down = not reachable
-        if dn is not None and check_password(source, dn, password) is BindOutcome.UNREACHABLE:
-            directory_down = True
-    if method is None and not checked_hash:
-        burn_verify_time(password)
+        elif account is None:
+            burn_verify_time(password)
+        if source is not None and method is None:
+            # Someone the roster does not know, or local staff: ask the directory all the
+            # same, so that the answer and its timing are those of any other address.
+            dn, reachable = find_dn(source, address)
+            directory_down = not reachable
+            if dn is not None and check_password(source, dn, password) is BindOutcome.UNREACHABLE:
+                directory_down = True
 
     now = utcnow()
     with writing() as write:
         if method is None:
-            locked = throttle.record_failure(write, keys[0], now)
-            throttle.record_failure(write, keys[1], now)
+            locked = False
+            for key in keys:
+                locked = throttle.record_failure(write, key, now) or locked
             person_id = person.id if person is not None else None
             domain_id = person.domain_id if person is not None else None
             audit(
@@ -149,7 +151,9 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
                     detail=address,
                 )
             return Outcome(failure=Failure.WRONG, directory_down=directory_down)
-        throttle.clear(write, keys[0])
+        for key in keys:
+            if not key.startswith("client:"):
+                throttle.clear(write, key)
         row: Person | LocalAccount | None
         if person is not None:
             row = write.get(Person, person.id)

@@ -355,6 +355,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "session_idle_minutes",
         "session_lifetime_hours",
         "reset_code_hours",
+        "trusted_proxies",
     },
 }
 _TABLE_KEYS: dict[str, set[str]] = {

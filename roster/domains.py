@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from roster.addresses import printable
 from roster.models import AuditEvent, Domain, Person, SyncRun, utcnow
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
@@ -92,14 +93,14 @@ def audit(
     session.add(
         AuditEvent(
             at=utcnow(),
-            actor=actor,
+            actor=printable(actor, 320),
             action=action,
             domain_id=domain_id,
             person_id=person_id,
             before=before,
             after=after,
-            detail=detail,
-            client=client,
+            detail=printable(detail, 2000),
+            client=printable(client, 64) if client is not None else None,
         )
     )
 

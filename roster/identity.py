@@ -45,6 +45,8 @@ def normalise_address(address: str) -> str:
 def find_person(session: Session, address: str) -> Person | None:
     """The live person whose address or alias this is."""
     address = normalise_address(address)
+    if len(address) > 320 or not address.isprintable():
+        return None
     return session.scalar(
         select(Person)
         .outerjoin(Alias, Alias.person_id == Person.id)
@@ -55,6 +57,9 @@ def find_person(session: Session, address: str) -> Person | None:
 
 def find_local_account(session: Session, address: str) -> LocalAccount | None:
     """The local staff account with this address."""
+    address = normalise_address(address)
+    if len(address) > 320 or not address.isprintable():
+        return None
     return session.scalar(
         select(LocalAccount).where(LocalAccount.address == normalise_address(address))
     )

@@ -5,8 +5,9 @@ answer never tells the two apart) and per client address, in a one-hour window.
 After a few free failures each new attempt must wait longer (1 s, 2 s, 4 s ... up to a
 minute); after ACCOUNT_LOCK_AFTER failures an account is locked for LOCK_MINUTES, so it
 can never see more than about 40 failures an hour (OWASP ASVS 2.2.1 asks for no more
-than 100). A client address is locked after CLIENT_LOCK_AFTER failures, whatever the
-accounts it tries. Helpdesk can lift an account lock.
+than 100). A person is counted once whichever of their addresses is typed. A client
+address gets no delays (an office behind one NAT address shares it) but is locked after
+CLIENT_LOCK_AFTER failures, whatever the accounts it tries. Helpdesk can lift a lock.
 """
 
 from __future__ import annotations
@@ -17,24 +18,30 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from roster.addresses import printable
 from roster.models import SignInThrottle
 
 WINDOW = timedelta(hours=1)
 FREE_FAILURES = 3
 MAX_DELAY_SECONDS = 60
 ACCOUNT_LOCK_AFTER = 10
-CLIENT_LOCK_AFTER = 50
+CLIENT_LOCK_AFTER = 200
 LOCK_MINUTES = 15
 
 
 def account_key(address: str) -> str:
-    """The throttle key of an address typed at sign-in."""
-    return "account:" + address.strip().lower()[:320]
+    """The throttle key of an address typed at sign-in (whatever was typed)."""
+    return "account:" + printable(address.strip().lower(), 320)
+
+
+def person_key(person_id: int) -> str:
+    """The throttle key of a person, shared by all their addresses."""
+    return f"person:{person_id}"
 
 
 def client_key(client: str) -> str:
     """The throttle key of a client address."""
-    return "client:" + client[:64]
+    return "client:" + printable(client, 64)
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,10 @@ class Verdict:
         return self.wait_seconds <= 0
 
 
-def _delay(failures: int) -> int:
-    if failures < FREE_FAILURES:
+def _delay(key: str, failures: int) -> int:
+    # Client addresses get no delays, only a high lock: people behind one office NAT
+    # must not wait for each other's typos.
+    if failures < FREE_FAILURES or key.startswith("client:"):
         return 0
     return int(min(2 ** (failures - FREE_FAILURES), MAX_DELAY_SECONDS))
 
@@ -66,7 +75,7 @@ def check(session: Session, keys: list[str], now: datetime) -> Verdict:
             continue
         if now - row.window_start > WINDOW:
             continue
-        ready = row.last_failure_at + timedelta(seconds=_delay(row.failures))
+        ready = row.last_failure_at + timedelta(seconds=_delay(row.key, row.failures))
         if ready > now:
             wait = max(wait, int((ready - now).total_seconds()) + 1)
     return Verdict(wait, locked)
@@ -82,7 +91,7 @@ def record_failure(session: Session, key: str, now: datetime) -> bool:
         row.failures, row.window_start, row.locked_until = 0, now, None
     row.failures += 1
     row.last_failure_at = now
-    limit = ACCOUNT_LOCK_AFTER if key.startswith("account:") else CLIENT_LOCK_AFTER
+    limit = CLIENT_LOCK_AFTER if key.startswith("client:") else ACCOUNT_LOCK_AFTER
     if row.failures >= limit and row.locked_until is None:
         row.locked_until = now + timedelta(minutes=LOCK_MINUTES)
         session.flush()

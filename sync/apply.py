@@ -9,6 +9,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from roster.addresses import domain_of
 from roster.models import (
     Alias,
     AuditEvent,
@@ -22,7 +23,7 @@ from roster.models import (
     utcnow,
 )
 from sync.directory import normalise_dn
-from sync.plan import Plan, RosterPerson, Update, domain_of
+from sync.plan import Plan, RosterPerson, Update
 
 T = TypeVar("T")
 CHUNK = 500  # stays under every database's bound-parameter limit

@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from roster.addresses import domain_of
+
 FULL = "full"
 INCREMENTAL = "incremental"
 
@@ -116,17 +118,6 @@ class Plan:
     def is_empty(self) -> bool:
         """True when the plan changes nothing."""
         return not (self.creates or self.updates or self.removals)
-
-
-def domain_of(address: str) -> str:
-    """The domain part of a mail address, as the roster names domains (IDNA, ASCII)."""
-    domain = address.rpartition("@")[2]
-    if domain.isascii():
-        return domain
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return domain
 
 
 def _valid_address(address: str) -> bool:

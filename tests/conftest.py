@@ -16,6 +16,7 @@ from continuity.localslapd import Slapd
 from roster.db import make_engine, upgrade
 from roster.models import Base
 from tests.directory import DirectoryTree
+from tests.servers.samba import SambaDC
 
 POSTGRES_URL = os.environ.get("CONTINUITY_TEST_DATABASE_URL", "")
 DATABASES = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
@@ -89,3 +90,15 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
 def directory(slapd: Slapd) -> DirectoryTree:
     """A fresh organisational unit of the session's slapd, for one test."""
     return DirectoryTree.create(slapd)
+
+
+@pytest.fixture(scope="session")
+def samba(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
+    """One Samba AD DC for the test session (it needs root and port 389)."""
+    reason = SambaDC.unavailable_reason()
+    if reason is not None:
+        pytest.fail(f"the Active Directory tests need a Samba DC: {reason}")
+    dc = SambaDC(tmp_path_factory.mktemp("samba"))
+    dc.start()
+    yield dc
+    dc.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import ldap3
@@ -17,18 +16,6 @@ from tests.servers.samba import SambaDC
 
 DOMAIN = "corp.example.org"
 _ous = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def samba(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
-    """One Samba AD DC for the test session (it needs root and port 389)."""
-    reason = SambaDC.unavailable_reason()
-    if reason is not None:
-        pytest.fail(f"the Active Directory tests need a Samba DC: {reason}")
-    dc = SambaDC(tmp_path_factory.mktemp("samba"))
-    dc.start()
-    yield dc
-    dc.stop()
 
 
 class Corp:

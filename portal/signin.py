@@ -9,10 +9,12 @@ workers never queue behind each other's password checks.
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
+from sqlalchemy import update
 
 from portal.access import (
     METHOD_DIRECTORY,
@@ -20,7 +22,6 @@ from portal.access import (
     METHOD_LOCAL,
     Principal,
     db,
-    principal_for,
     writing,
 )
 from portal.ldapauth import BindOutcome, check_password, find_dn
@@ -29,15 +30,14 @@ from roster.addresses import domain_of
 from roster.config import Config
 from roster.domains import audit
 from roster.identity import (
-    emergency_credential,
     find_local_account,
-    find_person,
     forget_old_sessions,
-    may_use_emergency_password,
     normalise_address,
     open_session,
+    roles_of,
+    sign_in_facts,
 )
-from roster.models import EmergencyCredential, LocalAccount, Person, utcnow
+from roster.models import EmergencyCredential, LocalAccount, utcnow
 from roster.passwords import burn_verify_time, hash_password, needs_rehash, verify_password
 
 
@@ -72,28 +72,29 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     address = normalise_address(address)
     plausible = _plausible(address)
     roster = db()
-    person = find_person(roster, address) if plausible else None
+    person = sign_in_facts(roster, address) if plausible else None
     account = None if person is not None or not plausible else find_local_account(roster, address)
     keys = [throttle.account_key(address), throttle.client_key(client)]
     if person is not None:
         # One count per person, whichever of their addresses is typed.
-        keys.append(throttle.person_key(person.id))
+        keys.append(throttle.person_key(person.person_id))
     verdict = throttle.check(roster, keys, utcnow())
     if not verdict.allowed:
         roster.rollback()
         failure = Failure.LOCKED if verdict.locked else Failure.THROTTLED
         return Outcome(failure=failure, wait_seconds=verdict.wait_seconds)
-
-    stored_emergency = None
-    if person is not None and may_use_emergency_password(roster, person):
-        credential = emergency_credential(roster, person)
-        stored_emergency = credential.password_hash if credential else None
+    stored_emergency = person.emergency_hash if person and person.may_use_emergency else None
     source = None
     if person is not None:
         source = next((d for d in config.directories if d.name == person.source), None)
     elif plausible:
         domain = domain_of(address)
         source = next((d for d in config.directories if domain in d.domains), None)
+    roles = roles_of(
+        roster,
+        person.person_id if person else None,
+        account.id if account else None,
+    )
     roster.rollback()  # no transaction stays open across the slow checks below
 
     method: str | None = None
@@ -124,13 +125,13 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
                 directory_down = True
 
     now = utcnow()
+    person_id = person.person_id if person is not None else None
+    domain_id = person.domain_id if person is not None else None
     with writing() as write:
         if method is None:
             locked = False
             for key in keys:
                 locked = throttle.record_failure(write, key, now) or locked
-            person_id = person.id if person is not None else None
-            domain_id = person.domain_id if person is not None else None
             audit(
                 write,
                 address,
@@ -151,36 +152,56 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
                     detail=address,
                 )
             return Outcome(failure=Failure.WRONG, directory_down=directory_down)
-        for key in keys:
+        for key in verdict.seen:
             if not key.startswith("client:"):
                 throttle.clear(write, key)
-        row: Person | LocalAccount | None
         if person is not None:
-            row = write.get(Person, person.id)
             if method == METHOD_EMERGENCY and stored_emergency and needs_rehash(stored_emergency):
-                stored = write.get(EmergencyCredential, person.id)
-                if stored is not None:
-                    stored.password_hash = hash_password(password)
+                write.execute(
+                    update(EmergencyCredential)
+                    .where(EmergencyCredential.person_id == person.person_id)
+                    .values(password_hash=hash_password(password))
+                )
+            principal = Principal(
+                "person",
+                person.person_id,
+                person.mail,
+                person.display_name,
+                person.domain_id,
+                person.generation,
+                roles,
+            )
         elif account is not None:
-            row = write.get(LocalAccount, account.id)
-            if row is not None and needs_rehash(row.password_hash):
-                row.password_hash = hash_password(password)
+            if needs_rehash(account.password_hash):
+                write.execute(
+                    update(LocalAccount)
+                    .where(LocalAccount.id == account.id)
+                    .values(password_hash=hash_password(password))
+                )
+            principal = Principal(
+                "local",
+                account.id,
+                account.address,
+                account.address,
+                None,
+                account.session_generation,
+                roles,
+            )
         else:
-            row = None
-        if row is None:
             return Outcome(failure=Failure.WRONG)
         audit(
             write,
             address,
             "sign_in",
-            person_id=person.id if person is not None else None,
-            domain_id=person.domain_id if person is not None else None,
+            person_id=person_id,
+            domain_id=domain_id,
             client=client,
             detail=method,
         )
-        write.flush()
-        principal = principal_for(row, write)
         session_id = open_session(write, principal.kind, principal.id)
-        lifetime = current_app.config["CONTINUITY_LIFETIME_SECONDS"]
-        forget_old_sessions(write, now - timedelta(seconds=lifetime))
+        if secrets.randbelow(64) == 0:
+            # Records of sessions past their lifetime are swept now and then, not on every
+            # sign-in: it is the busiest request on the day of an outage.
+            lifetime = current_app.config["CONTINUITY_LIFETIME_SECONDS"]
+            forget_old_sessions(write, now - timedelta(seconds=lifetime))
     return Outcome(principal=principal, method=method, session_id=session_id)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from roster.addresses import printable
@@ -16,6 +16,9 @@ from roster.models import AuditEvent, Domain, Person, SyncRun, utcnow
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})$")
 HOST_RE = re.compile(rf"^(?:{_LABEL}\.)*{_LABEL}$")
+
+
+AUDIT_TABLE = cast(Table, AuditEvent.__table__)
 
 
 class RosterError(Exception):
@@ -90,8 +93,12 @@ def audit(
     client: str | None = None,
 ) -> None:
     """Write one audit event in the caller's transaction."""
-    session.add(
-        AuditEvent(
+    if session.new or session.dirty:
+        session.flush()  # the event may name rows still pending in this session
+    # A plain table insert: the sign-in writes one on every attempt, and the ORM's
+    # bulk machinery costs more than the statement itself.
+    session.execute(
+        AUDIT_TABLE.insert().values(
             at=utcnow(),
             actor=printable(actor, 320),
             action=action,

@@ -7,11 +7,12 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import Table, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from roster.coverage import person_is_covered
+from roster.coverage import is_covered, person_is_covered
 from roster.domains import audit
 from roster.models import (
     Alias,
@@ -65,6 +66,81 @@ def find_local_account(session: Session, address: str) -> LocalAccount | None:
     )
 
 
+@dataclass(frozen=True)
+class SignInFacts:
+    """What the sign-in needs to know about a person, read in one query."""
+
+    person_id: int
+    mail: str
+    display_name: str
+    domain_id: int
+    source: str
+    dn: str
+    disabled: bool
+    generation: int
+    emergency_hash: str | None
+    may_use_emergency: bool
+
+
+def sign_in_facts(session: Session, address: str) -> SignInFacts | None:
+    """The live person with this address or alias, and their emergency password rights.
+
+    One query: the sign-in page is the busiest page on the day of an outage.
+    """
+    address = normalise_address(address)
+    if len(address) > 320 or not address.isprintable():
+        return None
+    listed = exists(select(CoverageEntry.id).where(CoverageEntry.person_id == Person.id))
+    row = session.execute(
+        select(
+            Person.id,
+            Person.mail,
+            Person.display_name,
+            Person.domain_id,
+            Person.source,
+            Person.dn,
+            Person.disabled,
+            Person.session_generation,
+            Domain.continuity_active,
+            Domain.coverage_mode,
+            Domain.emergency_password_enabled,
+            EmergencyCredential.password_hash,
+            listed.label("listed"),
+        )
+        .join(Domain, Domain.id == Person.domain_id)
+        .outerjoin(EmergencyCredential, EmergencyCredential.person_id == Person.id)
+        .where(
+            Person.removed_at.is_(None),
+            or_(
+                Person.mail == address,
+                Person.id.in_(select(Alias.person_id).where(Alias.address == address)),
+            ),
+        )
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    may_use = bool(row.emergency_password_enabled) and is_covered(
+        service_active=bool(row.continuity_active),
+        coverage_mode=row.coverage_mode,
+        listed=bool(row.listed),
+        disabled=bool(row.disabled),
+        removed=False,
+    )
+    return SignInFacts(
+        row.id,
+        row.mail,
+        row.display_name,
+        row.domain_id,
+        row.source,
+        row.dn,
+        bool(row.disabled),
+        row.session_generation,
+        row.password_hash,
+        may_use,
+    )
+
+
 def is_listed(session: Session, person: Person) -> bool:
     """True when the person is on their domain's "only selected users" list."""
     found = session.scalar(select(CoverageEntry.id).where(CoverageEntry.person_id == person.id))
@@ -96,8 +172,10 @@ def session_id_hash(session_id: str) -> str:
 def open_session(session: Session, kind: str, principal_id: int) -> str:
     """Record a new portal session; returns its id for the browser's cookie."""
     session_id = secrets.token_urlsafe(32)
-    session.add(
-        PortalSession(
+    session.execute(
+        cast(Table, PortalSession.__table__)
+        .insert()
+        .values(
             id_hash=session_id_hash(session_id),
             kind=kind,
             principal_id=principal_id,

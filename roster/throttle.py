@@ -50,6 +50,7 @@ class Verdict:
 
     wait_seconds: int
     locked: bool
+    seen: frozenset[str] = frozenset()
 
     @property
     def allowed(self) -> bool:
@@ -68,7 +69,18 @@ def _delay(key: str, failures: int) -> int:
 def check(session: Session, keys: list[str], now: datetime) -> Verdict:
     """May an attempt on these keys be checked now?"""
     wait, locked = 0, False
-    for row in session.scalars(select(SignInThrottle).where(SignInThrottle.key.in_(keys))):
+    seen = set()
+    rows = session.execute(
+        select(
+            SignInThrottle.key,
+            SignInThrottle.failures,
+            SignInThrottle.window_start,
+            SignInThrottle.last_failure_at,
+            SignInThrottle.locked_until,
+        ).where(SignInThrottle.key.in_(keys))
+    )
+    for row in rows:
+        seen.add(row.key)
         if row.locked_until is not None and row.locked_until > now:
             wait = max(wait, int((row.locked_until - now).total_seconds()) + 1)
             locked = True
@@ -78,7 +90,7 @@ def check(session: Session, keys: list[str], now: datetime) -> Verdict:
         ready = row.last_failure_at + timedelta(seconds=_delay(row.key, row.failures))
         if ready > now:
             wait = max(wait, int((ready - now).total_seconds()) + 1)
-    return Verdict(wait, locked)
+    return Verdict(wait, locked, frozenset(seen))
 
 
 def record_failure(session: Session, key: str, now: datetime) -> bool:

@@ -7,9 +7,10 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from functools import lru_cache
+from typing import Any, cast
 
-from sqlalchemy import Table, delete, exists, or_, select, update
+from sqlalchemy import Table, bindparam, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from roster.coverage import is_covered, person_is_covered
@@ -82,16 +83,12 @@ class SignInFacts:
     may_use_emergency: bool
 
 
-def sign_in_facts(session: Session, address: str) -> SignInFacts | None:
-    """The live person with this address or alias, and their emergency password rights.
-
-    One query: the sign-in page is the busiest page on the day of an outage.
-    """
-    address = normalise_address(address)
-    if len(address) > 320 or not address.isprintable():
-        return None
+@lru_cache(maxsize=1)
+def _sign_in_facts_query() -> Any:
+    """The statement, built once: building and keying it cost more than running it."""
+    address: Any = bindparam("address")
     listed = exists(select(CoverageEntry.id).where(CoverageEntry.person_id == Person.id))
-    row = session.execute(
+    return (
         select(
             Person.id,
             Person.mail,
@@ -117,7 +114,19 @@ def sign_in_facts(session: Session, address: str) -> SignInFacts | None:
             ),
         )
         .limit(1)
-    ).first()
+    )
+
+
+def sign_in_facts(session: Session, address: str) -> SignInFacts | None:
+    """The live person with this address or alias, and their emergency password rights.
+
+    One query: the sign-in page is the busiest page on the day of an outage.
+    """
+    address = normalise_address(address)
+    if len(address) > 320 or not address.isprintable():
+        return None
+    # Executed on the connection: plain rows, without the ORM's per-statement work.
+    row = session.connection().execute(_sign_in_facts_query(), {"address": address}).first()
     if row is None:
         return None
     may_use = bool(row.emergency_password_enabled) and is_covered(
@@ -164,6 +173,15 @@ def emergency_credential(session: Session, person: Person) -> EmergencyCredentia
     return session.get(EmergencyCredential, person.id)
 
 
+SESSION_INSERT = cast(Table, PortalSession.__table__).insert()
+_ROLES_OF_PERSON = select(StaffRole.role, StaffRole.domain_id).where(
+    StaffRole.person_id == bindparam("id")
+)
+_ROLES_OF_ACCOUNT = select(StaffRole.role, StaffRole.domain_id).where(
+    StaffRole.local_account_id == bindparam("id")
+)
+
+
 def session_id_hash(session_id: str) -> str:
     """The stored form of a portal session id."""
     return hashlib.sha256(session_id.encode("ascii", "replace")).hexdigest()
@@ -172,15 +190,14 @@ def session_id_hash(session_id: str) -> str:
 def open_session(session: Session, kind: str, principal_id: int) -> str:
     """Record a new portal session; returns its id for the browser's cookie."""
     session_id = secrets.token_urlsafe(32)
-    session.execute(
-        cast(Table, PortalSession.__table__)
-        .insert()
-        .values(
-            id_hash=session_id_hash(session_id),
-            kind=kind,
-            principal_id=principal_id,
-            created_at=utcnow(),
-        )
+    session.connection().execute(
+        SESSION_INSERT,
+        {
+            "id_hash": session_id_hash(session_id),
+            "kind": kind,
+            "principal_id": principal_id,
+            "created_at": utcnow(),
+        },
     )
     return session_id
 
@@ -335,14 +352,14 @@ class Role:
 
 def roles_of(session: Session, person_id: int | None, account_id: int | None) -> list[Role]:
     """The staff roles of a person (from the directory or given locally) or local account."""
-    query = select(StaffRole.role, StaffRole.domain_id)
     if person_id is not None:
-        query = query.where(StaffRole.person_id == person_id)
+        query, number = _ROLES_OF_PERSON, person_id
     elif account_id is not None:
-        query = query.where(StaffRole.local_account_id == account_id)
+        query, number = _ROLES_OF_ACCOUNT, account_id
     else:
         return []
-    return [Role(role, domain_id) for role, domain_id in session.execute(query)]
+    rows = session.connection().execute(query, {"id": number})
+    return [Role(role, domain_id) for role, domain_id in rows]
 
 
 def add_local_staff(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from roster.addresses import printable
@@ -27,6 +27,15 @@ MAX_DELAY_SECONDS = 60
 ACCOUNT_LOCK_AFTER = 10
 CLIENT_LOCK_AFTER = 200
 LOCK_MINUTES = 15
+
+
+_CHECK = select(
+    SignInThrottle.key,
+    SignInThrottle.failures,
+    SignInThrottle.window_start,
+    SignInThrottle.last_failure_at,
+    SignInThrottle.locked_until,
+).where(SignInThrottle.key.in_(bindparam("keys", expanding=True)))
 
 
 def account_key(address: str) -> str:
@@ -70,15 +79,7 @@ def check(session: Session, keys: list[str], now: datetime) -> Verdict:
     """May an attempt on these keys be checked now?"""
     wait, locked = 0, False
     seen = set()
-    rows = session.execute(
-        select(
-            SignInThrottle.key,
-            SignInThrottle.failures,
-            SignInThrottle.window_start,
-            SignInThrottle.last_failure_at,
-            SignInThrottle.locked_until,
-        ).where(SignInThrottle.key.in_(keys))
-    )
+    rows = session.connection().execute(_CHECK, {"keys": keys})
     for row in rows:
         seen.add(row.key)
         if row.locked_until is not None and row.locked_until > now:

@@ -25,6 +25,7 @@ from roster.identity import (
     ROLE_HELPDESK,
     Role,
     close_session,
+    may_use_emergency_password,
     roles_of,
     session_is_open,
 )
@@ -145,7 +146,14 @@ def load_principal(user_id: str) -> Principal | None:
         return None
     if not session_is_open(roster, str(session.get("sid", "")), kind, row.id):
         return None
-    return principal_for(row, roster)
+    principal = principal_for(row, roster)
+    if isinstance(row, Person) and session.get("method") == METHOD_EMERGENCY:
+        # Rights that an emergency password gave end when the domain switches the
+        # service or the emergency password off, or the person is no longer covered.
+        if not may_use_emergency_password(roster, row):
+            return None
+        principal.roles = []
+    return principal
 
 
 def start_session(principal: Principal, method: str, session_id: str) -> None:

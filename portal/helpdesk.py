@@ -18,7 +18,7 @@ from portal.forms import ActionForm
 from roster import throttle
 from roster.addresses import printable
 from roster.domains import audit
-from roster.identity import covered, emergency_credential, issue_reset_code
+from roster.identity import ROLE_ADMIN, covered, emergency_credential, issue_reset_code, roles_of
 from roster.models import Alias, AuditEvent, Domain, Person, utcnow
 
 bp = Blueprint("helpdesk", __name__, url_prefix="/helpdesk")
@@ -136,6 +136,16 @@ def person_page(person_id: int) -> Any:
 def reset_code(person_id: int) -> Any:
     """Issue a single-use reset code, shown this once."""
     person = _person_or_404(person_id)
+    if person.disabled:
+        flash(_("This person is disabled in the directory: no reset code."), "error")
+        return redirect(url_for("helpdesk.person_page", person_id=person.id))
+    held = roles_of(db(), person.id, None)
+    admin_domains = current_user.domains_for(ROLE_ADMIN)
+    if held and admin_domains is not None and person.domain_id not in admin_domains:
+        # Staff members' codes come from an administrator: a helpdesk member must not
+        # be able to take over a colleague's (or a manager's) account.
+        flash(_("Reset codes for staff members are issued by an administrator."), "error")
+        return redirect(url_for("helpdesk.person_page", person_id=person.id))
     db().rollback()
     hours = current_app.config["CONTINUITY_RESET_CODE_HOURS"]
     with writing() as write:

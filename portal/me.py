@@ -162,7 +162,11 @@ def reset() -> Any:
     code = form.code.data or ""
     # The code is checked before the password policy: only someone holding a valid
     # code may learn anything (policy messages) about an address.
-    valid = person is not None and redeem_reset_code(roster, person, code, utcnow(), use=False)
+    valid = (
+        person is not None
+        and not person.disabled
+        and redeem_reset_code(roster, person, code, utcnow(), use=False)
+    )
     if not valid:
         burn_verify_time(code)  # a refusal costs the same, whoever the address is
     roster.rollback()

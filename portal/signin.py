@@ -78,11 +78,6 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     if person is not None:
         # One count per person, whichever of their addresses is typed.
         keys.append(throttle.person_key(person.person_id))
-    verdict = throttle.check(roster, keys, utcnow())
-    if not verdict.allowed:
-        roster.rollback()
-        failure = Failure.LOCKED if verdict.locked else Failure.THROTTLED
-        return Outcome(failure=failure, wait_seconds=verdict.wait_seconds)
     stored_emergency = person.emergency_hash if person and person.may_use_emergency else None
     source = None
     if person is not None:
@@ -96,6 +91,11 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
         account.id if account else None,
     )
     roster.rollback()  # no transaction stays open across the slow checks below
+    with writing() as write:
+        verdict = throttle.attempt(write, keys, utcnow())
+    if not verdict.allowed:
+        failure = Failure.LOCKED if verdict.locked else Failure.THROTTLED
+        return Outcome(failure=failure, wait_seconds=verdict.wait_seconds)
 
     method: str | None = None
     directory_down = False
@@ -119,29 +119,29 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
         if source is not None and method is None:
             # Someone the roster does not know, or local staff: ask the directory all the
             # same, so that the answer and its timing are those of any other address.
-            dn, reachable = find_dn(source, address)
+            # The search costs what a known person's bind costs; binding as whoever it
+            # finds would only add failed binds to accounts the roster does not cover.
+            _dn, reachable = find_dn(source, address)
             directory_down = not reachable
-            if dn is not None and check_password(source, dn, password) is BindOutcome.UNREACHABLE:
-                directory_down = True
 
     now = utcnow()
     person_id = person.person_id if person is not None else None
     domain_id = person.domain_id if person is not None else None
     with writing() as write:
         if method is None:
-            locked = False
-            for key in keys:
-                locked = throttle.record_failure(write, key, now) or locked
+            # The attempt is counted already. The typed text is kept only when it is
+            # someone's address: it may be anything, a password typed in the wrong field.
+            actor = address if person is not None or account is not None else "(unknown)"
             audit(
                 write,
-                address,
+                actor,
                 "sign_in.failed",
                 person_id=person_id,
                 domain_id=domain_id,
                 client=client,
                 detail="directory unreachable" if directory_down else "",
             )
-            if locked:
+            if verdict.locked:
                 audit(
                     write,
                     "portal",
@@ -149,7 +149,7 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
                     person_id=person_id,
                     domain_id=domain_id,
                     client=client,
-                    detail=address,
+                    detail=actor,
                 )
             return Outcome(failure=Failure.WRONG, directory_down=directory_down)
         for key in verdict.seen:
@@ -169,7 +169,9 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
                 person.display_name,
                 person.domain_id,
                 person.generation,
-                roles,
+                # An emergency password opens the person's own mail, never staff powers:
+                # it can be reset by the helpdesk, which must not become an admin that way.
+                roles if method == METHOD_DIRECTORY else [],
             )
         elif account is not None:
             if needs_rehash(account.password_hash):

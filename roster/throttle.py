@@ -12,10 +12,16 @@ CLIENT_LOCK_AFTER failures, whatever the accounts it tries. Helpdesk can lift a 
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, delete, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from roster.addresses import printable
@@ -39,8 +45,12 @@ _CHECK = select(
 
 
 def account_key(address: str) -> str:
-    """The throttle key of an address typed at sign-in (whatever was typed)."""
-    return "account:" + printable(address.strip().lower(), 320)
+    """The throttle key of an address typed at sign-in.
+
+    Hashed: whatever was typed (a password in the address field) is not kept.
+    """
+    typed = address.strip().lower().encode("utf-8", "replace")
+    return "account:" + hashlib.sha256(typed).hexdigest()
 
 
 def person_key(person_id: int) -> str:
@@ -49,8 +59,15 @@ def person_key(person_id: int) -> str:
 
 
 def client_key(client: str) -> str:
-    """The throttle key of a client address."""
-    return "client:" + printable(client, 64)
+    """The throttle key of a client address; IPv6 clients by their /64, which one
+    attacker usually holds whole."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return "client:" + printable(client, 64)
+    if address.version == 6:
+        return "client:" + str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return "client:" + str(address)
 
 
 @dataclass(frozen=True)
@@ -94,12 +111,63 @@ def check(session: Session, keys: list[str], now: datetime) -> Verdict:
     return Verdict(wait, locked, frozenset(seen))
 
 
+def attempt(session: Session, keys: list[str], now: datetime) -> Verdict:
+    """Count an attempt before its password is checked, in the caller's write
+    transaction; the attempt may go ahead only if the verdict allows it.
+
+    Counting first means that parallel requests cannot all pass a check that none of
+    them has recorded yet. A successful sign-in clears the account's count again.
+    """
+    # Every key gets its row first, so that the rows can be locked: two attempts on a
+    # key that had none would otherwise both find nothing to wait for.
+    dialect = session.get_bind().dialect.name
+    make_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    for key in sorted(keys):  # one order everywhere: no deadlocks between attempts
+        session.execute(
+            make_insert(SignInThrottle)
+            .values(key=key, failures=0, window_start=now, last_failure_at=now)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+    session.scalars(
+        select(SignInThrottle.key)
+        .where(SignInThrottle.key.in_(sorted(keys)))
+        .order_by(SignInThrottle.key)
+        .with_for_update()
+    ).all()
+    verdict = check(session, keys, now)
+    if not verdict.allowed:
+        return verdict
+    locked = False
+    for key in keys:
+        locked = record_failure(session, key, now) or locked
+    if secrets.randbelow(256) == 0:
+        sweep(session, now)
+    return Verdict(0, locked, verdict.seen | frozenset(keys))
+
+
+def sweep(session: Session, now: datetime) -> None:
+    """Forget counts whose window has passed and that hold no lock."""
+    session.execute(
+        delete(SignInThrottle).where(
+            SignInThrottle.window_start < now - WINDOW,
+            (SignInThrottle.locked_until.is_(None)) | (SignInThrottle.locked_until < now),
+        )
+    )
+
+
 def record_failure(session: Session, key: str, now: datetime) -> bool:
     """Count one failure; returns True when this failure locked the key."""
     row = session.get(SignInThrottle, key, with_for_update=True)
     if row is None:
         row = SignInThrottle(key=key, failures=0, window_start=now, last_failure_at=now)
-        session.add(row)
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            # Another attempt inserted it meanwhile: count on that row.
+            row = session.get(SignInThrottle, key, with_for_update=True, populate_existing=True)
+            if row is None:
+                raise
     if now - row.window_start > WINDOW or (row.locked_until and row.locked_until <= now):
         row.failures, row.window_start, row.locked_until = 0, now, None
     row.failures += 1

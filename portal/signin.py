@@ -152,8 +152,10 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
                     detail=actor,
                 )
             return Outcome(failure=Failure.WRONG, directory_down=directory_down)
-        for key in verdict.seen:
-            if not key.startswith("client:"):
+        for key in keys:
+            if key.startswith("client:"):
+                throttle.forgive(write, key)
+            else:
                 throttle.clear(write, key)
         if person is not None:
             if method == METHOD_EMERGENCY and stored_emergency and needs_rehash(stored_emergency):

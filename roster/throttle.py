@@ -181,6 +181,19 @@ def record_failure(session: Session, key: str, now: datetime) -> bool:
     return False
 
 
+def forgive(session: Session, key: str) -> None:
+    """Take back the count of an attempt that succeeded (for keys that are not cleared,
+    such as a client address shared by many people)."""
+    row = session.get(SignInThrottle, key, with_for_update=True)
+    if row is None or row.failures <= 0:
+        return
+    row.failures -= 1
+    limit = CLIENT_LOCK_AFTER if key.startswith("client:") else ACCOUNT_LOCK_AFTER
+    if row.locked_until is not None and row.failures < limit:
+        row.locked_until = None
+    session.flush()
+
+
 def clear(session: Session, key: str) -> bool:
     """Forget a key's failures and lift its lock; returns True if there was anything."""
     result = session.execute(delete(SignInThrottle).where(SignInThrottle.key == key))

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from roster.models import AuditEvent
-from roster.throttle import FREE_FAILURES
+from roster.models import AuditEvent, SignInThrottle
+from roster.throttle import FREE_FAILURES, client_key
 from tests.directory import DirectoryTree
 from tests.portal_support import (
     EMERGENCY,
+    PASSWORD,
     STAFF_PASSWORD,
     Portal,
     csrf_token,
@@ -111,3 +112,18 @@ def test_parallel_guesses_cannot_pass_the_throttle_together(portal: Portal) -> N
         )
     assert checked == FREE_FAILURES
     assert sign_in(portal.client(), "ana@acme.test", "y" * 12).status_code == 401
+
+
+def test_successful_sign_ins_do_not_count_against_the_client_address(portal: Portal) -> None:
+    """Regression: counting attempts first left every success on the client's count, so
+    an office behind one address was locked after 200 good sign-ins."""
+    portal.add_person("ana")
+    portal.sync()
+    for _ in range(3):
+        response = sign_in(portal.client(), "ana@acme.test", PASSWORD, client_address="10.7.0.1")
+        assert response.status_code == 302
+    with portal.engine.connect() as connection:
+        counts = connection.scalars(
+            select(SignInThrottle.failures).where(SignInThrottle.key == client_key("10.7.0.1"))
+        ).all()
+    assert counts in ([], [0])

@@ -152,11 +152,7 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
                     detail=actor,
                 )
             return Outcome(failure=Failure.WRONG, directory_down=directory_down)
-        for key in keys:
-            if key.startswith("client:"):
-                throttle.forgive(write, key)
-            else:
-                throttle.clear(write, key)
+        throttle.succeeded(write, keys)
         if person is not None:
             if method == METHOD_EMERGENCY and stored_emergency and needs_rehash(stored_emergency):
                 write.execute(

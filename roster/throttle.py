@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +37,17 @@ CLIENT_LOCK_AFTER = 200
 LOCK_MINUTES = 15
 
 
+TABLE = cast(Table, SignInThrottle.__table__)
+_COUNT = (
+    update(TABLE)
+    .where(TABLE.c.key == bindparam("k"))
+    .values(
+        failures=bindparam("f"),
+        window_start=bindparam("w"),
+        last_failure_at=bindparam("n"),
+        locked_until=bindparam("l"),
+    )
+)
 _CHECK = select(
     SignInThrottle.key,
     SignInThrottle.failures,
@@ -92,11 +105,10 @@ def _delay(key: str, failures: int) -> int:
     return int(min(2 ** (failures - FREE_FAILURES), MAX_DELAY_SECONDS))
 
 
-def check(session: Session, keys: list[str], now: datetime) -> Verdict:
-    """May an attempt on these keys be checked now?"""
+def _judge(rows: Iterable[Any], now: datetime) -> Verdict:
+    """The verdict the throttle rows of an attempt call for."""
     wait, locked = 0, False
     seen = set()
-    rows = session.connection().execute(_CHECK, {"keys": keys})
     for row in rows:
         seen.add(row.key)
         if row.locked_until is not None and row.locked_until > now:
@@ -111,38 +123,64 @@ def check(session: Session, keys: list[str], now: datetime) -> Verdict:
     return Verdict(wait, locked, frozenset(seen))
 
 
+def check(session: Session, keys: list[str], now: datetime) -> Verdict:
+    """May an attempt on these keys be checked now? (Reads only; see ``attempt``.)"""
+    return _judge(session.connection().execute(_CHECK, {"keys": keys}), now)
+
+
+def _counted(row: Any, now: datetime) -> tuple[int, datetime, datetime | None, bool]:
+    """A row's (failures, window start, lock, locked now) after one more failure."""
+    failures, window_start, locked_until = row.failures, row.window_start, row.locked_until
+    if now - window_start > WINDOW or (locked_until is not None and locked_until <= now):
+        failures, window_start, locked_until = 0, now, None
+    failures += 1
+    limit = CLIENT_LOCK_AFTER if row.key.startswith("client:") else ACCOUNT_LOCK_AFTER
+    if failures >= limit and locked_until is None:
+        return failures, window_start, now + timedelta(minutes=LOCK_MINUTES), True
+    return failures, window_start, locked_until, False
+
+
 def attempt(session: Session, keys: list[str], now: datetime) -> Verdict:
     """Count an attempt before its password is checked, in the caller's write
     transaction; the attempt may go ahead only if the verdict allows it.
 
     Counting first means that parallel requests cannot all pass a check that none of
-    them has recorded yet. A successful sign-in clears the account's count again.
+    them has recorded yet: every key gets its row, the rows are locked (SQLite's write
+    lock does the same), judged, then counted. A successful sign-in takes the count
+    back (``succeeded``).
     """
-    # Every key gets its row first, so that the rows can be locked: two attempts on a
-    # key that had none would otherwise both find nothing to wait for.
-    dialect = session.get_bind().dialect.name
-    make_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    for key in sorted(keys):  # one order everywhere: no deadlocks between attempts
-        session.execute(
-            make_insert(SignInThrottle)
-            .values(key=key, failures=0, window_start=now, last_failure_at=now)
-            .on_conflict_do_nothing(index_elements=["key"])
+    connection = session.connection()
+    make_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    ordered = sorted(set(keys))  # one order everywhere: no deadlocks between attempts
+    connection.execute(
+        make_insert(TABLE)
+        .values(
+            key=bindparam("key"),
+            failures=0,
+            window_start=bindparam("now"),
+            last_failure_at=bindparam("now"),
         )
-    session.scalars(
-        select(SignInThrottle.key)
-        .where(SignInThrottle.key.in_(sorted(keys)))
-        .order_by(SignInThrottle.key)
-        .with_for_update()
+        .on_conflict_do_nothing(index_elements=["key"]),
+        [{"key": key, "now": now} for key in ordered],
+    )
+    rows = connection.execute(
+        _CHECK.order_by(SignInThrottle.key).with_for_update(), {"keys": ordered}
     ).all()
-    verdict = check(session, keys, now)
+    verdict = _judge(rows, now)
     if not verdict.allowed:
         return verdict
     locked = False
-    for key in keys:
-        locked = record_failure(session, key, now) or locked
+    changes = []
+    for row in rows:
+        failures, window_start, locked_until, locked_now = _counted(row, now)
+        locked = locked or locked_now
+        changes.append(
+            {"k": row.key, "f": failures, "w": window_start, "n": now, "l": locked_until}
+        )
+    connection.execute(_COUNT, changes)
     if secrets.randbelow(256) == 0:
         sweep(session, now)
-    return Verdict(0, locked, verdict.seen | frozenset(keys))
+    return Verdict(0, locked, frozenset(ordered))
 
 
 def sweep(session: Session, now: datetime) -> None:
@@ -153,6 +191,27 @@ def sweep(session: Session, now: datetime) -> None:
             (SignInThrottle.locked_until.is_(None)) | (SignInThrottle.locked_until < now),
         )
     )
+
+
+def succeeded(session: Session, keys: list[str]) -> None:
+    """A counted attempt succeeded: the account's counts go, the client's count of it
+    is taken back (a client address may be a whole office)."""
+    connection = session.connection()
+    personal = [key for key in keys if not key.startswith("client:")]
+    shared = [key for key in keys if key.startswith("client:")]
+    if personal:
+        connection.execute(delete(TABLE).where(TABLE.c.key.in_(personal)))
+    for key in shared:
+        connection.execute(
+            update(TABLE)
+            .where(TABLE.c.key == key, TABLE.c.failures > 0)
+            .values(failures=TABLE.c.failures - 1)
+        )
+        connection.execute(
+            update(TABLE)
+            .where(TABLE.c.key == key, TABLE.c.failures < CLIENT_LOCK_AFTER)
+            .values(locked_until=None)
+        )
 
 
 def record_failure(session: Session, key: str, now: datetime) -> bool:
@@ -179,19 +238,6 @@ def record_failure(session: Session, key: str, now: datetime) -> bool:
         return True
     session.flush()
     return False
-
-
-def forgive(session: Session, key: str) -> None:
-    """Take back the count of an attempt that succeeded (for keys that are not cleared,
-    such as a client address shared by many people)."""
-    row = session.get(SignInThrottle, key, with_for_update=True)
-    if row is None or row.failures <= 0:
-        return
-    row.failures -= 1
-    limit = CLIENT_LOCK_AFTER if key.startswith("client:") else ACCOUNT_LOCK_AFTER
-    if row.locked_until is not None and row.failures < limit:
-        row.locked_until = None
-    session.flush()
 
 
 def clear(session: Session, key: str) -> bool:

@@ -91,11 +91,12 @@ def emergency_password() -> Any:
         throttle.person_key(person.id),
         throttle.client_key(client_address()),
     ]
-    verdict = throttle.check(db(), keys, utcnow())
     db().rollback()
+    with writing() as write:
+        verdict = throttle.attempt(write, keys, utcnow())
     if not verdict.allowed:
-        # The same throttle as the sign-in page: a stolen session must not become a
-        # way to guess the directory password.
+        # The same throttle as the sign-in page (the attempt is counted before the
+        # check): a stolen session must not become a way to guess the directory password.
         if verdict.locked:
             flash(_("Too many failed attempts: this account is locked for a while."), "error")
         else:
@@ -104,11 +105,10 @@ def emergency_password() -> Any:
     if source is None or check_password(source, person.dn, directory_password) is not (
         BindOutcome.ACCEPTED
     ):
-        with writing() as write:
-            for key in keys:
-                throttle.record_failure(write, key, utcnow())
         flash(_("Your directory password is not right."), "error")
         return redirect(url_for("me.status"))
+    with writing() as write:
+        throttle.succeeded(write, keys)  # the directory password was right
     problems = policy_problems(
         form.password.data or "",
         form.confirmation.data or "",
@@ -153,11 +153,12 @@ def reset() -> Any:
         return render_template("me/reset.html", form=form), 400
     address = normalise_address(form.address.data or "")
     keys = [throttle.account_key(address), throttle.client_key(client_address())]
-    roster = db()
-    verdict = throttle.check(roster, keys, utcnow())
+    with writing() as write:
+        verdict = throttle.attempt(write, keys, utcnow())  # counted before the check
     if not verdict.allowed:
         flash(_("Too many attempts. Try again later."), "error")
         return render_template("me/reset.html", form=form), 429
+    roster = db()
     person = find_person(roster, address)
     code = form.code.data or ""
     # The code is checked before the password policy: only someone holding a valid
@@ -172,8 +173,6 @@ def reset() -> Any:
     roster.rollback()
     if person is None or not valid:
         with writing() as write:
-            for key in keys:
-                throttle.record_failure(write, key, utcnow())
             if person is not None:
                 audit(
                     write,
@@ -185,6 +184,8 @@ def reset() -> Any:
                 )
         flash(_("The address or the code is not right, or the code has expired."), "error")
         return render_template("me/reset.html", form=form), 401
+    with writing() as write:
+        throttle.succeeded(write, keys)  # the code is right; only the password may not be
     problems = policy_problems(
         form.password.data or "",
         form.confirmation.data or "",
@@ -203,6 +204,5 @@ def reset() -> Any:
             return render_template("me/reset.html", form=form), 401
         set_emergency_password(write, row, form.password.data or "", row.mail, client_address())
         forget_reset_codes(write, row)
-        throttle.clear(write, keys[0])
     flash(_("Your new emergency password is set. You can sign in with it."), "notice")
     return redirect(url_for("auth.sign_in"))

@@ -23,7 +23,6 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from roster.addresses import printable
@@ -123,11 +122,6 @@ def _judge(rows: Iterable[Any], now: datetime) -> Verdict:
     return Verdict(wait, locked, frozenset(seen))
 
 
-def check(session: Session, keys: list[str], now: datetime) -> Verdict:
-    """May an attempt on these keys be checked now? (Reads only; see ``attempt``.)"""
-    return _judge(session.connection().execute(_CHECK, {"keys": keys}), now)
-
-
 def _counted(row: Any, now: datetime) -> tuple[int, datetime, datetime | None, bool]:
     """A row's (failures, window start, lock, locked now) after one more failure."""
     failures, window_start, locked_until = row.failures, row.window_start, row.locked_until
@@ -212,32 +206,6 @@ def succeeded(session: Session, keys: list[str]) -> None:
             .where(TABLE.c.key == key, TABLE.c.failures < CLIENT_LOCK_AFTER)
             .values(locked_until=None)
         )
-
-
-def record_failure(session: Session, key: str, now: datetime) -> bool:
-    """Count one failure; returns True when this failure locked the key."""
-    row = session.get(SignInThrottle, key, with_for_update=True)
-    if row is None:
-        row = SignInThrottle(key=key, failures=0, window_start=now, last_failure_at=now)
-        try:
-            with session.begin_nested():
-                session.add(row)
-        except IntegrityError:
-            # Another attempt inserted it meanwhile: count on that row.
-            row = session.get(SignInThrottle, key, with_for_update=True, populate_existing=True)
-            if row is None:
-                raise
-    if now - row.window_start > WINDOW or (row.locked_until and row.locked_until <= now):
-        row.failures, row.window_start, row.locked_until = 0, now, None
-    row.failures += 1
-    row.last_failure_at = now
-    limit = CLIENT_LOCK_AFTER if key.startswith("client:") else ACCOUNT_LOCK_AFTER
-    if row.failures >= limit and row.locked_until is None:
-        row.locked_until = now + timedelta(minutes=LOCK_MINUTES)
-        session.flush()
-        return True
-    session.flush()
-    return False
 
 
 def clear(session: Session, key: str) -> bool:

@@ -26,7 +26,7 @@ from portal.access import (
 )
 from portal.ldapauth import BindOutcome, check_password, find_dn
 from roster import throttle
-from roster.addresses import domain_of
+from roster.addresses import domain_of, plausible
 from roster.config import Config
 from roster.domains import audit
 from roster.identity import (
@@ -61,19 +61,14 @@ class Outcome:
     session_id: str = ""
 
 
-def _plausible(address: str) -> bool:
-    local, at, domain = address.rpartition("@")
-    return bool(at and local and domain) and len(address) <= 320 and address.isprintable()
-
-
 def check_sign_in(address: str, password: str, client: str) -> Outcome:
     """Check an address and password; on success the caller starts the session."""
     config: Config = current_app.config["CONTINUITY"]
     address = normalise_address(address)
-    plausible = _plausible(address)
+    well_formed = plausible(address)
     roster = db()
-    person = sign_in_facts(roster, address) if plausible else None
-    account = None if person is not None or not plausible else find_local_account(roster, address)
+    person = sign_in_facts(roster, address) if well_formed else None
+    account = None if person is not None or not well_formed else find_local_account(roster, address)
     keys = [throttle.account_key(address), throttle.client_key(client)]
     if person is not None:
         # One count per person, whichever of their addresses is typed.
@@ -82,7 +77,7 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     source = None
     if person is not None:
         source = next((d for d in config.directories if d.name == person.source), None)
-    elif plausible:
+    elif well_formed:
         domain = domain_of(address)
         source = next((d for d in config.directories if domain in d.domains), None)
     roles = roles_of(

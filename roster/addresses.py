@@ -19,3 +19,10 @@ def printable(text: str, limit: int) -> str:
     if not text.isprintable():
         text = "".join(c for c in text if c.isprintable())
     return text[:limit]
+
+
+def plausible(address: str) -> bool:
+    """True when ``address`` could be someone's: local@domain, printable, at most 320
+    characters. Anything else is answered without asking the database."""
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain) and len(address) <= 320 and address.isprintable()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select
-
-from roster.models import COVERAGE_ALL, COVERAGE_SELECTED, CoverageEntry, Domain, Person
+from roster.models import COVERAGE_ALL, COVERAGE_SELECTED, Domain, Person
 
 
 def is_covered(
@@ -36,18 +34,4 @@ def person_is_covered(domain: Domain, person: Person, listed: bool) -> bool:
         listed=listed,
         disabled=person.disabled,
         removed=person.removed_at is not None,
-    )
-
-
-def covered_clause() -> ColumnElement[bool]:
-    """The same rule as a SQL condition on Person joined to Domain (for lists and counts)."""
-    listed = exists(select(CoverageEntry.id).where(CoverageEntry.person_id == Person.id))
-    return and_(
-        Domain.continuity_active.is_(True),
-        Person.disabled.is_(False),
-        Person.removed_at.is_(None),
-        or_(
-            Domain.coverage_mode == COVERAGE_ALL,
-            and_(Domain.coverage_mode == COVERAGE_SELECTED, listed),
-        ),
     )

@@ -11,7 +11,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from roster.addresses import printable
-from roster.models import AuditEvent, Domain, Person, SyncRun, utcnow
+from roster.models import AuditEvent, Domain, Person, utcnow
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})$")
@@ -157,8 +157,3 @@ def domain_overview(session: Session, domain: Domain) -> dict[str, Any]:
         "people": live or 0,
         "people_disabled": disabled or 0,
     }
-
-
-def last_sync_runs(session: Session, limit: int = 10) -> list[SyncRun]:
-    """The most recent sync runs, newest first."""
-    return list(session.scalars(select(SyncRun).order_by(SyncRun.id.desc()).limit(limit)))

@@ -10,9 +10,10 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, exists, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from roster.addresses import plausible
 from roster.coverage import is_covered, person_is_covered
 from roster.domains import audit
 from roster.models import (
@@ -44,27 +45,32 @@ def normalise_address(address: str) -> str:
     return address.strip().lower()
 
 
+def _live_with_address(address: Any) -> ColumnElement[bool]:
+    """The condition "a live person whose address or alias this is" (a value or a
+    bound parameter)."""
+    return and_(
+        Person.removed_at.is_(None),
+        or_(
+            Person.mail == address,
+            Person.id.in_(select(Alias.person_id).where(Alias.address == address)),
+        ),
+    )
+
+
 def find_person(session: Session, address: str) -> Person | None:
     """The live person whose address or alias this is."""
     address = normalise_address(address)
-    if len(address) > 320 or not address.isprintable():
+    if not plausible(address):
         return None
-    return session.scalar(
-        select(Person)
-        .outerjoin(Alias, Alias.person_id == Person.id)
-        .where(Person.removed_at.is_(None), or_(Person.mail == address, Alias.address == address))
-        .limit(1)
-    )
+    return session.scalar(select(Person).where(_live_with_address(address)).limit(1))
 
 
 def find_local_account(session: Session, address: str) -> LocalAccount | None:
     """The local staff account with this address."""
     address = normalise_address(address)
-    if len(address) > 320 or not address.isprintable():
+    if not plausible(address):
         return None
-    return session.scalar(
-        select(LocalAccount).where(LocalAccount.address == normalise_address(address))
-    )
+    return session.scalar(select(LocalAccount).where(LocalAccount.address == address))
 
 
 @dataclass(frozen=True)
@@ -106,13 +112,7 @@ def _sign_in_facts_query() -> Any:
         )
         .join(Domain, Domain.id == Person.domain_id)
         .outerjoin(EmergencyCredential, EmergencyCredential.person_id == Person.id)
-        .where(
-            Person.removed_at.is_(None),
-            or_(
-                Person.mail == address,
-                Person.id.in_(select(Alias.person_id).where(Alias.address == address)),
-            ),
-        )
+        .where(_live_with_address(address))
         .limit(1)
     )
 
@@ -123,7 +123,7 @@ def sign_in_facts(session: Session, address: str) -> SignInFacts | None:
     One query: the sign-in page is the busiest page on the day of an outage.
     """
     address = normalise_address(address)
-    if len(address) > 320 or not address.isprintable():
+    if not plausible(address):
         return None
     # Executed on the connection: plain rows, without the ORM's per-statement work.
     row = session.connection().execute(_sign_in_facts_query(), {"address": address}).first()

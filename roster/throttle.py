@@ -88,7 +88,6 @@ class Verdict:
 
     wait_seconds: int
     locked: bool
-    seen: frozenset[str] = frozenset()
 
     @property
     def allowed(self) -> bool:
@@ -107,9 +106,7 @@ def _delay(key: str, failures: int) -> int:
 def _judge(rows: Iterable[Any], now: datetime) -> Verdict:
     """The verdict the throttle rows of an attempt call for."""
     wait, locked = 0, False
-    seen = set()
     for row in rows:
-        seen.add(row.key)
         if row.locked_until is not None and row.locked_until > now:
             wait = max(wait, int((row.locked_until - now).total_seconds()) + 1)
             locked = True
@@ -119,7 +116,7 @@ def _judge(rows: Iterable[Any], now: datetime) -> Verdict:
         ready = row.last_failure_at + timedelta(seconds=_delay(row.key, row.failures))
         if ready > now:
             wait = max(wait, int((ready - now).total_seconds()) + 1)
-    return Verdict(wait, locked, frozenset(seen))
+    return Verdict(wait, locked)
 
 
 def _counted(row: Any, now: datetime) -> tuple[int, datetime, datetime | None, bool]:
@@ -174,7 +171,7 @@ def attempt(session: Session, keys: list[str], now: datetime) -> Verdict:
     connection.execute(_COUNT, changes)
     if secrets.randbelow(256) == 0:
         sweep(session, now)
-    return Verdict(0, locked, frozenset(ordered))
+    return Verdict(0, locked)
 
 
 def sweep(session: Session, now: datetime) -> None:

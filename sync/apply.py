@@ -29,14 +29,9 @@ T = TypeVar("T")
 CHUNK = 500  # stays under every database's bound-parameter limit
 
 
-def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
-    """Slices of at most ``size`` items."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _batches(rows: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Lists of at most ``size`` items drawn from ``rows`` as they come."""
+def chunks(rows: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
+    """Lists of at most ``size`` items drawn from ``rows`` as they come (a generator of
+    100,000 rows is never held whole)."""
     batch: list[T] = []
     for row in rows:
         batch.append(row)
@@ -58,7 +53,7 @@ def _aliases_by_person(session: Session, person_ids: Iterable[int] | None) -> di
     if person_ids is None:
         queries = [query]
     else:
-        queries = [query.where(Alias.person_id.in_(part)) for part in chunks(list(person_ids))]
+        queries = [query.where(Alias.person_id.in_(part)) for part in chunks(person_ids)]
     for each in queries:
         for person_id, address in session.execute(each):
             found.setdefault(person_id, []).append(address)
@@ -122,13 +117,13 @@ def load_roster(
     if external_ids is None:
         return _roster_people(session, None)
     ids: set[int] = set()
-    for id_part in chunks(list(external_ids)):
+    for id_part in chunks(external_ids):
         ids.update(
             session.scalars(
                 select(Person.id).where(Person.source == source, Person.external_id.in_(id_part))
             )
         )
-    for part in chunks(list(addresses)):
+    for part in chunks(addresses):
         ids.update(
             session.scalars(
                 select(Person.id).where(Person.mail.in_(part), Person.removed_at.is_(None))
@@ -199,7 +194,7 @@ def apply_plan(
         }
         for u in plan.updates
     )
-    for update_part in _batches(update_rows, 5000):
+    for update_part in chunks(update_rows, 5000):
         session.execute(update_statement, update_part)
 
     # Plain executemany INSERTs, built a chunk at a time: RETURNING per row and a list of
@@ -220,7 +215,7 @@ def apply_plan(
         }
         for c in plan.creates
     )
-    for row_part in _batches(created_rows, 5000):
+    for row_part in chunks(created_rows, 5000):
         session.execute(person.insert(), row_part)
 
     with_aliases = [c for c in plan.creates if c.entry.aliases]

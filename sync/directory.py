@@ -102,12 +102,6 @@ def server_name(connection: ldap3.Connection) -> str:
     return f"{scheme}://{server.host}:{server.port}"
 
 
-def _first(values: Any) -> str:
-    if isinstance(values, list):
-        return str(values[0]) if values else ""
-    return "" if values is None else str(values)
-
-
 _CONTROL = {c: None for c in range(32) if c != 9} | {127: None}
 
 

@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
@@ -257,6 +257,47 @@ def make_test_ca(directory: Path) -> tuple[Path, Path, Path]:
     return ca_cert, cert, key
 
 
+class ServerExited(Exception):
+    """A server process ended while we waited for it to answer."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"exited with status {status}")
+        self.status = status
+
+
+def wait_for_bind(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    url: str,
+    user: str,
+    password: str,
+    *,
+    receive_timeout: int,
+    interval: float,
+    timeout: float = START_TIMEOUT,
+) -> str | None:
+    """Poll a starting server until a bind as ``user`` works.
+
+    ``ready`` says when trying is worth it. Returns None once bound, or the last error
+    seen when ``timeout`` runs out; raises ServerExited if the process ends first.
+    """
+    deadline = time.monotonic() + timeout
+    last_error = "no attempt"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerExited(process.returncode)
+        if ready():
+            try:
+                close_connection(
+                    bound_connection(url, user, password, receive_timeout=receive_timeout)
+                )
+                return None
+            except LDAPException as error:
+                last_error = repr(error)
+        time.sleep(interval)
+    return last_error
+
+
 class Slapd:
     """A real OpenLDAP slapd in a temp directory on a free loopback port."""
 
@@ -436,33 +477,30 @@ class Slapd:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        deadline = time.monotonic() + START_TIMEOUT
-        last_error = "no attempt"
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                status = self._process.returncode
-                self.stop()
-                with self.log_file.open("rb") as log:
-                    log.seek(log_start)
-                    new_output = log.read().decode("utf-8", errors="replace")
-                error = PortInUseError if "Address already in use" in new_output else SlapdError
-                raise error(
-                    f"slapd exited with status {status} at start; log {self.log_file}:\n"
-                    + log_tail(self.log_file)
-                )
+        try:
             # slapd writes its pid file once it listens; connecting earlier only collects
             # refusals (or, on a port someone else took, a peer that never answers).
-            if self.pid_file.exists():
-                try:
-                    close_connection(
-                        bound_connection(
-                            self.url, self.root_dn, self.root_password, receive_timeout=1
-                        )
-                    )
-                    return
-                except LDAPException as error:
-                    last_error = repr(error)
-            time.sleep(0.005)
+            last_error = wait_for_bind(
+                self._process,
+                self.pid_file.exists,
+                self.url,
+                self.root_dn,
+                self.root_password,
+                receive_timeout=1,
+                interval=0.005,
+            )
+        except ServerExited as exited:
+            self.stop()
+            with self.log_file.open("rb") as log:
+                log.seek(log_start)
+                new_output = log.read().decode("utf-8", errors="replace")
+            error = PortInUseError if "Address already in use" in new_output else SlapdError
+            raise error(
+                f"slapd exited with status {exited.status} at start; log {self.log_file}:\n"
+                + log_tail(self.log_file)
+            ) from None
+        if last_error is None:
+            return
         self.stop()
         raise SlapdError(
             f"slapd at {self.url} did not accept a root bind within {START_TIMEOUT:.0f} s "

@@ -24,10 +24,12 @@ from ldap3.utils.dn import escape_rdn
 
 from continuity.localslapd import (
     ClosingConnection,
+    ServerExited,
     bound_connection,
     close_connection,
     die_with_parent,
     log_tail,
+    wait_for_bind,
 )
 
 START_TIMEOUT = 60.0
@@ -379,29 +381,27 @@ class SambaDC:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        deadline = time.monotonic() + START_TIMEOUT
-        last_error = "no attempt"
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                status = self._process.returncode
-                self.stop()
-                raise SambaError(
-                    f"samba exited with status {status} at start; log {self.log_file}:\n"
-                    + log_tail(self.log_file)
-                )
-            # Connecting first keeps the refusals before samba listens cheap and quiet.
-            if _listening("127.0.0.1", LDAP_PORT):
-                try:
-                    close_connection(
-                        bound_connection(
-                            self.url, self.admin_bind, self.admin_password, receive_timeout=5
-                        )
-                    )
-                    return
-                except LDAPException as error:
-                    # The LDAP task may restart once while samba starts.
-                    last_error = repr(error)
-            time.sleep(0.05)
+        try:
+            # Connecting first keeps the refusals before samba listens cheap and quiet; the
+            # LDAP task may restart once while samba starts.
+            last_error = wait_for_bind(
+                self._process,
+                lambda: _listening("127.0.0.1", LDAP_PORT),
+                self.url,
+                self.admin_bind,
+                self.admin_password,
+                receive_timeout=5,
+                interval=0.05,
+                timeout=START_TIMEOUT,
+            )
+        except ServerExited as exited:
+            self.stop()
+            raise SambaError(
+                f"samba exited with status {exited.status} at start; log {self.log_file}:\n"
+                + log_tail(self.log_file)
+            ) from None
+        if last_error is None:
+            return
         self.stop()
         raise SambaError(
             f"samba did not accept an Administrator bind within {START_TIMEOUT:.0f} s "

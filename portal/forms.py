@@ -7,14 +7,6 @@ from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, StringField
 
 
-class SignInForm(FlaskForm):
-    """Address and password: the one sign-in form for everyone."""
-
-    address = StringField(_l("Email address"))
-    password = PasswordField(_l("Password"))
-    next = HiddenField()
-
-
 class ActionForm(FlaskForm):
     """A button that only needs its CSRF token (sign out, unlock, issue a code)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from flask import Flask
@@ -27,4 +28,10 @@ class PortalServer(BaseApplication):  # type: ignore[misc]
 
 def serve_app(app: Flask, listen: str, workers: int) -> None:
     """Serve ``app`` on ``listen`` (HOST:PORT) until stopped."""
+    # Everything built so far (the app, SQLAlchemy's mappers, the templates' modules)
+    # lives as long as the process: frozen, the garbage collector stops walking it on
+    # every full collection in the workers, and the workers' copies of those pages stay
+    # shared with the master (copy-on-write).
+    gc.collect()
+    gc.freeze()
     PortalServer(app, {"bind": listen, "workers": workers, "accesslog": "-", "errorlog": "-"}).run()

@@ -80,11 +80,6 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     elif well_formed:
         domain = domain_of(address)
         source = next((d for d in config.directories if domain in d.domains), None)
-    roles = roles_of(
-        roster,
-        person.person_id if person else None,
-        account.id if account else None,
-    )
     roster.rollback()  # no transaction stays open across the slow checks below
     with writing() as write:
         verdict = throttle.attempt(write, keys, utcnow())
@@ -148,6 +143,18 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
                 )
             return Outcome(failure=Failure.WRONG, directory_down=directory_down)
         throttle.succeeded(write, keys)
+        # Staff roles are read only now, and only for a password that may carry them: an
+        # emergency password opens the person's own mail, never staff powers (it can be
+        # reset by the helpdesk, which must not become an admin that way).
+        roles = (
+            []
+            if method == METHOD_EMERGENCY
+            else roles_of(
+                write,
+                person.person_id if person is not None else None,
+                account.id if account is not None else None,
+            )
+        )
         if person is not None:
             if method == METHOD_EMERGENCY and stored_emergency and needs_rehash(stored_emergency):
                 write.execute(
@@ -162,9 +169,7 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
                 person.display_name,
                 person.domain_id,
                 person.generation,
-                # An emergency password opens the person's own mail, never staff powers:
-                # it can be reset by the helpdesk, which must not become an admin that way.
-                roles if method == METHOD_DIRECTORY else [],
+                roles,
             )
         elif account is not None:
             if needs_rehash(account.password_hash):

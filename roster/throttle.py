@@ -12,6 +12,7 @@ CLIENT_LOCK_AFTER failures, whatever the accounts it tries. Helpdesk can lift a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import secrets
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy import Table, bindparam, case, delete, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -47,13 +48,26 @@ _COUNT = (
         locked_until=bindparam("l"),
     )
 )
-_CHECK = select(
-    SignInThrottle.key,
-    SignInThrottle.failures,
-    SignInThrottle.window_start,
-    SignInThrottle.last_failure_at,
-    SignInThrottle.locked_until,
-).where(SignInThrottle.key.in_(bindparam("keys", expanding=True)))
+_COLUMNS = (
+    TABLE.c.key,
+    TABLE.c.failures,
+    TABLE.c.window_start,
+    TABLE.c.last_failure_at,
+    TABLE.c.locked_until,
+)
+_FORGET = delete(TABLE).where(TABLE.c.key.in_(bindparam("keys", expanding=True)))
+# A client's count of a successful attempt is taken back; its lock goes once the count
+# is under the limit again (the SET expressions see the row as it was).
+_TAKE_BACK = (
+    update(TABLE)
+    .where(TABLE.c.key == bindparam("k"))
+    .values(
+        failures=case((TABLE.c.failures > 0, TABLE.c.failures - 1), else_=0),
+        locked_until=case(
+            (TABLE.c.failures - 1 < CLIENT_LOCK_AFTER, None), else_=TABLE.c.locked_until
+        ),
+    )
+)
 
 
 def account_key(address: str) -> str:
@@ -141,22 +155,9 @@ def attempt(session: Session, keys: list[str], now: datetime) -> Verdict:
     back (``succeeded``).
     """
     connection = session.connection()
-    make_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
     ordered = sorted(set(keys))  # one order everywhere: no deadlocks between attempts
-    connection.execute(
-        make_insert(TABLE)
-        .values(
-            key=bindparam("key"),
-            failures=0,
-            window_start=bindparam("now"),
-            last_failure_at=bindparam("now"),
-        )
-        .on_conflict_do_nothing(index_elements=["key"]),
-        [{"key": key, "now": now} for key in ordered],
-    )
-    rows = connection.execute(
-        _CHECK.order_by(SignInThrottle.key).with_for_update(), {"keys": ordered}
-    ).all()
+    claim = _claim(connection.dialect.name)
+    rows = connection.execute(claim, [{"key": key, "now": now} for key in ordered]).all()
     verdict = _judge(rows, now)
     if not verdict.allowed:
         return verdict
@@ -172,6 +173,24 @@ def attempt(session: Session, keys: list[str], now: datetime) -> Verdict:
     if secrets.randbelow(256) == 0:
         sweep(session, now)
     return Verdict(0, locked)
+
+
+@functools.cache
+def _claim(dialect: str) -> Any:
+    """A statement that, run once for several keys (one round trip: SQLAlchemy's
+    "insertmanyvalues"), gives each key its row (a new one at zero) and returns the rows,
+    locked: PostgreSQL locks a row that ON CONFLICT updates, and SQLite's write
+    transaction already holds its one lock."""
+    make_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = make_insert(TABLE).values(
+        key=bindparam("key"),
+        failures=0,
+        window_start=bindparam("now"),
+        last_failure_at=bindparam("now"),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=["key"], set_={"failures": TABLE.c.failures}
+    ).returning(*_COLUMNS)
 
 
 def sweep(session: Session, now: datetime) -> None:
@@ -191,18 +210,9 @@ def succeeded(session: Session, keys: list[str]) -> None:
     personal = [key for key in keys if not key.startswith("client:")]
     shared = [key for key in keys if key.startswith("client:")]
     if personal:
-        connection.execute(delete(TABLE).where(TABLE.c.key.in_(personal)))
-    for key in shared:
-        connection.execute(
-            update(TABLE)
-            .where(TABLE.c.key == key, TABLE.c.failures > 0)
-            .values(failures=TABLE.c.failures - 1)
-        )
-        connection.execute(
-            update(TABLE)
-            .where(TABLE.c.key == key, TABLE.c.failures < CLIENT_LOCK_AFTER)
-            .values(locked_until=None)
-        )
+        connection.execute(_FORGET, {"keys": personal})
+    if shared:
+        connection.execute(_TAKE_BACK, [{"k": key} for key in shared])
 
 
 def clear(session: Session, key: str) -> bool:

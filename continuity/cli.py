@@ -314,6 +314,177 @@ def domain_show(state: State, name: str, as_json: bool) -> None:
         click.echo(f"{key}: {value}")
 
 
+@domain.command("activate")
+@click.argument("name")
+@pass_state
+def domain_activate(state: State, name: str) -> None:
+    """Activate Continuity Service for a domain (at once: no restart)."""
+    from roster.service import activate
+
+    state.require_schema()
+    with state.session(writing=True) as session:
+        found = get_domain(session, name)
+        changed = activate(session, found, actor())
+    click.echo(f"Continuity Service is active for {found.name}" + ("" if changed else " (it was)"))
+
+
+@domain.command("deactivate")
+@click.argument("name")
+@pass_state
+def domain_deactivate(state: State, name: str) -> None:
+    """Deactivate Continuity Service: no more standby copies, no emergency sign-in.
+
+    Mail already held is kept and still handed back to the primary server."""
+    from roster.service import deactivate
+
+    state.require_schema()
+    with state.session(writing=True) as session:
+        found = get_domain(session, name)
+        changed = deactivate(session, found, actor())
+    click.echo(
+        f"Continuity Service is inactive for {found.name}" + ("" if changed else " (it was)")
+    )
+
+
+@domain.command("set")
+@click.argument("name")
+@click.option(
+    "--emergency-password",
+    type=click.Choice(["on", "off"]),
+    help="Let covered people sign in with an emergency password.",
+)
+@click.option("--primary", help="The domain's own mail server, HOST:PORT.")
+@click.option("--primary-tls", type=click.Choice(["starttls", "tls", "none"]))
+@click.option("--failover", type=click.Choice(["automatic", "manual"]))
+@click.option("--probe-interval", type=int, help="Seconds between probes of the primary.")
+@click.option("--failures-before-failover", type=int, help="Failed probes before failover.")
+@pass_state
+def domain_set(
+    state: State,
+    name: str,
+    emergency_password: str | None,
+    primary: str | None,
+    primary_tls: str | None,
+    failover: str | None,
+    probe_interval: int | None,
+    failures_before_failover: int | None,
+) -> None:
+    """Change a domain's settings; each change is audited."""
+    from roster.service import Refused, check_primary, set_emergency_password, set_primary
+
+    state.require_schema()
+    primary_options = (primary, primary_tls, failover, probe_interval, failures_before_failover)
+    if emergency_password is None and all(value is None for value in primary_options):
+        fail("nothing to set: give at least one option (see --help)", EXIT_USAGE)
+    parsed: Primary | None = None
+    if primary:
+        try:
+            parsed = parse_primary(primary)
+        except RosterError as error:
+            fail(f"--primary: {error}", EXIT_USAGE)
+    with state.session(writing=True) as session:
+        found = get_domain(session, name)
+        if any(value is not None for value in primary_options):
+            host = parsed.host if parsed else found.primary_host
+            if host is None:
+                fail("--primary: the domain has no primary server yet; name it", EXIT_USAGE)
+            try:
+                settings = check_primary(
+                    host,
+                    parsed.port if parsed else found.primary_port,
+                    primary_tls or found.primary_tls,
+                    found.failover_automatic if failover is None else failover == "automatic",
+                    found.probe_interval_seconds if probe_interval is None else probe_interval,
+                    found.failures_before_failover
+                    if failures_before_failover is None
+                    else failures_before_failover,
+                )
+            except Refused as refused:
+                fail(str(refused), EXIT_USAGE)
+            set_primary(session, found, settings, actor())
+        if emergency_password is not None:
+            switched_on = emergency_password == "on"  # noqa: S105 (on|off, not a password)
+            set_emergency_password(session, found, switched_on, actor())
+        state_now = domain_state(found)
+    for key, value in state_now.items():
+        click.echo(f"{key}: {value}")
+
+
+@cli.group()
+def coverage() -> None:
+    """Who Continuity Service covers in a domain: all users or only selected users."""
+
+
+@coverage.command("mode")
+@click.argument("name")
+@click.argument("mode", type=click.Choice(["all", "selected"]))
+@click.option("--yes", is_flag=True, help="Empty the list of selected users if there is one.")
+@pass_state
+def coverage_mode(state: State, name: str, mode: str, yes: bool) -> None:
+    """Cover all users, or only the users on the domain's list."""
+    from roster.service import set_coverage_mode
+
+    state.require_schema()
+    with state.session(writing=True) as session:
+        found = get_domain(session, name)
+        emptied = set_coverage_mode(session, found, mode, actor(), confirmed=yes)
+    covered = "all users" if mode == "all" else "only selected users"
+    note = f"; {emptied} listed user(s) taken off the list" if emptied else ""
+    click.echo(f"{found.name} covers {covered}{note}")
+
+
+@coverage.command("add")
+@click.argument("name")
+@click.argument("addresses", nargs=-1, required=True)
+@pass_state
+def coverage_add(state: State, name: str, addresses: tuple[str, ...]) -> None:
+    """Put people on the domain's list of selected users (exit 1 if any is refused)."""
+    _coverage_change(state, name, addresses, "add")
+
+
+@coverage.command("remove")
+@click.argument("name")
+@click.argument("addresses", nargs=-1, required=True)
+@pass_state
+def coverage_remove(state: State, name: str, addresses: tuple[str, ...]) -> None:
+    """Take people off the domain's list of selected users (exit 1 if any is refused)."""
+    _coverage_change(state, name, addresses, "remove")
+
+
+def _coverage_change(state: State, name: str, addresses: tuple[str, ...], action: str) -> None:
+    from roster.service import bulk
+
+    state.require_schema()
+    with state.session(writing=True) as session:
+        found = get_domain(session, name)
+        report = bulk(session, found, "\n".join(addresses), action, actor())
+    for line in report:
+        click.echo(("" if line.done else "refused: ") + line.message, err=not line.done)
+    if not all(line.done for line in report):
+        sys.exit(1)
+
+
+@coverage.command("list")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def coverage_list(state: State, name: str, as_json: bool) -> None:
+    """The people Continuity Service covers now (with all users: every active person)."""
+    from roster.service import covered_people
+
+    state.require_schema()
+    with state.session() as session:
+        found = get_domain(session, name)
+        rows = [
+            {"mail": p.mail, "display_name": p.display_name} for p in covered_people(session, found)
+        ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for row in rows:
+        click.echo(f"{row['mail']}\t{row['display_name']}")
+
+
 @cli.group()
 def roster() -> None:
     """The people in the roster."""

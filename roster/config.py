@@ -98,6 +98,10 @@ class Config:
     portal: dict[str, Any] = field(default_factory=dict)
     sync_lock_seconds: int = 900
 
+    def sources_for(self, domain: str) -> list[str]:
+        """The names of the directory sources that feed ``domain``."""
+        return [source.name for source in self.directories if domain in source.domains]
+
     def directory(self, name: str) -> DirectoryConfig:
         """The directory source called ``name``."""
         for source in self.directories:

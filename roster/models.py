@@ -87,6 +87,9 @@ class Domain(Base):
     failover_automatic: Mapped[bool] = mapped_column(Boolean, default=True)
     probe_interval_seconds: Mapped[int] = mapped_column(Integer, default=60)
     failures_before_failover: Mapped[int] = mapped_column(Integer, default=3)
+    # Moved on by the sync whenever the domain's people change, so that what is kept
+    # of them elsewhere (the Control Panel's suggestion index) knows when to read again.
+    people_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     people: Mapped[list[Person]] = relationship(back_populates="domain")

@@ -271,6 +271,21 @@ def apply_plan(
     for audit_part in chunks(audits, 5000):
         session.execute(cast(Table, AuditEvent.__table__).insert(), audit_part)
 
+    touched = (
+        {domains[c.domain] for c in plan.creates}
+        | {domains[u.domain] for u in plan.updates}
+        | {domains.get(domain_of(u.renamed_from)) for u in plan.updates if u.renamed_from}
+        | {domains.get(domain_of(r.mail)) for r in plan.removals}
+    )
+    touched.discard(None)
+    if touched:
+        domain_table = cast(Table, Domain.__table__)
+        session.execute(
+            domain_table.update()
+            .where(domain_table.c.id.in_(sorted(touched)))
+            .values(people_version=domain_table.c.people_version + 1)
+        )
+
 
 def _update_audits(renamed_from: str | None, u: Update) -> list[tuple[str, Any, Any]]:
     """Audit entries worth keeping for one update (not every display-name change)."""

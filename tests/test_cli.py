@@ -28,7 +28,7 @@ def test_db_upgrade_creates_the_schema_on_an_empty_database(tmp_path: Path) -> N
     assert tool.run("domain", "list").exit_code == 1  # not set up yet
     result = tool.run("db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert "roster schema at revision 0003" in result.stdout
+    assert "roster schema at revision 0004" in result.stdout
     assert tool.run("db", "upgrade").exit_code == 0  # a second upgrade changes nothing
     assert tool.run("domain", "list").exit_code == 0
 

@@ -33,7 +33,7 @@ def test_health_reports_the_roster_and_the_last_sync(tmp_path: Path, database_ur
     assert response.json == {
         "status": "ok",
         "database": "ok",
-        "schema_revision": "0003",
+        "schema_revision": "0004",
         "last_sync": [],
     }
     assert page.status_code == 200 and b"No sync has run yet." in page.data

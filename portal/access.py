@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from flask import abort, current_app, g, redirect, request, session, url_for
 from flask_login import current_user, login_user, logout_user
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from portal.extensions import login_manager
@@ -92,6 +93,23 @@ def writing() -> Iterator[Session]:
     with factory() as write, write.begin():
         write.connection(execution_options={"begin_immediate": True})
         yield write
+
+
+@contextmanager
+def writing_connection() -> Iterator[Connection]:
+    """``writing`` on a plain connection, for the sign-in: no ORM session to set up."""
+    engine = current_app.extensions["roster_sessions"].kw["bind"]
+    connection = engine.connect().execution_options(begin_immediate=True)
+    with connection, connection.begin():
+        yield connection
+
+
+@contextmanager
+def reading_connection() -> Iterator[Connection]:
+    """A plain connection for a few reads, given back at once."""
+    engine = current_app.extensions["roster_sessions"].kw["bind"]
+    with engine.connect() as connection:
+        yield connection
 
 
 def close_db(_error: BaseException | None = None) -> None:

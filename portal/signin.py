@@ -22,7 +22,8 @@ from portal.access import (
     METHOD_LOCAL,
     Principal,
     db,
-    writing,
+    reading_connection,
+    writing_connection,
 )
 from portal.ldapauth import BindOutcome, check_password, find_dn
 from roster import throttle
@@ -66,9 +67,17 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     config: Config = current_app.config["CONTINUITY"]
     address = normalise_address(address)
     well_formed = plausible(address)
-    roster = db()
-    person = sign_in_facts(roster, address) if well_formed else None
-    account = None if person is not None or not well_formed else find_local_account(roster, address)
+    person = None
+    if well_formed:
+        with reading_connection() as read:
+            person = sign_in_facts(read, address)
+    account = None
+    if person is None and well_formed:
+        roster = db()
+        account = find_local_account(roster, address)
+        if account is not None:
+            roster.expunge(account)  # kept as read: rollback would expire it
+        roster.rollback()  # no transaction stays open across the slow checks below
     keys = [throttle.account_key(address), throttle.client_key(client)]
     if person is not None:
         # One count per person, whichever of their addresses is typed.
@@ -80,8 +89,7 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     elif well_formed:
         domain = domain_of(address)
         source = next((d for d in config.directories if domain in d.domains), None)
-    roster.rollback()  # no transaction stays open across the slow checks below
-    with writing() as write:
+    with writing_connection() as write:
         verdict = throttle.attempt(write, keys, utcnow())
     if not verdict.allowed:
         failure = Failure.LOCKED if verdict.locked else Failure.THROTTLED
@@ -117,7 +125,7 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     now = utcnow()
     person_id = person.person_id if person is not None else None
     domain_id = person.domain_id if person is not None else None
-    with writing() as write:
+    with writing_connection() as write:
         if method is None:
             # The attempt is counted already. The typed text is kept only when it is
             # someone's address: it may be anything, a password typed in the wrong field.

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,6 +53,12 @@ def _sqlite_begin(connection: Any) -> None:
     """
     immediate = connection.get_execution_options().get("begin_immediate", False)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def connection_of(bind: Session | Connection) -> Connection:
+    """The connection of an ORM session, or the connection itself: functions on the
+    sign-in path take either, since plain connections cost less than sessions there."""
+    return bind.connection() if isinstance(bind, Session) else bind
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

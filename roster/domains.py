@@ -7,10 +7,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.orm import Session
 
 from roster.addresses import printable
+from roster.db import connection_of
 from roster.models import AuditEvent, Domain, Person, utcnow
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
@@ -81,7 +82,7 @@ def domain_state(domain: Domain) -> dict[str, Any]:
 
 
 def audit(
-    session: Session,
+    session: Session | Connection,
     actor: str,
     action: str,
     *,
@@ -93,11 +94,11 @@ def audit(
     client: str | None = None,
 ) -> None:
     """Write one audit event in the caller's transaction."""
-    if session.new or session.dirty:
+    if isinstance(session, Session) and (session.new or session.dirty):
         session.flush()  # the event may name rows still pending in this session
     # A plain table insert, built once: the sign-in writes one on every attempt, and
     # the ORM's bulk machinery costs more than the statement itself.
-    session.connection().execute(
+    connection_of(session).execute(
         AUDIT_INSERT,
         {
             "at": utcnow(),

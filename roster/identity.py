@@ -10,11 +10,23 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, exists, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from roster.addresses import plausible
 from roster.coverage import is_covered, person_is_covered
+from roster.db import connection_of
 from roster.domains import audit
 from roster.models import (
     Alias,
@@ -117,7 +129,7 @@ def _sign_in_facts_query() -> Any:
     )
 
 
-def sign_in_facts(session: Session, address: str) -> SignInFacts | None:
+def sign_in_facts(session: Session | Connection, address: str) -> SignInFacts | None:
     """The live person with this address or alias, and their emergency password rights.
 
     One query: the sign-in page is the busiest page on the day of an outage.
@@ -126,7 +138,7 @@ def sign_in_facts(session: Session, address: str) -> SignInFacts | None:
     if not plausible(address):
         return None
     # Executed on the connection: plain rows, without the ORM's per-statement work.
-    row = session.connection().execute(_sign_in_facts_query(), {"address": address}).first()
+    row = connection_of(session).execute(_sign_in_facts_query(), {"address": address}).first()
     if row is None:
         return None
     may_use = bool(row.emergency_password_enabled) and is_covered(
@@ -187,10 +199,10 @@ def session_id_hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("ascii", "replace")).hexdigest()
 
 
-def open_session(session: Session, kind: str, principal_id: int) -> str:
+def open_session(session: Session | Connection, kind: str, principal_id: int) -> str:
     """Record a new portal session; returns its id for the browser's cookie."""
     session_id = secrets.token_urlsafe(32)
-    session.connection().execute(
+    connection_of(session).execute(
         SESSION_INSERT,
         {
             "id_hash": session_id_hash(session_id),
@@ -215,7 +227,7 @@ def close_session(session: Session, session_id: str) -> None:
     )
 
 
-def forget_old_sessions(session: Session, older_than: datetime) -> None:
+def forget_old_sessions(session: Session | Connection, older_than: datetime) -> None:
     """Drop the records of sessions past the absolute lifetime."""
     session.execute(delete(PortalSession).where(PortalSession.created_at < older_than))
 
@@ -350,7 +362,9 @@ class Role:
     domain_id: int | None
 
 
-def roles_of(session: Session, person_id: int | None, account_id: int | None) -> list[Role]:
+def roles_of(
+    session: Session | Connection, person_id: int | None, account_id: int | None
+) -> list[Role]:
     """The staff roles of a person (from the directory or given locally) or local account."""
     if person_id is not None:
         query, number = _ROLES_OF_PERSON, person_id
@@ -358,7 +372,7 @@ def roles_of(session: Session, person_id: int | None, account_id: int | None) ->
         query, number = _ROLES_OF_ACCOUNT, account_id
     else:
         return []
-    rows = session.connection().execute(query, {"id": number})
+    rows = connection_of(session).execute(query, {"id": number})
     return [Role(role, domain_id) for role, domain_id in rows]
 
 

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, delete, update
+from sqlalchemy import Connection, Table, bindparam, case, delete, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from roster.addresses import printable
+from roster.db import connection_of
 from roster.models import SignInThrottle
 
 WINDOW = timedelta(hours=1)
@@ -145,7 +146,7 @@ def _counted(row: Any, now: datetime) -> tuple[int, datetime, datetime | None, b
     return failures, window_start, locked_until, False
 
 
-def attempt(session: Session, keys: list[str], now: datetime) -> Verdict:
+def attempt(session: Session | Connection, keys: list[str], now: datetime) -> Verdict:
     """Count an attempt before its password is checked, in the caller's write
     transaction; the attempt may go ahead only if the verdict allows it.
 
@@ -154,7 +155,7 @@ def attempt(session: Session, keys: list[str], now: datetime) -> Verdict:
     lock does the same), judged, then counted. A successful sign-in takes the count
     back (``succeeded``).
     """
-    connection = session.connection()
+    connection = connection_of(session)
     ordered = sorted(set(keys))  # one order everywhere: no deadlocks between attempts
     claim = _claim(connection.dialect.name)
     rows = connection.execute(claim, [{"key": key, "now": now} for key in ordered]).all()
@@ -193,7 +194,7 @@ def _claim(dialect: str) -> Any:
     ).returning(*_COLUMNS)
 
 
-def sweep(session: Session, now: datetime) -> None:
+def sweep(session: Session | Connection, now: datetime) -> None:
     """Forget counts whose window has passed and that hold no lock."""
     session.execute(
         delete(SignInThrottle).where(
@@ -203,10 +204,10 @@ def sweep(session: Session, now: datetime) -> None:
     )
 
 
-def succeeded(session: Session, keys: list[str]) -> None:
+def succeeded(session: Session | Connection, keys: list[str]) -> None:
     """A counted attempt succeeded: the account's counts go, the client's count of it
     is taken back (a client address may be a whole office)."""
-    connection = session.connection()
+    connection = connection_of(session)
     personal = [key for key in keys if not key.startswith("client:")]
     shared = [key for key in keys if key.startswith("client:")]
     if personal:

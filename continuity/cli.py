@@ -22,7 +22,6 @@ from roster.domains import (
     Primary,
     RosterError,
     add_domain,
-    domain_overview,
     domain_state,
     get_domain,
     parse_primary,
@@ -303,14 +302,17 @@ def domain_list(state: State, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_state
 def domain_show(state: State, name: str, as_json: bool) -> None:
-    """Show one domain's settings and people counts."""
+    """Show one domain's settings, its people, its last sync and its continuity state."""
+    from roster.service import overview, overview_dict
+
     state.require_schema()
     with state.session() as session:
-        overview = domain_overview(session, get_domain(session, name))
+        found = get_domain(session, name)
+        shown = overview_dict(overview(session, found, state.config.sources_for(found.name)))
     if as_json:
-        click.echo(json.dumps(overview, indent=2))
+        click.echo(json.dumps(shown, indent=2))
         return
-    for key, value in overview.items():
+    for key, value in shown.items():
         click.echo(f"{key}: {value}")
 
 

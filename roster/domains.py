@@ -7,12 +7,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, Table, select
 from sqlalchemy.orm import Session
 
 from roster.addresses import printable
 from roster.db import connection_of
-from roster.models import AuditEvent, Domain, Person, utcnow
+from roster.models import AuditEvent, Domain, utcnow
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})$")
@@ -135,26 +135,3 @@ def get_domain(session: Session, name: str) -> Domain:
     if domain is None:
         raise RosterError(f"the domain {normalised} is not in the roster")
     return domain
-
-
-def domain_overview(session: Session, domain: Domain) -> dict[str, Any]:
-    """Settings plus counts of people, for `domain show`."""
-    live = session.scalar(
-        select(func.count())
-        .select_from(Person)
-        .where(Person.domain_id == domain.id, Person.removed_at.is_(None))
-    )
-    disabled = session.scalar(
-        select(func.count())
-        .select_from(Person)
-        .where(
-            Person.domain_id == domain.id,
-            Person.removed_at.is_(None),
-            Person.disabled.is_(True),
-        )
-    )
-    return {
-        **domain_state(domain),
-        "people": live or 0,
-        "people_disabled": disabled or 0,
-    }

@@ -564,6 +564,7 @@ class Overview:
 
     settings: dict[str, Any]
     people: int
+    people_disabled: int
     covered: int
     covered_without_emergency_password: int
     listed: int
@@ -589,7 +590,9 @@ def overview(session: Session, domain: Domain, sources: Sequence[str]) -> Overvi
     def count(condition: ColumnElement[bool]) -> int:
         return session.scalar(select(func.count()).select_from(Person).where(condition)) or 0
 
-    people = count(and_(Person.domain_id == domain.id, Person.removed_at.is_(None)))
+    live = and_(Person.domain_id == domain.id, Person.removed_at.is_(None))
+    people = count(live)
+    disabled = count(and_(live, Person.disabled.is_(True)))
     covered = count(covered_clause(domain))
     missing = count(
         and_(covered_clause(domain), ~exists().where(EmergencyCredential.person_id == Person.id))
@@ -611,12 +614,39 @@ def overview(session: Session, domain: Domain, sources: Sequence[str]) -> Overvi
     return Overview(
         settings=domain_state(domain),
         people=people,
+        people_disabled=disabled,
         covered=covered,
         covered_without_emergency_password=missing,
         listed=listed_count(session, domain),
         last_sync=last_sync,
         outage_since=outage,
     )
+
+
+def overview_dict(found: Overview) -> dict[str, Any]:
+    """An overview as plain values (for `domain show --json`)."""
+    run = found.last_sync
+    return {
+        **found.settings,
+        "people": found.people,
+        "people_disabled": found.people_disabled,
+        "covered": found.covered,
+        "covered_without_emergency_password": found.covered_without_emergency_password,
+        "listed": found.listed,
+        "last_sync": None
+        if run is None
+        else {
+            "source": run.source,
+            "mode": run.mode,
+            "started_at": run.started_at.isoformat(),
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+            "outcome": run.outcome,
+            "counts": run.counts,
+            "error": run.error,
+        },
+        "continuity_state": "outage" if found.outage_since else "normal",
+        "outage_since": found.outage_since.isoformat() if found.outage_since else None,
+    }
 
 
 def domains_visible(session: Session, domain_ids: Iterable[int] | None) -> list[Domain]:

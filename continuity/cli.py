@@ -424,12 +424,21 @@ def coverage() -> None:
 @pass_state
 def coverage_mode(state: State, name: str, mode: str, yes: bool) -> None:
     """Cover all users, or only the users on the domain's list."""
-    from roster.service import set_coverage_mode
+    from roster.service import Refused, set_coverage_mode
 
     state.require_schema()
     with state.session(writing=True) as session:
         found = get_domain(session, name)
-        emptied = set_coverage_mode(session, found, mode, actor(), confirmed=yes)
+        try:
+            emptied = set_coverage_mode(session, found, mode, actor(), confirmed=yes)
+        except Refused as refused:
+            if refused.code != "confirm_all_users":
+                raise
+            fail(
+                f"{refused.params['count']} individually added user(s) of {found.name} will be"
+                " removed from the list when everyone is covered: run again with --yes",
+                1,
+            )
     covered = "all users" if mode == "all" else "only selected users"
     note = f"; {emptied} listed user(s) taken off the list" if emptied else ""
     click.echo(f"{found.name} covers {covered}{note}")

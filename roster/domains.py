@@ -66,6 +66,13 @@ def parse_primary(value: str) -> Primary:
     return Primary(host, port)
 
 
+def primary_text(host: str | None, port: int) -> str | None:
+    """``HOST:PORT`` as parse_primary reads it back (``[v6]:PORT`` for IPv6)."""
+    if host is None:
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def domain_state(domain: Domain) -> dict[str, Any]:
     """The settings of a domain as plain values (for audits, --json and pages)."""
     return {
@@ -73,7 +80,7 @@ def domain_state(domain: Domain) -> dict[str, Any]:
         "continuity_active": domain.continuity_active,
         "coverage_mode": domain.coverage_mode,
         "emergency_password_enabled": domain.emergency_password_enabled,
-        "primary": f"{domain.primary_host}:{domain.primary_port}" if domain.primary_host else None,
+        "primary": primary_text(domain.primary_host, domain.primary_port),
         "primary_tls": domain.primary_tls,
         "failover_automatic": domain.failover_automatic,
         "probe_interval_seconds": domain.probe_interval_seconds,

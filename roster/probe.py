@@ -62,12 +62,17 @@ def probe_smtp(
     client: smtplib.SMTP
     try:
         if tls == "tls":
-            client = smtplib.SMTP_SSL(timeout=timeout, context=context)
+            client = smtplib.SMTP_SSL(local_hostname=helo_name, timeout=timeout, context=context)
         else:
-            client = smtplib.SMTP(timeout=timeout)
+            client = smtplib.SMTP(local_hostname=helo_name, timeout=timeout)
+        # smtplib names the server for the certificate check only when the host is given
+        # to the constructor, which would also connect there and raise on a refusal.
+        client._host = host  # type: ignore[attr-defined]  # (not in the stubs)
         code, banner = client.connect(host, port)
-    except smtplib.SMTPServerDisconnected:
+    except smtplib.SMTPServerDisconnected as error:
         stage = "greeting"
+        if isinstance(error.__context__, TimeoutError):
+            return result(False, f"no answer within {timeout:g} s")
         return result(False, "the server closed the connection without a greeting")
     except smtplib.SMTPConnectError as error:
         stage = "greeting"

@@ -386,7 +386,7 @@ def parse_bulk(text: str) -> list[tuple[int, str]]:
     file (a first line naming an address column, as spreadsheets export it) is read by
     that column; other columns are ignored. Empty lines are skipped.
     """
-    lines = text.splitlines()
+    lines = text.removeprefix("\ufeff").splitlines()  # Excel's "CSV UTF-8" begins with a BOM
     if lines and ("," in lines[0] or ";" in lines[0]):
         delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
         header = [
@@ -491,7 +491,8 @@ def check_primary(
     failures_before_failover: int | str,
 ) -> PrimarySettings:
     """Validated settings, or ``Refused`` naming the first wrong field."""
-    text = printable(str(host).strip().lower().removeprefix("[").removesuffix("]"), 253)
+    # Cut at one past the longest name, so that a longer one is refused, not shortened.
+    text = printable(str(host).strip().lower().removeprefix("[").removesuffix("]"), 254)
     try:
         ipaddress.ip_address(text)
     except ValueError:

@@ -163,6 +163,11 @@ def apply_plan(
 
     if plan.removals:
         _remove(session, removed_ids, now)
+    # A list of selected users is the choice of one domain's admins: someone moving to
+    # another domain leaves it, and is covered there only once that domain adds them.
+    moved = [u.person_id for u in plan.updates if "domain" in u.changed]
+    for part in chunks(moved):
+        session.execute(delete(CoverageEntry).where(CoverageEntry.person_id.in_(part)))
 
     update_statement = (
         person.update()

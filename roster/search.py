@@ -127,11 +127,11 @@ class PeopleIndex:
                 CoverageEntry.id.is_not(None),
             )
             .outerjoin(CoverageEntry, CoverageEntry.person_id == Person.id)
-            .where(
-                Person.id.in_(ids),
-                Person.domain_id == domain_id,
-                Person.removed_at.is_(None),
-            )
+            # By id alone: with a condition on the domain too, a planner without table
+            # statistics (SQLite after a first sync) walks the whole domain's index.
+            .where(Person.id.in_(ids), Person.removed_at.is_(None))
+            .add_columns(Person.domain_id)
             .order_by(Person.mail)
         )
-        return [Suggestion(*row) for row in rows]
+        # Someone may have moved to another domain since the index was read.
+        return [Suggestion(*row[:5]) for row in rows if row[5] == domain_id]

@@ -259,4 +259,30 @@ def run_sync(
     if options.dry_run:
         return [sync_source(engine, factory, s, options) for s in sources]
     with lease(engine, "sync", config.sync_lock_seconds) as held:
-        return [sync_source(engine, factory, s, options, held) for s in sources]
+        reports = [sync_source(engine, factory, s, options, held) for s in sources]
+    _refresh_statistics(engine, reports)
+    return reports
+
+
+ANALYZE_AFTER = 1000
+"""People created or removed by one run after which SQLite's table statistics are
+read again."""
+
+
+def _refresh_statistics(engine: Engine, reports: list[RunReport]) -> None:
+    """Give SQLite's query planner statistics after a large change of the roster.
+
+    Without them (a first sync, a big import) SQLite may walk a whole domain's index
+    where ten rows by id would do. PostgreSQL's autovacuum does this by itself.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    changed = sum(
+        r.counts.get("created", 0) + r.counts.get("removed", 0)
+        for r in reports
+        if r.outcome == SUCCESS
+    )
+    if changed >= ANALYZE_AFTER:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("ANALYZE")
+            connection.commit()

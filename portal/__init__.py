@@ -80,11 +80,16 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
     app.extensions["roster_engine"] = engine
     app.extensions["roster_sessions"] = session_factory(engine)
 
-    from portal import access, auth, errors, health, helpdesk, me
+    from portal import access, auth, controlpanel, errors, health, helpdesk, me
     from portal.extensions import babel, csrf, login_manager
     from portal.i18n import LANGUAGES, select_locale
+    from roster.search import PeopleIndex
 
+    # One per process: its cache of each domain's people lives as long as the worker.
+    app.extensions[controlpanel.PEOPLE_INDEX] = PeopleIndex()
     babel.init_app(app, locale_selector=select_locale)
+    # Before CSRFProtect, which reads the form and so meets the body limit first.
+    app.before_request(controlpanel.raise_body_limit)
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.sign_in"
@@ -99,10 +104,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
 
         return {"languages": LANGUAGES, "current_language": str(get_locale())}
 
-    for blueprint in (health.bp, auth.bp, me.bp, helpdesk.bp):
+    for blueprint in (health.bp, auth.bp, me.bp, helpdesk.bp, controlpanel.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
-    app.jinja_env.globals["audit_text"] = helpdesk.audit_text
+    app.jinja_env.globals["audit_text"] = controlpanel.audit_text
     return app
 
 

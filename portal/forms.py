@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import HiddenField, PasswordField, StringField
+from flask_wtf.file import FileField
+from wtforms import (
+    BooleanField,
+    HiddenField,
+    PasswordField,
+    RadioField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 
 
 class ActionForm(FlaskForm):
@@ -33,3 +43,52 @@ class ResetForm(FlaskForm):
     code = StringField(_l("Reset code"))
     password = PasswordField(_l("New emergency password"))
     confirmation = PasswordField(_l("New emergency password, again"))
+
+
+class CoverageForm(FlaskForm):
+    """Who Continuity Service covers in a domain."""
+
+    mode = RadioField(
+        _l("Who is covered"),
+        choices=[
+            SelectChoice("all", _l("All users")),
+            SelectChoice("selected", _l("Only selected users")),
+        ],
+    )
+
+
+class EmergencySwitchForm(FlaskForm):
+    """The domain's emergency password switch."""
+
+    enabled = BooleanField(_l("Activate the emergency password"))
+
+
+class PrimaryForm(FlaskForm):
+    """A domain's primary mail server and its failover thresholds, kept as typed."""
+
+    host = StringField(_l("Host name or IP address"))
+    port = StringField(_l("Port"))
+    tls = SelectField(
+        _l("Encryption"),
+        choices=[
+            SelectChoice("starttls", _l("STARTTLS (usual on port 25)")),
+            SelectChoice("tls", _l("TLS from the start (port 465)")),
+            SelectChoice("none", _l("None (trusted network only)")),
+        ],
+    )
+    automatic = BooleanField(_l("Fail over automatically"))
+    probe_interval = StringField(_l("Seconds between probes"))
+    failures_before_failover = StringField(_l("Failed probes before failover"))
+
+
+class AddPersonForm(FlaskForm):
+    """Put one person on a domain's list of selected users."""
+
+    address = StringField(_l("Select user"))
+
+
+class BulkForm(FlaskForm):
+    """Add or remove many people at once: pasted addresses or a CSV file."""
+
+    addresses = TextAreaField(_l("Paste addresses (one a line, or separated by commas)"))
+    csv_file = FileField(_l("Or choose a CSV file (UTF-8, at most 1 MB)"))

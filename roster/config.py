@@ -350,7 +350,7 @@ def _check_table(raw: Mapping[str, Any], name: str, keys: set[str]) -> None:
 _KNOWN_KEYS: dict[str, set[str]] = {
     "standby": {"imap", "lmtp", "master_user", "master_password"},
     "gateway": {"listen", "spool_dir"},
-    "outbound": {"relay"},
+    "outbound": {"relay", "username", "password", "sender"},
     "portal": {
         "secret_key",
         "base_url",

@@ -226,10 +226,11 @@ def _find_for_listing(session: Session, domain: Domain, address: str) -> Person:
     ).first()
     if found is None:
         raise Refused("not_in_roster", f"{typed} is not in the roster", address=typed)
-    if found.removed_at is not None:
-        raise Refused("removed", f"{typed} has been removed from the directory", address=typed)
+    # Another domain first: an admin learns nothing of another domain's people.
     if found.domain_id != domain.id:
         raise Refused("other_domain", f"{typed} is not in the domain {domain.name}", address=typed)
+    if found.removed_at is not None:
+        raise Refused("removed", f"{typed} has been removed from the directory", address=typed)
     return found
 
 
@@ -400,8 +401,11 @@ def parse_bulk(text: str) -> list[tuple[int, str]]:
                 if len(row) > column and row[column].strip():
                     found.append((number, row[column].strip()))
             return found
+    first = 1
+    if lines and lines[0].strip().strip('"').lower() in _HEADER_NAMES:
+        lines, first = lines[1:], 2  # a one-column CSV: its header is no address
     found = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=first):
         for item in _SEPARATORS.split(line.strip()):
             if item:
                 found.append((number, item))

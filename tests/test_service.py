@@ -457,12 +457,16 @@ def test_each_refused_addition_changes_nothing(
         person(session, acme, "bo")
         brand = new_domain(session, BRAND, active=True, mode="all")
         person(session, brand, "eve")
+        person(session, brand, "left", removed=True)
     cases = [
         (ACME, "not an address", "not_an_address", {"address": "not an address"}),
         (ACME, "   ", "not_an_address", {"address": ""}),
         (ACME, "nobody@acme.test", "not_in_roster", {"address": "nobody@acme.test"}),
         (ACME, "EVE@brand.test", "other_domain", {"address": "eve@brand.test"}),
         (ACME, "gone@acme.test", "removed", {"address": "gone@acme.test"}),
+        # Another domain's former people are "another domain", not "removed": an admin
+        # learns nothing of what happens in a domain that is not theirs.
+        (ACME, "left@brand.test", "other_domain", {"address": "left@brand.test"}),
         (ACME, "ANA@acme.test", "already_listed", {"address": "ana@acme.test"}),
         (BRAND, "eve@brand.test", "all_users", {"domain": BRAND}),
     ]
@@ -898,3 +902,13 @@ def test_domains_visible_to_an_admin(factory: sessionmaker[Session]) -> None:
         assert [d.name for d in domains_visible(session, None)] == [ACME, BRAND]
         assert [d.name for d in domains_visible(session, [brand])] == [BRAND]
         assert domains_visible(session, []) == []
+
+
+def test_a_one_column_csv_header_is_not_taken_for_an_address() -> None:
+    """Regression: a CSV of one column named "email" had its header reported as a
+    refused address on line 1."""
+    assert parse_bulk("email\nana@acme.test\n\nbo@acme.test\n") == [
+        (2, "ana@acme.test"),
+        (4, "bo@acme.test"),
+    ]
+    assert parse_bulk('"Correo"\r\nana@acme.test\r\n') == [(2, "ana@acme.test")]

@@ -692,6 +692,11 @@ def remind(name: str) -> Any:
     if not relay_configured(config):
         flash(_("The outbound relay is not configured: no reminder can be sent."), "error")
         return _to_domain(domain.name)
+    if not config.portal.get("base_url"):
+        # The link in a reminder comes from the configuration, never from the request's
+        # Host header, which whoever sends the request chooses.
+        flash(_("The portal's public address is not configured: no reminder can be sent."), "error")
+        return _to_domain(domain.name)
     people = [
         (person.mail, person.display_name)
         for person in session.scalars(without_emergency_password(domain))
@@ -700,8 +705,7 @@ def remind(name: str) -> Any:
     if not people:
         flash(_("Everyone covered has set an emergency password: nobody to remind."), "notice")
         return _to_domain(domain.name)
-    base_url = str(config.portal.get("base_url") or request.host_url)
-    sent, failed = send_reminders(config, people, base_url)
+    sent, failed = send_reminders(config, people, str(config.portal["base_url"]))
     with _changing(name) as (write, found):
         audit(
             write,

@@ -145,9 +145,11 @@ class Collect:
 
 
 @contextmanager
-def app_with_relay(portal: Portal, relay: str) -> Iterator[Flask]:
+def app_with_relay(
+    portal: Portal, relay: str, base_url: str | None = "https://continuity.example"
+) -> Iterator[Flask]:
     """The portal built from a configuration with an [outbound] relay and a base_url."""
-    settings = {**portal.settings, "base_url": "https://continuity.example"}
+    settings = {**portal.settings, **({"base_url": base_url} if base_url else {})}
     outbound = f'[outbound]\nrelay = "{relay}"\n'
     portal.tool.configure(portal.source, portal_table(**settings), outbound)
     app = create_app(config=load_config(portal.tool.path, environ={}))
@@ -629,6 +631,16 @@ def test_reminders_go_through_the_relay_to_those_without_an_emergency_password(
         text(without_relay.get(location_path(refused)))
     )
     sink = Collect()
+
+    # Without [portal] base_url there is no link to send: the request's Host header,
+    # which whoever sends the request chooses, is never put in a mail.
+    with smtp_server(sink) as port, app_with_relay(panel, f"127.0.0.1:{port}", None) as app:
+        admin = admin_of(panel, app=app)
+        refused = post(admin, f"{PAGE}/remind")
+        assert "The portal's public address is not configured" in " ".join(
+            flashes(text(admin.get(location_path(refused))))
+        )
+    assert sink.envelopes == []
 
     with smtp_server(sink) as port, app_with_relay(panel, f"127.0.0.1:{port}") as app:
         admin = admin_of(panel, app=app)

@@ -55,6 +55,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
         PERMANENT_SESSION_LIFETIME=timedelta(hours=lifetime),
         SESSION_COOKIE_NAME="continuity_session",
         SESSION_COOKIE_SECURE=_setting(config, "secure_cookies", True, bool),
+        CONTINUITY_ACCESS_LOG=_setting(config, "access_log", False, bool),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session

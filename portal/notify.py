@@ -98,10 +98,14 @@ def send_reminders(
         relay = _relay(config)
         with smtplib.SMTP(relay.host, relay.port, timeout=TIMEOUT) as client:
             client.ehlo()
-            if client.has_extn("starttls"):
+            secured = client.has_extn("starttls")
+            if secured:
                 client.starttls(context=ssl.create_default_context())
                 client.ehlo()
             username = config.outbound.get("username")
+            if username and not secured:
+                # The relay's password never crosses the network in clear.
+                raise smtplib.SMTPNotSupportedError("the relay does not offer STARTTLS")
             if username:
                 client.login(str(username), str(config.outbound.get("password") or ""))
             for mail, name in recipients:

@@ -34,4 +34,10 @@ def serve_app(app: Flask, listen: str, workers: int) -> None:
     # shared with the master (copy-on-write).
     gc.collect()
     gc.freeze()
-    PortalServer(app, {"bind": listen, "workers": workers, "accesslog": "-", "errorlog": "-"}).run()
+    options: dict[str, Any] = {"bind": listen, "workers": workers, "errorlog": "-"}
+    if app.config.get("CONTINUITY_ACCESS_LOG"):
+        # Off unless asked for ([portal] access_log = true): the TLS reverse proxy in
+        # front logs every request with the client's real address (gunicorn only sees
+        # the proxy's), and the audit log records every sign-in with it.
+        options["accesslog"] = "-"
+    PortalServer(app, options).run()

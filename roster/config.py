@@ -356,6 +356,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "base_url",
         "listen",
         "secure_cookies",
+        "access_log",
         "session_idle_minutes",
         "session_lifetime_hours",
         "reset_code_hours",

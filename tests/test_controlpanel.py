@@ -146,11 +146,16 @@ class Collect:
 
 @contextmanager
 def app_with_relay(
-    portal: Portal, relay: str, base_url: str | None = "https://continuity.example"
+    portal: Portal,
+    relay: str,
+    base_url: str | None = "https://continuity.example",
+    login: tuple[str, str] | None = None,
 ) -> Iterator[Flask]:
     """The portal built from a configuration with an [outbound] relay and a base_url."""
     settings = {**portal.settings, **({"base_url": base_url} if base_url else {})}
     outbound = f'[outbound]\nrelay = "{relay}"\n'
+    if login:
+        outbound += f'username = "{login[0]}"\npassword = "{login[1]}"\n'
     portal.tool.configure(portal.source, portal_table(**settings), outbound)
     app = create_app(config=load_config(portal.tool.path, environ={}))
     portal.tool.configure(portal.source, portal_table(**portal.settings))
@@ -673,6 +678,16 @@ def test_reminders_go_through_the_relay_to_those_without_an_emergency_password(
         failed = text(admin.get(location_path(post(admin, f"{PAGE}/remind"))))
     assert "0 reminders sent." in flashes(failed)
     assert "2 reminders could not be sent." in flashes(failed)
+
+    # A relay login is never sent in clear: this relay offers no STARTTLS.
+    with (
+        smtp_server(sink) as port,
+        app_with_relay(panel, f"127.0.0.1:{port}", login=("continuity", "relay-secret")) as app,
+    ):
+        admin = admin_of(panel, app=app)
+        failed = text(admin.get(location_path(post(admin, f"{PAGE}/remind"))))
+    assert "2 reminders could not be sent." in flashes(failed)
+    assert len(sink.envelopes) == 2  # the two of the first round, nothing more
 
 
 # The primary mail server.

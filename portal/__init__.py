@@ -83,12 +83,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
 
     from portal import access, auth, controlpanel, errors, health, helpdesk, me
     from portal.extensions import babel, csrf, login_manager
-    from portal.i18n import LANGUAGES, select_locale
+    from portal.i18n import LANGUAGES, install_template_gettext, select_locale
     from roster.search import PeopleIndex
 
     # One per process: its cache of each domain's people lives as long as the worker.
     app.extensions[controlpanel.PEOPLE_INDEX] = PeopleIndex()
     babel.init_app(app, locale_selector=select_locale)
+    install_template_gettext(app)
     # Before CSRFProtect, which reads the form and so meets the body limit first.
     app.before_request(controlpanel.raise_body_limit)
     csrf.init_app(app)

@@ -12,6 +12,7 @@ import enum
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import update
@@ -21,8 +22,6 @@ from portal.access import (
     METHOD_EMERGENCY,
     METHOD_LOCAL,
     Principal,
-    db,
-    reading_connection,
     writing_connection,
 )
 from portal.ldapauth import BindOutcome, check_password, find_dn
@@ -31,8 +30,9 @@ from roster.addresses import domain_of, plausible
 from roster.config import Config
 from roster.domains import audit
 from roster.identity import (
-    find_local_account,
+    SignInFacts,
     forget_old_sessions,
+    local_account_facts,
     normalise_address,
     open_session,
     roles_of,
@@ -67,21 +67,20 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     config: Config = current_app.config["CONTINUITY"]
     address = normalise_address(address)
     well_formed = plausible(address)
-    person = None
-    if well_formed:
-        with reading_connection() as read:
-            person = sign_in_facts(read, address)
-    account = None
-    if person is None and well_formed:
-        roster = db()
-        account = find_local_account(roster, address)
-        if account is not None:
-            roster.expunge(account)  # kept as read: rollback would expire it
-        roster.rollback()  # no transaction stays open across the slow checks below
-    keys = [throttle.account_key(address), throttle.client_key(client)]
-    if person is not None:
-        # One count per person, whichever of their addresses is typed.
-        keys.append(throttle.person_key(person.person_id))
+    # The facts and the count of this attempt in one short write transaction: the attempt
+    # is counted before its password is checked (see roster.throttle.attempt).
+    person: SignInFacts | None = None
+    account: Any = None  # a row of roster.identity.local_account_facts
+    with writing_connection() as write:
+        if well_formed:
+            person = sign_in_facts(write, address)
+            if person is None:
+                account = local_account_facts(write, address)
+        keys = [throttle.account_key(address), throttle.client_key(client)]
+        if person is not None:
+            # One count per person, whichever of their addresses is typed.
+            keys.append(throttle.person_key(person.person_id))
+        verdict = throttle.attempt(write, keys, utcnow())
     stored_emergency = person.emergency_hash if person and person.may_use_emergency else None
     source = None
     if person is not None:
@@ -89,8 +88,6 @@ def check_sign_in(address: str, password: str, client: str) -> Outcome:
     elif well_formed:
         domain = domain_of(address)
         source = next((d for d in config.directories if domain in d.domains), None)
-    with writing_connection() as write:
-        verdict = throttle.attempt(write, keys, utcnow())
     if not verdict.allowed:
         failure = Failure.LOCKED if verdict.locked else Failure.THROTTLED
         return Outcome(failure=failure, wait_seconds=verdict.wait_seconds)

@@ -77,6 +77,23 @@ def find_person(session: Session, address: str) -> Person | None:
     return session.scalar(select(Person).where(_live_with_address(address)).limit(1))
 
 
+_LOCAL_ACCOUNT_FACTS = select(
+    LocalAccount.id,
+    LocalAccount.address,
+    LocalAccount.password_hash,
+    LocalAccount.session_generation,
+).where(LocalAccount.address == bindparam("address"))
+
+
+def local_account_facts(session: Session | Connection, address: str) -> Any:
+    """The sign-in's view of the local staff account with this address (a row with id,
+    address, password_hash and session_generation), or None."""
+    address = normalise_address(address)
+    if not plausible(address):
+        return None
+    return connection_of(session).execute(_LOCAL_ACCOUNT_FACTS, {"address": address}).first()
+
+
 def find_local_account(session: Session, address: str) -> LocalAccount | None:
     """The local staff account with this address."""
     address = normalise_address(address)

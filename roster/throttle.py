@@ -56,16 +56,22 @@ _COLUMNS = (
     TABLE.c.last_failure_at,
     TABLE.c.locked_until,
 )
-_FORGET = delete(TABLE).where(TABLE.c.key.in_(bindparam("keys", expanding=True)))
-# A client's count of a successful attempt is taken back; its lock goes once the count
-# is under the limit again (the SET expressions see the row as it was).
-_TAKE_BACK = (
+# A successful attempt takes its count back, in one statement for all its keys: an
+# account's (or person's) failures are forgotten; a client's count of the attempt is
+# taken back, and its lock goes once the count is under the limit again (a client
+# address may be a whole office). The SET expressions see the row as it was.
+_SHARED = TABLE.c.key.startswith("client:", autoescape=True)
+_SUCCEEDED = (
     update(TABLE)
-    .where(TABLE.c.key == bindparam("k"))
+    .where(TABLE.c.key.in_(bindparam("keys", expanding=True)))
     .values(
-        failures=case((TABLE.c.failures > 0, TABLE.c.failures - 1), else_=0),
+        failures=case(
+            (_SHARED & (TABLE.c.failures > 0), TABLE.c.failures - 1),
+            else_=0,
+        ),
         locked_until=case(
-            (TABLE.c.failures - 1 < CLIENT_LOCK_AFTER, None), else_=TABLE.c.locked_until
+            (_SHARED & (TABLE.c.failures - 1 >= CLIENT_LOCK_AFTER), TABLE.c.locked_until),
+            else_=None,
         ),
     )
 )
@@ -205,21 +211,18 @@ def sweep(session: Session | Connection, now: datetime) -> None:
 
 
 def succeeded(session: Session | Connection, keys: list[str]) -> None:
-    """A counted attempt succeeded: the account's counts go, the client's count of it
-    is taken back (a client address may be a whole office)."""
-    connection = connection_of(session)
-    personal = [key for key in keys if not key.startswith("client:")]
-    shared = [key for key in keys if key.startswith("client:")]
-    if personal:
-        connection.execute(_FORGET, {"keys": personal})
-    if shared:
-        connection.execute(_TAKE_BACK, [{"k": key} for key in shared])
+    """A counted attempt succeeded: the account's failures are forgotten, the client's
+    count of it is taken back (see _SUCCEEDED). Rows left at zero go with the sweep."""
+    connection_of(session).execute(_SUCCEEDED, {"keys": sorted(set(keys))})
 
 
 def clear(session: Session, key: str) -> bool:
     """Forget a key's failures and lift its lock; returns True if there was anything."""
-    result = session.execute(delete(SignInThrottle).where(SignInThrottle.key == key))
-    return bool(getattr(result, "rowcount", 0))
+    row = session.get(SignInThrottle, key)
+    if row is None:
+        return False
+    session.delete(row)
+    return bool(row.failures or row.locked_until)
 
 
 def is_locked(session: Session, key: str, now: datetime) -> bool:

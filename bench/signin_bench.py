@@ -12,8 +12,10 @@ emergency password is switched on, each person with an emergency password of the
    /sign-in (session cookie and CSRF token) then a POST /sign-in that counts when it
    answers 302 to /me, after a warm-up.
 
-The two are measured in turn, in rounds (6 x 2.5 s each by default: this machine's speed drifts by several percent over tens of seconds, and short turns let both sides see the same drift), so that a burst of
-other work on the machine weighs on both alike; the CPU used by other processes in each
+The two are measured in turn, in rounds (6 x 2.5 s each by default: this machine's
+speed drifts by several percent over tens of seconds, and short turns let both sides see
+the same drift), so that a burst of other work on the machine weighs on both alike; the
+CPU used by other processes in each
 round is measured and a warning printed when it is not negligible. No directory source
 is configured, so every sign-in goes straight to the emergency password, as on the day
 the directory is down. The load generator runs on the same cores as the portal; the CPU

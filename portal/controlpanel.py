@@ -32,6 +32,7 @@ from flask_babel import lazy_gettext as _l
 from flask_babel import ngettext
 from flask_login import current_user
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal import helpdesk
@@ -97,6 +98,10 @@ AUDIT_TEXTS = {
     "staff.added": _l("Staff account added"),
 }
 
+CHANGED_MEANWHILE = _l(
+    "Someone changed the list at the same moment: nothing was changed. Please try again."
+)
+
 REFUSALS = {
     "not_an_address": _l("“%(address)s” is not an email address."),
     "not_in_roster": _l(
@@ -110,6 +115,9 @@ REFUSALS = {
     "all_users": _l("This domain covers all users: choose “Only selected users” first."),
     "inactive": _l("Continuity Service is not active for this domain: activate it first."),
     "too_many": _l("%(count)d addresses: at most %(limit)d at a time. Nothing was changed."),
+    "bad_csv": _l(
+        "The file could not be read as CSV (line %(line)d): check its quotes. Nothing was changed."
+    ),
     "bad_mode": _l("Choose all users or only selected users."),
     "primary_host": _l("“%(value)s” is not a host name or IP address."),
     "primary_port": _l("The port must be a whole number from %(low)d to %(high)d."),
@@ -510,6 +518,8 @@ def add(name: str) -> Any:
             added = person.mail
     except Refused as refused:
         return _add_view(domain, form, error=refusal_text(refused.code, refused.params))
+    except IntegrityError:
+        return _add_view(domain, form, error=str(CHANGED_MEANWHILE))
     flash(_("%(address)s was added to the Continuity Service users.", address=added), "notice")
     return _to_domain(domain.name)
 
@@ -577,12 +587,14 @@ def bulk_change(name: str) -> Any:
     try:
         with _changing(name) as (write, found):
             lines = bulk(write, found, text, action, **_actor())
-    except Refused as refused:
+    except (Refused, IntegrityError) as error:
         return _add_view(
             domain,
             AddPersonForm(formdata=None),
             bulk_form=form,
-            bulk_error=refusal_text(refused.code, refused.params),
+            bulk_error=refusal_text(error.code, error.params)
+            if isinstance(error, Refused)
+            else str(CHANGED_MEANWHILE),
         )
     return _add_view(domain, AddPersonForm(formdata=None), report=_report(lines, action))
 
@@ -691,6 +703,15 @@ def remind(name: str) -> Any:
     config = current_app.config["CONTINUITY"]
     if not relay_configured(config):
         flash(_("The outbound relay is not configured: no reminder can be sent."), "error")
+        return _to_domain(domain.name)
+    if not domain.emergency_password_enabled:
+        flash(
+            _(
+                "The emergency password is switched off for this domain: switch it on before"
+                " asking people to set one."
+            ),
+            "error",
+        )
         return _to_domain(domain.name)
     if not config.portal.get("base_url"):
         # The link in a reminder comes from the configuration, never from the request's
@@ -804,7 +825,9 @@ def audit_page(name: str) -> Any:
     page = min(_page_number(), pages)
     events = session.execute(
         select(AuditEvent, Person.mail)
-        .outerjoin(Person, Person.id == AuditEvent.person_id)
+        # Someone who has since moved to another domain is not named here by their
+        # address there (the event's own detail still says who it was).
+        .outerjoin(Person, (Person.id == AuditEvent.person_id) & (Person.domain_id == domain.id))
         .where(AuditEvent.domain_id == domain.id)
         .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
         .limit(PAGE)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from urllib.parse import urlsplit
 
 from flask_babel import force_locale
 from flask_babel import gettext as _
@@ -93,6 +94,9 @@ def send_reminders(
     if not recipients:
         return 0, 0
     link = base_url.rstrip("/") + "/me"
+    # Without [outbound] sender, reminders come from the portal's own host name: a
+    # sender in the customer's domain would fail its SPF and DMARC checks.
+    default_domain = urlsplit(base_url).hostname or "localhost"
     sent = 0
     try:
         relay = _relay(config)
@@ -109,7 +113,7 @@ def send_reminders(
             if username:
                 client.login(str(username), str(config.outbound.get("password") or ""))
             for mail, name in recipients:
-                sender = str(config.outbound.get("sender") or f"continuity@{domain_of(mail)}")
+                sender = str(config.outbound.get("sender") or f"continuity@{default_domain}")
                 try:
                     client.send_message(_reminder(sender, mail, printable(name or "", 200), link))
                 except (

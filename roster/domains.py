@@ -88,6 +88,31 @@ def domain_state(domain: Domain) -> dict[str, Any]:
     }
 
 
+def audit_row(
+    actor: str,
+    action: str,
+    *,
+    domain_id: int | None = None,
+    person_id: int | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    detail: str = "",
+    client: str | None = None,
+) -> dict[str, Any]:
+    """One audit event as the row ``audit``/``audit_many`` write."""
+    return {
+        "at": utcnow(),
+        "actor": printable(actor, 320),
+        "action": action,
+        "domain_id": domain_id,
+        "person_id": person_id,
+        "before": before,
+        "after": after,
+        "detail": printable(detail, 2000),
+        "client": printable(client, 64) if client is not None else None,
+    }
+
+
 def audit(
     session: Session | Connection,
     actor: str,
@@ -101,24 +126,32 @@ def audit(
     client: str | None = None,
 ) -> None:
     """Write one audit event in the caller's transaction."""
+    audit_many(
+        session,
+        [
+            audit_row(
+                actor,
+                action,
+                domain_id=domain_id,
+                person_id=person_id,
+                before=before,
+                after=after,
+                detail=detail,
+                client=client,
+            )
+        ],
+    )
+
+
+def audit_many(session: Session | Connection, rows: list[dict[str, Any]]) -> None:
+    """Write audit events (``audit_row``s) in the caller's transaction, in one statement."""
+    if not rows:
+        return
     if isinstance(session, Session) and (session.new or session.dirty):
-        session.flush()  # the event may name rows still pending in this session
+        session.flush()  # the events may name rows still pending in this session
     # A plain table insert, built once: the sign-in writes one on every attempt, and
     # the ORM's bulk machinery costs more than the statement itself.
-    connection_of(session).execute(
-        AUDIT_INSERT,
-        {
-            "at": utcnow(),
-            "actor": printable(actor, 320),
-            "action": action,
-            "domain_id": domain_id,
-            "person_id": person_id,
-            "before": before,
-            "after": after,
-            "detail": printable(detail, 2000),
-            "client": printable(client, 64) if client is not None else None,
-        },
-    )
+    connection_of(session).execute(AUDIT_INSERT, rows if len(rows) > 1 else rows[0])
 
 
 def add_domain(session: Session, name: str, actor: str, primary: Primary | None = None) -> Domain:

@@ -10,14 +10,63 @@ words, so that the button cannot be used to read other services of the network.
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from roster.addresses import printable
 
 DEFAULT_TIMEOUT = 10.0
+MAX_REPLY_LINES = 50
+"""Lines of one reply read at most: a server that sends endless "250-" lines is cut off."""
+
+
+class _Bounded:
+    """smtplib's reply reading, with a limit on the lines of a reply. (The probe's
+    deadline is kept by a timer that shuts the socket, see probe_smtp.)"""
+
+    def getreply(self: Any) -> tuple[int, bytes]:
+        """Read one reply: (code, text), as smtplib.SMTP.getreply does."""
+        lines: list[bytes] = []
+        if self.file is None:
+            self.file = self.sock.makefile("rb")
+        while True:
+            try:
+                line = self.file.readline(smtplib._MAXLINE + 1)  # type: ignore[attr-defined]
+            except OSError as error:
+                self.close()
+                raise smtplib.SMTPServerDisconnected(
+                    f"Connection unexpectedly closed: {error}"
+                ) from error
+            if not line:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            if len(line) > smtplib._MAXLINE:  # type: ignore[attr-defined]
+                self.close()
+                raise smtplib.SMTPResponseException(500, b"Line too long.")
+            lines.append(line[4:].strip(b" \t\r\n"))
+            try:
+                code = int(line[:3])
+            except ValueError:
+                return -1, b"\n".join(lines)
+            if line[3:4] != b"-":
+                return code, b"\n".join(lines)
+            if len(lines) >= MAX_REPLY_LINES:
+                self.close()
+                raise smtplib.SMTPResponseException(500, b"Too many lines in one reply.")
+
+
+class _SMTP(_Bounded, smtplib.SMTP):
+    pass
+
+
+class _SMTPSSL(_Bounded, smtplib.SMTP_SSL):
+    pass
 
 
 @dataclass(frozen=True)
@@ -49,8 +98,40 @@ def probe_smtp(
     """Probe ``host``:``port``; ``tls`` is "tls", "starttls" or "none".
 
     Certificates are checked against the system's authorities unless ``tls_context``
-    says otherwise; a failed check is a failed probe, as it would be for delivery.
+    says otherwise; a failed check is a failed probe, as it would be for delivery. The
+    whole probe ends within about ``timeout`` seconds (a connection attempt per address
+    the name resolves to may take that long too), however slowly the server answers.
     """
+    state = _Deadline()
+    # At the deadline the socket is shut, so whatever read is waiting ends.
+    watchdog = threading.Timer(timeout, state.expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        found = _probe(host, port, tls, helo_name, timeout, tls_context, state)
+    finally:
+        watchdog.cancel()
+    if state.expired and not found.ok:
+        return ProbeResult(
+            False,
+            found.stage,
+            f"no answer within {timeout:g} s",
+            found.answers,
+            found.tls,
+            found.seconds,
+        )
+    return found
+
+
+def _probe(
+    host: str,
+    port: int,
+    tls: str,
+    helo_name: str,
+    timeout: float,
+    tls_context: ssl.SSLContext | None,
+    state: _Deadline,
+) -> ProbeResult:
     context = tls_context or ssl.create_default_context()
     started = time.monotonic()
     answers: list[str] = []
@@ -62,12 +143,13 @@ def probe_smtp(
     client: smtplib.SMTP
     try:
         if tls == "tls":
-            client = smtplib.SMTP_SSL(local_hostname=helo_name, timeout=timeout, context=context)
+            client = _SMTPSSL(local_hostname=helo_name, timeout=timeout, context=context)
         else:
-            client = smtplib.SMTP(local_hostname=helo_name, timeout=timeout)
+            client = _SMTP(local_hostname=helo_name, timeout=timeout)
+        state.client = client
         # smtplib names the server for the certificate check only when the host is given
         # to the constructor, which would also connect there and raise on a refusal.
-        client._host = host  # type: ignore[attr-defined]  # (not in the stubs)
+        client._host = host  # type: ignore[union-attr]  # (not in the stubs)
         code, banner = client.connect(host, port)
     except smtplib.SMTPServerDisconnected as error:
         stage = "greeting"
@@ -78,6 +160,9 @@ def probe_smtp(
         stage = "greeting"
         answers.append(_reply(error.smtp_code, error.smtp_error))
         return result(False, "the server refused the connection")
+    except smtplib.SMTPResponseException:
+        stage = "greeting"  # a line too long, or too many lines: no SMTP greeting
+        return result(False, "not an SMTP server")
     except ssl.SSLError as error:
         stage = "tls"
         return result(False, f"TLS failed: {error.reason or error}")
@@ -121,3 +206,19 @@ def probe_smtp(
             client.quit()
         except (smtplib.SMTPException, OSError):
             client.close()
+
+
+class _Deadline:
+    """The probe's client, and whether its time ran out."""
+
+    def __init__(self) -> None:
+        self.client: smtplib.SMTP | None = None
+        self.expired = False
+
+    def expire(self) -> None:
+        """Time is up: shut the socket, so that a waiting read returns at once."""
+        self.expired = True
+        sock = getattr(self.client, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

@@ -15,16 +15,16 @@ import csv
 import io
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, Table, and_, delete, exists, false, func, or_, select
 from sqlalchemy.orm import Session
 
-from roster.addresses import plausible, printable
-from roster.domains import HOST_RE, RosterError, audit, domain_state
+from roster.addresses import domain_of, plausible, printable
+from roster.domains import HOST_RE, RosterError, audit, audit_many, audit_row, domain_state
 from roster.identity import normalise_address
 from roster.models import (
     COVERAGE_ALL,
@@ -208,12 +208,37 @@ def set_coverage_mode(
 # ---------------------------------------------------------------------------
 # The list of selected users
 # ---------------------------------------------------------------------------
+def _refusal(typed: str, domain: Domain, found: Any) -> Refused | None:
+    """Why ``found`` (a person row with domain_id and removed_at, or None), looked up by
+    the ``typed`` address, cannot go on or off ``domain``'s list; None when it can.
+
+    Another domain's people are never told apart from nobody: an address of another
+    domain is "another domain" whether or not someone has it, and one of this domain
+    that belongs to no one here is "not in the roster", whoever else may hold it.
+    """
+    if found is None or found.domain_id != domain.id:
+        if domain_of(typed) != domain.name:
+            return Refused(
+                "other_domain", f"{typed} is not in the domain {domain.name}", address=typed
+            )
+        return Refused("not_in_roster", f"{typed} is not in the roster", address=typed)
+    if found.removed_at is not None:
+        return Refused("removed", f"{typed} has been removed from the directory", address=typed)
+    return None
+
+
+def _typed(address: str) -> str:
+    """The normalised address, or ``Refused`` when it is none."""
+    typed = normalise_address(address)
+    if not plausible(typed):
+        shown = printable(address.strip(), 320)
+        raise Refused("not_an_address", f"{shown!r} is not an email address", address=shown)
+    return typed
+
+
 def _find_for_listing(session: Session, domain: Domain, address: str) -> Person:
     """The live person of ``domain`` with this address or alias, or why not."""
-    typed = normalise_address(address)
-    shown = printable(address.strip(), 320)
-    if not plausible(typed):
-        raise Refused("not_an_address", f"{shown!r} is not an email address", address=shown)
+    typed = _typed(address)
     found = session.scalars(
         select(Person)
         .where(
@@ -222,15 +247,11 @@ def _find_for_listing(session: Session, domain: Domain, address: str) -> Person:
                 Person.id.in_(select(Alias.person_id).where(Alias.address == typed)),
             )
         )
-        .order_by(Person.removed_at.is_not(None), Person.id.desc())
+        .order_by(Person.domain_id != domain.id, Person.removed_at.is_not(None), Person.id.desc())
     ).first()
-    if found is None:
-        raise Refused("not_in_roster", f"{typed} is not in the roster", address=typed)
-    # Another domain first: an admin learns nothing of another domain's people.
-    if found.domain_id != domain.id:
-        raise Refused("other_domain", f"{typed} is not in the domain {domain.name}", address=typed)
-    if found.removed_at is not None:
-        raise Refused("removed", f"{typed} has been removed from the directory", address=typed)
+    refused = _refusal(typed, domain, found)
+    if refused is not None or found is None:
+        raise refused or Refused("not_in_roster", f"{typed} is not in the roster", address=typed)
     return found
 
 
@@ -377,7 +398,20 @@ class BulkLine:
 
 
 _SEPARATORS = re.compile(r"[,;\s]+")
-_HEADER_NAMES = {"address", "email", "e-mail", "mail", "correo", "dirección", "direccion"}
+_HEADER_NAMES = {
+    "address",
+    "email",
+    "e-mail",
+    "mail",
+    "email address",
+    "e-mail address",
+    "correo",
+    "correo electrónico",
+    "dirección",
+    "direccion",
+    "dirección de correo",
+    "dirección de correo electrónico",
+}
 
 
 def parse_bulk(text: str) -> list[tuple[int, str]]:
@@ -387,6 +421,14 @@ def parse_bulk(text: str) -> list[tuple[int, str]]:
     file (a first line naming an address column, as spreadsheets export it) is read by
     that column; other columns are ignored. Empty lines are skipped.
     """
+    try:
+        return _parse_bulk(text)
+    except csv.Error as error:
+        line = getattr(error, "line", None) or 0
+        raise Refused("bad_csv", f"the file cannot be read as CSV: {error}", line=line) from None
+
+
+def _parse_bulk(text: str) -> list[tuple[int, str]]:
     lines = text.removeprefix("\ufeff").splitlines()  # Excel's "CSV UTF-8" begins with a BOM
     if lines and ("," in lines[0] or ";" in lines[0]):
         delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
@@ -397,9 +439,16 @@ def parse_bulk(text: str) -> list[tuple[int, str]]:
         if column is not None:
             found = []
             reader = csv.reader(io.StringIO("\n".join(lines[1:])), delimiter=delimiter)
-            for number, row in enumerate(reader, start=2):
-                if len(row) > column and row[column].strip():
-                    found.append((number, row[column].strip()))
+            try:
+                for row in reader:
+                    number = reader.line_num + 1
+                    if len(row) > column and row[column].strip():
+                        found.append((number, row[column].strip()))
+                    elif any(cell.strip() for cell in row):
+                        found.append((number, ""))  # reported: no address on this line
+            except csv.Error as error:
+                error.line = reader.line_num + 1  # type: ignore[attr-defined]
+                raise
             return found
     first = 1
     if lines and lines[0].strip().strip('"').lower() in _HEADER_NAMES:
@@ -410,6 +459,35 @@ def parse_bulk(text: str) -> list[tuple[int, str]]:
             if item:
                 found.append((number, item))
     return found
+
+
+def _people_by_address(session: Session, domain: Domain, typed: list[str]) -> dict[str, Any]:
+    """For each address, the person it names, as _find_for_listing would choose: of this
+    domain first, live first, newest first. Rows of (id, mail, domain_id, removed_at)."""
+    found: dict[str, Any] = {}
+
+    def rank(row: Any) -> tuple[bool, bool, int]:
+        return (row.domain_id != domain.id, row.removed_at is not None, -row.id)
+
+    columns = (Person.id, Person.mail, Person.domain_id, Person.removed_at)
+    for part in _chunks(typed, 500):
+        by_mail = session.execute(select(*columns).where(Person.mail.in_(part)))
+        by_alias = session.execute(
+            select(Alias.address, *columns)
+            .join(Person, Person.id == Alias.person_id)
+            .where(Alias.address.in_(part))
+        )
+        candidates = [(row.mail, row) for row in by_mail] + [(row.address, row) for row in by_alias]
+        for address, row in candidates:
+            held = found.get(address)
+            if held is None or rank(row) < rank(held):
+                found[address] = row
+    return found
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def bulk(
@@ -423,7 +501,9 @@ def bulk(
     """Add or remove every address of ``text``; a report line for each.
 
     Each line stands alone: a refused address changes nothing and does not stop the
-    others. Each change is audited like a single one.
+    others, and each change is audited like a single one. The addresses are looked up
+    a few hundred at a time and the changes written in a few statements, so that a
+    list of thousands holds the roster's write lock for a moment, not for seconds.
     """
     if action not in (ADD, REMOVE):
         raise ValueError(action)
@@ -436,38 +516,88 @@ def bulk(
             count=len(entries),
             limit=BULK_LIMIT,
         )
-    report = []
+    typed = {
+        address: normalise_address(address)
+        for _, address in entries
+        if plausible(normalise_address(address))
+    }
+    people = _people_by_address(session, domain, sorted(set(typed.values())))
+    ids = sorted({row.id for row in people.values() if row.domain_id == domain.id})
+    listed: set[int] = set()
+    for part in _chunks(ids, 500):
+        listed.update(
+            session.scalars(
+                select(CoverageEntry.person_id).where(CoverageEntry.person_id.in_(part))
+            )
+        )
+
+    report: list[BulkLine] = []
+    changed: list[Any] = []
     seen: set[str] = set()
     for number, address in entries:
-        key = normalise_address(address)
-        if key in seen:
-            report.append(
-                BulkLine(
-                    number,
-                    address,
-                    False,
-                    "duplicate",
-                    f"{key} is repeated above",
-                    {"address": key},
-                )
-            )
-            continue
-        seen.add(key)
         try:
-            with session.begin_nested():
-                if action == ADD:
-                    person = add_person(session, domain, address, actor, client)
-                else:
-                    person = remove_person(session, domain, address, actor, client)
-        except Refused as refused:
+            key = _typed(address)
+            if key in seen:
+                raise Refused("duplicate", f"{key} is repeated above", address=key)
+            seen.add(key)
+            row: Any = people.get(key)
+            refused = _refusal(key, domain, row)
+            if refused is not None:
+                raise refused
+            if action == ADD and row.id in listed:
+                raise Refused(
+                    "already_listed", f"{row.mail} is already on the list", address=row.mail
+                )
+            if action == REMOVE and row.id not in listed:
+                raise Refused("not_listed", f"{row.mail} is not on the list", address=row.mail)
+        except Refused as refusal:
             report.append(
-                BulkLine(number, address, False, refused.code, str(refused), refused.params)
+                BulkLine(number, address, False, refusal.code, str(refusal), refusal.params)
             )
             continue
+        # Two addresses of one person (address and alias): the second finds them done.
+        (listed.add if action == ADD else listed.discard)(row.id)
+        changed.append(row)
         done = "added" if action == ADD else "removed"
         report.append(
-            BulkLine(number, address, True, done, f"{person.mail} {done}", {"address": person.mail})
+            BulkLine(number, address, True, done, f"{row.mail} {done}", {"address": row.mail})
         )
+
+    now = utcnow()
+    if action == ADD:
+        for part in _chunks(changed, 1000):
+            session.execute(
+                cast(Table, CoverageEntry.__table__).insert(),
+                [
+                    {
+                        "domain_id": domain.id,
+                        "person_id": row.id,
+                        "added_by": actor,
+                        "added_at": now,
+                    }
+                    for row in part
+                ],
+            )
+    else:
+        for part in _chunks([row.id for row in changed], 500):
+            session.execute(delete(CoverageEntry).where(CoverageEntry.person_id.in_(part)))
+    listed_after = action == ADD
+    audit_many(
+        session,
+        [
+            audit_row(
+                actor,
+                "coverage.added" if listed_after else "coverage.removed",
+                domain_id=domain.id,
+                person_id=row.id,
+                before={"listed": not listed_after},
+                after={"listed": listed_after},
+                client=client,
+                detail=row.mail,
+            )
+            for row in changed
+        ],
+    )
     return report
 
 

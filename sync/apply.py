@@ -166,8 +166,31 @@ def apply_plan(
     # A list of selected users is the choice of one domain's admins: someone moving to
     # another domain leaves it, and is covered there only once that domain adds them.
     moved = [u.person_id for u in plan.updates if "domain" in u.changed]
+    unlisted: list[Any] = []
     for part in chunks(moved):
-        session.execute(delete(CoverageEntry).where(CoverageEntry.person_id.in_(part)))
+        unlisted += session.execute(
+            delete(CoverageEntry)
+            .where(CoverageEntry.person_id.in_(part))
+            .returning(CoverageEntry.person_id, CoverageEntry.domain_id)
+        ).all()
+    # The first domain's admins see in its audit trail why someone left their list.
+    if unlisted:
+        session.execute(
+            cast(Table, AuditEvent.__table__).insert(),
+            [
+                {
+                    "at": now,
+                    "actor": actor,
+                    "action": "coverage.removed",
+                    "person_id": person_id,
+                    "domain_id": domain_id,
+                    "before": {"listed": True},
+                    "after": {"listed": False},
+                    "detail": "moved to another domain in the directory",
+                }
+                for person_id, domain_id in unlisted
+            ],
+        )
 
     update_statement = (
         person.update()

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from roster.config import Config, DirectoryConfig
@@ -282,7 +283,15 @@ def _refresh_statistics(engine: Engine, reports: list[RunReport]) -> None:
         for r in reports
         if r.outcome == SUCCESS
     )
-    if changed >= ANALYZE_AFTER:
+    try:
         with engine.connect() as connection:
-            connection.exec_driver_sql("ANALYZE")
-            connection.commit()
+            # Also when the roster never had statistics (grown in small runs).
+            missing = not connection.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"
+            ).first()
+            if changed >= ANALYZE_AFTER or (missing and changed):
+                connection.exec_driver_sql("ANALYZE")
+                connection.commit()
+    except OperationalError as error:
+        # The sync itself is done and committed: a busy roster only delays statistics.
+        log_event(log, logging.WARNING, "sync.analyze_failed", error=str(error.orig))

@@ -412,7 +412,7 @@ def test_the_command_leaves_the_same_audit_trail_as_the_service(
 
 
 def test_someone_moving_to_another_domain_leaves_the_first_domain_list(
-    tool: Continuity, directory: DirectoryTree
+    tool: Continuity, directory: DirectoryTree, engine: Engine
 ) -> None:
     """Regression: a listed person whose address moved to another domain stayed on the
     first domain's list (shown there, impossible to remove) and was covered by the other
@@ -426,6 +426,16 @@ def test_someone_moving_to_another_domain_leaves_the_first_domain_list(
 
     assert covered(tool, BRAND) == []
     assert covered(tool, ACME) == ["bo@acme.test"]
+    # The first domain's trail says why they left its list.
+    with engine.connect() as connection:
+        left = connection.execute(
+            select(AuditEvent.actor, AuditEvent.detail)
+            .join(Domain, Domain.id == AuditEvent.domain_id)
+            .where(Domain.name == ACME, AuditEvent.action == "coverage.removed")
+        ).all()
+    assert [tuple(row) for row in left] == [
+        ("sync:corp", "moved to another domain in the directory")
+    ]
     result = tool.run("coverage", "mode", ACME, "all")
     assert result.exit_code == 1 and "1 individually added user(s)" in result.stderr
     assert ok(tool, "coverage", "add", BRAND, "ana@brand.test").stdout == "ana@brand.test added\n"

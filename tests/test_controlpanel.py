@@ -637,6 +637,17 @@ def test_reminders_go_through_the_relay_to_those_without_an_emergency_password(
     )
     sink = Collect()
 
+    # With the emergency password switched off, nobody is asked to set one.
+    panel.set_domain(active=True, mode="selected", emergency=False)
+    with smtp_server(sink) as port, app_with_relay(panel, f"127.0.0.1:{port}") as app:
+        admin = admin_of(panel, app=app)
+        refused = post(admin, f"{PAGE}/remind")
+        assert "The emergency password is switched off for this domain" in " ".join(
+            flashes(text(admin.get(location_path(refused))))
+        )
+    assert sink.envelopes == []
+    panel.set_domain(active=True, mode="selected")
+
     # Without [portal] base_url there is no link to send: the request's Host header,
     # which whoever sends the request chooses, is never put in a mail.
     with smtp_server(sink) as port, app_with_relay(panel, f"127.0.0.1:{port}", None) as app:
@@ -661,7 +672,7 @@ def test_reminders_go_through_the_relay_to_those_without_an_emergency_password(
     message = email.message_from_bytes(sink.envelopes[0].original_content, policy=default_policy)
     assert isinstance(message, EmailMessage)
     body = message.get_content()
-    assert message["From"] == "Continuity <continuity@acme.test>"
+    assert message["From"] == "Continuity <continuity@continuity.example>"
     assert message["Subject"] == (
         "Set your emergency password / Establecer la contraseña de emergencia"
     )

@@ -4,6 +4,7 @@ to do (refuse at the greeting, be a web server, say nothing)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -46,6 +47,15 @@ def socket_server(greeting: bytes, then: str) -> Iterator[int]:
         with client:
             client.sendall(greeting)
             if then == "close":
+                return
+            if then in ("drip", "flood"):
+                # A hostile server: one byte at a time, or an endless multi-line greeting.
+                piece = b"2" if then == "drip" else b"220-more of the same\r\n" * 100
+                with contextlib.suppress(OSError):
+                    while not stopping.is_set():
+                        client.sendall(piece)
+                        if then == "drip":
+                            stopping.wait(0.2)
                 return
             client.settimeout(0.1)
             received = b""
@@ -188,3 +198,15 @@ def test_tls_from_the_first_byte_against_a_plain_server_fails_at_tls(
         result = probe_smtp("127.0.0.1", port, "tls", timeout=5, tls_context=trusting(certificates))
     assert (result.ok, result.stage, result.answers) == (False, "tls", [])
     assert result.error.startswith("TLS failed: ")
+
+
+@pytest.mark.parametrize("then", ["drip", "flood"])
+def test_a_hostile_server_cannot_hold_a_probe_past_its_deadline(then: str) -> None:
+    """Regression: the timeout applied to each read, so a server dripping a byte at a
+    time held the probe (and a portal worker) for a minute, and an endless "220-"
+    greeting grew it without bound."""
+    with socket_server(b"", then) as port:
+        began = time.monotonic()
+        result = probe_smtp("127.0.0.1", port, "none", timeout=1)
+    assert time.monotonic() - began < 3
+    assert not result.ok and result.stage == "greeting"

@@ -467,6 +467,8 @@ def test_each_refused_addition_changes_nothing(
         # Another domain's former people are "another domain", not "removed": an admin
         # learns nothing of what happens in a domain that is not theirs.
         (ACME, "left@brand.test", "other_domain", {"address": "left@brand.test"}),
+        # ... and the same answer for an address of that domain that nobody has.
+        (ACME, "nobody@brand.test", "other_domain", {"address": "nobody@brand.test"}),
         (ACME, "ANA@acme.test", "already_listed", {"address": "ana@acme.test"}),
         (BRAND, "eve@brand.test", "all_users", {"domain": BRAND}),
     ]
@@ -912,3 +914,18 @@ def test_a_one_column_csv_header_is_not_taken_for_an_address() -> None:
         (4, "bo@acme.test"),
     ]
     assert parse_bulk('"Correo"\r\nana@acme.test\r\n') == [(2, "ana@acme.test")]
+
+
+def test_a_broken_csv_is_refused_with_its_line() -> None:
+    """Regression: a CSV with an unclosed quote ended in an internal error (500)."""
+    text = 'email,name\nana@acme.test,Ana\n"bo@acme.test,Bo\n' + "x" * 140_000 + "\n"
+    with pytest.raises(Refused) as refused:
+        parse_bulk(text)
+    assert refused.value.code == "bad_csv" and refused.value.params["line"] >= 3
+
+
+def test_a_csv_row_without_an_address_is_reported_not_skipped() -> None:
+    assert parse_bulk("Name;E-mail Address\nAna;ana@acme.test\nBo\n") == [
+        (2, "ana@acme.test"),
+        (3, ""),
+    ]

@@ -516,12 +516,8 @@ def bulk(
             count=len(entries),
             limit=BULK_LIMIT,
         )
-    typed = {
-        address: normalise_address(address)
-        for _, address in entries
-        if plausible(normalise_address(address))
-    }
-    people = _people_by_address(session, domain, sorted(set(typed.values())))
+    addresses = {normalise_address(address) for _, address in entries}
+    people = _people_by_address(session, domain, sorted(filter(plausible, addresses)))
     ids = sorted({row.id for row in people.values() if row.domain_id == domain.id})
     listed: set[int] = set()
     for part in _chunks(ids, 500):

@@ -122,7 +122,11 @@ class SignInFacts:
 def _sign_in_facts_query() -> Any:
     """The statement, built once: building and keying it cost more than running it."""
     address: Any = bindparam("address")
-    listed = exists(select(CoverageEntry.id).where(CoverageEntry.person_id == Person.id))
+    listed = exists(
+        select(CoverageEntry.id).where(
+            CoverageEntry.person_id == Person.id, CoverageEntry.domain_id == Person.domain_id
+        )
+    )
     return (
         select(
             Person.id,
@@ -181,7 +185,11 @@ def sign_in_facts(session: Session | Connection, address: str) -> SignInFacts | 
 
 def is_listed(session: Session, person: Person) -> bool:
     """True when the person is on their domain's "only selected users" list."""
-    found = session.scalar(select(CoverageEntry.id).where(CoverageEntry.person_id == person.id))
+    found = session.scalar(
+        select(CoverageEntry.id).where(
+            CoverageEntry.person_id == person.id, CoverageEntry.domain_id == person.domain_id
+        )
+    )
     return found is not None
 
 

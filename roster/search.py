@@ -126,7 +126,10 @@ class PeopleIndex:
                 Person.disabled,
                 CoverageEntry.id.is_not(None),
             )
-            .outerjoin(CoverageEntry, CoverageEntry.person_id == Person.id)
+            .outerjoin(
+                CoverageEntry,
+                (CoverageEntry.person_id == Person.id) & (CoverageEntry.domain_id == domain_id),
+            )
             # By id alone: with a condition on the domain too, a planner without table
             # statistics (SQLite after a first sync) walks the whole domain's index.
             .where(Person.id.in_(ids), Person.removed_at.is_(None))

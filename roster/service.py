@@ -85,7 +85,15 @@ def covered_clause(domain: Domain) -> ColumnElement[bool]:
     if domain.coverage_mode == COVERAGE_ALL:
         return live
     if domain.coverage_mode == COVERAGE_SELECTED:
-        return and_(live, exists().where(CoverageEntry.person_id == Person.id))
+        # A list entry counts for its own domain only (one made just as the sync moved
+        # the person elsewhere must not cover them there).
+        return and_(
+            live,
+            exists().where(
+                CoverageEntry.person_id == Person.id,
+                CoverageEntry.domain_id == Person.domain_id,
+            ),
+        )
     return false()
 
 
@@ -100,7 +108,8 @@ def listed_count(session: Session, domain: Domain) -> int:
         session.scalar(
             select(func.count())
             .select_from(CoverageEntry)
-            .where(CoverageEntry.domain_id == domain.id)
+            .join(Person, Person.id == CoverageEntry.person_id)
+            .where(CoverageEntry.domain_id == domain.id, Person.domain_id == domain.id)
         )
         or 0
     )
@@ -271,10 +280,14 @@ def add_person(
     """Put someone of the domain on its list of selected users."""
     _require_selected(domain)
     person = _find_for_listing(session, domain, address)
-    if session.scalar(select(CoverageEntry.id).where(CoverageEntry.person_id == person.id)):
+    held = session.scalar(select(CoverageEntry).where(CoverageEntry.person_id == person.id))
+    if held is not None and held.domain_id == domain.id:
         raise Refused(
             "already_listed", f"{person.mail} is already on the list", address=person.mail
         )
+    if held is not None:  # left from another domain the person has moved out of
+        session.delete(held)
+        session.flush()
     session.add(
         CoverageEntry(domain_id=domain.id, person_id=person.id, added_by=actor, added_at=utcnow())
     )
@@ -315,7 +328,11 @@ def remove_person_by_id(
 def _unlist(
     session: Session, domain: Domain, person: Person, actor: str, client: str | None
 ) -> Person:
-    removed = session.execute(delete(CoverageEntry).where(CoverageEntry.person_id == person.id))
+    removed = session.execute(
+        delete(CoverageEntry).where(
+            CoverageEntry.person_id == person.id, CoverageEntry.domain_id == domain.id
+        )
+    )
     if not getattr(removed, "rowcount", 0):
         raise Refused("not_listed", f"{person.mail} is not on the list", address=person.mail)
     audit(
@@ -371,7 +388,7 @@ def listed_page(
         )
         .join(Person, Person.id == CoverageEntry.person_id)
         .outerjoin(EmergencyCredential, EmergencyCredential.person_id == Person.id)
-        .where(CoverageEntry.domain_id == domain.id)
+        .where(CoverageEntry.domain_id == domain.id, Person.domain_id == domain.id)
         .order_by(*order)
         .limit(per_page)
         .offset((page - 1) * per_page)
@@ -523,7 +540,9 @@ def bulk(
     for part in _chunks(ids, 500):
         listed.update(
             session.scalars(
-                select(CoverageEntry.person_id).where(CoverageEntry.person_id.in_(part))
+                select(CoverageEntry.person_id).where(
+                    CoverageEntry.person_id.in_(part), CoverageEntry.domain_id == domain.id
+                )
             )
         )
 
@@ -560,6 +579,14 @@ def bulk(
         )
 
     now = utcnow()
+    changed_ids = [row.id for row in changed]
+    for part in _chunks(changed_ids, 500):
+        # REMOVE: their entries go. ADD: an entry left from another domain the person
+        # has moved out of goes first (a person holds one entry at most).
+        going: ColumnElement[bool] = CoverageEntry.person_id.in_(part)
+        if action == ADD:
+            going = and_(going, CoverageEntry.domain_id != domain.id)
+        session.execute(delete(CoverageEntry).where(going))
     if action == ADD:
         for part in _chunks(changed, 1000):
             session.execute(
@@ -574,9 +601,6 @@ def bulk(
                     for row in part
                 ],
             )
-    else:
-        for part in _chunks([row.id for row in changed], 500):
-            session.execute(delete(CoverageEntry).where(CoverageEntry.person_id.in_(part)))
     listed_after = action == ADD
     audit_many(
         session,

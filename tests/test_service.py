@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from roster.coverage import is_covered, person_is_covered
 from roster.db import session_factory, transaction
 from roster.domains import add_domain, get_domain
+from roster.identity import sign_in_facts
 from roster.models import (
     Alias,
     AuditEvent,
@@ -41,6 +42,7 @@ from roster.service import (
     covered_people,
     deactivate,
     domains_visible,
+    listed_count,
     listed_page,
     overview,
     parse_bulk,
@@ -929,3 +931,47 @@ def test_a_csv_row_without_an_address_is_reported_not_skipped() -> None:
         (2, "ana@acme.test"),
         (3, ""),
     ]
+
+
+def test_a_list_entry_left_in_another_domain_covers_nobody_and_is_replaced(
+    engine: Engine, factory: sessionmaker[Session]
+) -> None:
+    """An entry made by domain A's admin just as the sync moved the person to B (the
+    two commit together on PostgreSQL) must not cover them in B, nor show in A's list;
+    B's admin can still add them, and then B covers them."""
+    with transaction(factory) as session:
+        acme = new_domain(session, ACME, active=True, mode="selected")
+        brand = new_domain(session, BRAND, active=True, mode="selected")
+        moved = person(session, brand, "eve")
+        session.add(
+            CoverageEntry(domain_id=acme.id, person_id=moved.id, added_by=ADMIN, added_at=utcnow())
+        )
+
+    assert covered_mails(factory, ACME) == [] and covered_mails(factory, BRAND) == []
+    with transaction(factory) as session:
+        assert listed_count(session, get_domain(session, ACME)) == 0
+        assert listed_page(session, get_domain(session, ACME)) == ([], 0)
+        facts = sign_in_facts(session, "eve@brand.test")
+        assert facts is not None and facts.may_use_emergency is False
+    with transaction(factory) as session:
+        add_person(session, get_domain(session, BRAND), "eve@brand.test", ADMIN)
+    assert covered_mails(factory, BRAND) == ["eve@brand.test"]
+    assert listed_mails(engine, ACME) == [] and listed_mails(engine, BRAND) == ["eve@brand.test"]
+
+    # The same through a bulk request.
+    with transaction(factory) as session:
+        brand = get_domain(session, BRAND)
+        bulk(session, brand, "eve@brand.test", REMOVE, ADMIN)
+        eve = session.scalar(select(Person).where(Person.mail == "eve@brand.test"))
+        assert eve is not None
+        session.add(
+            CoverageEntry(
+                domain_id=get_domain(session, ACME).id,
+                person_id=eve.id,
+                added_by=ADMIN,
+                added_at=utcnow(),
+            )
+        )
+    with transaction(factory) as session:
+        (line,) = bulk(session, get_domain(session, BRAND), "eve@brand.test", ADD, ADMIN)
+    assert line.done and listed_mails(engine, BRAND) == ["eve@brand.test"]

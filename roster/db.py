@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -53,6 +53,23 @@ def _sqlite_begin(connection: Any) -> None:
     """
     immediate = connection.get_execution_options().get("begin_immediate", False)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+T = TypeVar("T")
+CHUNK = 500  # stays under every database's bound-parameter limit
+
+
+def chunks(rows: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
+    """Lists of at most ``size`` items drawn from ``rows`` as they come (a generator of
+    100,000 rows is never held whole)."""
+    batch: list[T] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def connection_of(bind: Session | Connection) -> Connection:

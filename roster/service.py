@@ -15,7 +15,7 @@ import csv
 import io
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -24,6 +24,7 @@ from sqlalchemy import ColumnElement, Table, and_, delete, exists, false, func, 
 from sqlalchemy.orm import Session
 
 from roster.addresses import domain_of, plausible, printable
+from roster.db import chunks
 from roster.domains import HOST_RE, RosterError, audit, audit_many, audit_row, domain_state
 from roster.identity import normalise_address
 from roster.models import (
@@ -264,6 +265,22 @@ def _find_for_listing(session: Session, domain: Domain, address: str) -> Person:
     return found
 
 
+def _listing_event(
+    domain: Domain, person: Any, listed: bool, actor: str, client: str | None
+) -> dict[str, Any]:
+    """The audit event of someone put on (``listed``) or taken off the domain's list."""
+    return audit_row(
+        actor,
+        "coverage.added" if listed else "coverage.removed",
+        domain_id=domain.id,
+        person_id=person.id,
+        before={"listed": not listed},
+        after={"listed": listed},
+        client=client,
+        detail=person.mail,
+    )
+
+
 def _require_selected(domain: Domain) -> None:
     _require_active(domain)
     if domain.coverage_mode != COVERAGE_SELECTED:
@@ -291,17 +308,7 @@ def add_person(
     session.add(
         CoverageEntry(domain_id=domain.id, person_id=person.id, added_by=actor, added_at=utcnow())
     )
-    audit(
-        session,
-        actor,
-        "coverage.added",
-        domain_id=domain.id,
-        person_id=person.id,
-        before={"listed": False},
-        after={"listed": True},
-        client=client,
-        detail=person.mail,
-    )
+    audit_many(session, [_listing_event(domain, person, True, actor, client)])
     return person
 
 
@@ -335,17 +342,7 @@ def _unlist(
     )
     if not getattr(removed, "rowcount", 0):
         raise Refused("not_listed", f"{person.mail} is not on the list", address=person.mail)
-    audit(
-        session,
-        actor,
-        "coverage.removed",
-        domain_id=domain.id,
-        person_id=person.id,
-        before={"listed": True},
-        after={"listed": False},
-        client=client,
-        detail=person.mail,
-    )
+    audit_many(session, [_listing_event(domain, person, False, actor, client)])
     return person
 
 
@@ -487,7 +484,7 @@ def _people_by_address(session: Session, domain: Domain, typed: list[str]) -> di
         return (row.domain_id != domain.id, row.removed_at is not None, -row.id)
 
     columns = (Person.id, Person.mail, Person.domain_id, Person.removed_at)
-    for part in _chunks(typed, 500):
+    for part in chunks(typed):
         by_mail = session.execute(select(*columns).where(Person.mail.in_(part)))
         by_alias = session.execute(
             select(Alias.address, *columns)
@@ -500,11 +497,6 @@ def _people_by_address(session: Session, domain: Domain, typed: list[str]) -> di
             if held is None or rank(row) < rank(held):
                 found[address] = row
     return found
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def bulk(
@@ -537,7 +529,7 @@ def bulk(
     people = _people_by_address(session, domain, sorted(filter(plausible, addresses)))
     ids = sorted({row.id for row in people.values() if row.domain_id == domain.id})
     listed: set[int] = set()
-    for part in _chunks(ids, 500):
+    for part in chunks(ids):
         listed.update(
             session.scalars(
                 select(CoverageEntry.person_id).where(
@@ -580,7 +572,7 @@ def bulk(
 
     now = utcnow()
     changed_ids = [row.id for row in changed]
-    for part in _chunks(changed_ids, 500):
+    for part in chunks(changed_ids):
         # REMOVE: their entries go. ADD: an entry left from another domain the person
         # has moved out of goes first (a person holds one entry at most).
         going: ColumnElement[bool] = CoverageEntry.person_id.in_(part)
@@ -588,7 +580,7 @@ def bulk(
             going = and_(going, CoverageEntry.domain_id != domain.id)
         session.execute(delete(CoverageEntry).where(going))
     if action == ADD:
-        for part in _chunks(changed, 1000):
+        for part in chunks(changed, 1000):
             session.execute(
                 cast(Table, CoverageEntry.__table__).insert(),
                 [
@@ -601,22 +593,8 @@ def bulk(
                     for row in part
                 ],
             )
-    listed_after = action == ADD
     audit_many(
-        session,
-        [
-            audit_row(
-                actor,
-                "coverage.added" if listed_after else "coverage.removed",
-                domain_id=domain.id,
-                person_id=row.id,
-                before={"listed": not listed_after},
-                after={"listed": listed_after},
-                client=client,
-                detail=row.mail,
-            )
-            for row in changed
-        ],
+        session, [_listing_event(domain, row, action == ADD, actor, client) for row in changed]
     )
     return report
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from roster.addresses import domain_of
+from roster.db import chunks
 from roster.models import (
     Alias,
     AuditEvent,
@@ -24,22 +25,6 @@ from roster.models import (
 )
 from sync.directory import normalise_dn
 from sync.plan import Plan, RosterPerson, Update
-
-T = TypeVar("T")
-CHUNK = 500  # stays under every database's bound-parameter limit
-
-
-def chunks(rows: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
-    """Lists of at most ``size`` items drawn from ``rows`` as they come (a generator of
-    100,000 rows is never held whole)."""
-    batch: list[T] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def domain_ids(session: Session) -> dict[str, int]:

@@ -104,14 +104,6 @@ def writing_connection() -> Iterator[Connection]:
         yield connection
 
 
-@contextmanager
-def reading_connection() -> Iterator[Connection]:
-    """A plain connection for a few reads, given back at once."""
-    engine = current_app.extensions["roster_sessions"].kw["bind"]
-    with engine.connect() as connection:
-        yield connection
-
-
 def close_db(_error: BaseException | None = None) -> None:
     """Close the request's roster session."""
     found = g.pop("db", None)

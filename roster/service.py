@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, delete, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, Table, and_, delete, exists, false, func, select
 from sqlalchemy.orm import Session
 
 from roster.addresses import domain_of, plausible, printable
@@ -249,20 +249,12 @@ def _typed(address: str) -> str:
 def _find_for_listing(session: Session, domain: Domain, address: str) -> Person:
     """The live person of ``domain`` with this address or alias, or why not."""
     typed = _typed(address)
-    found = session.scalars(
-        select(Person)
-        .where(
-            or_(
-                Person.mail == typed,
-                Person.id.in_(select(Alias.person_id).where(Alias.address == typed)),
-            )
-        )
-        .order_by(Person.domain_id != domain.id, Person.removed_at.is_not(None), Person.id.desc())
-    ).first()
-    refused = _refusal(typed, domain, found)
-    if refused is not None or found is None:
+    row: Any = _people_by_address(session, domain, [typed]).get(typed)
+    refused = _refusal(typed, domain, row)
+    person = session.get(Person, row.id) if refused is None else None
+    if person is None:
         raise refused or Refused("not_in_roster", f"{typed} is not in the roster", address=typed)
-    return found
+    return person
 
 
 def _listing_event(
@@ -476,8 +468,8 @@ def _parse_bulk(text: str) -> list[tuple[int, str]]:
 
 
 def _people_by_address(session: Session, domain: Domain, typed: list[str]) -> dict[str, Any]:
-    """For each address, the person it names, as _find_for_listing would choose: of this
-    domain first, live first, newest first. Rows of (id, mail, domain_id, removed_at)."""
+    """For each address (its person's or an alias), the person it names: of this domain
+    first, live first, newest first. Rows of (id, mail, domain_id, removed_at)."""
     found: dict[str, Any] = {}
 
     def rank(row: Any) -> tuple[bool, bool, int]:

@@ -81,7 +81,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
     app.extensions["roster_engine"] = engine
     app.extensions["roster_sessions"] = session_factory(engine)
 
-    from portal import access, auth, controlpanel, errors, health, helpdesk, me
+    from portal import access, auth, controlpanel, errors, health, helpdesk, me, request_scope
+    from portal.controlpanel.wording import audit_text
     from portal.extensions import babel, csrf, login_manager
     from portal.i18n import LANGUAGES, install_template_gettext, select_locale
     from roster.search import PeopleIndex
@@ -91,13 +92,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
     babel.init_app(app, locale_selector=select_locale)
     install_template_gettext(app)
     # Before CSRFProtect, which reads the form and so meets the body limit first.
-    app.before_request(controlpanel.raise_body_limit)
+    app.before_request(request_scope.raise_body_limit)
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.sign_in"
     login_manager.session_protection = None  # sessions are bound by generation instead
     app.before_request(access.enforce_session_lifetime)
-    app.teardown_appcontext(access.close_db)
+    app.teardown_appcontext(request_scope.close_db)
     app.after_request(_security_headers)
 
     @app.context_processor
@@ -109,7 +110,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
     for blueprint in (health.bp, auth.bp, me.bp, helpdesk.bp, controlpanel.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
-    app.jinja_env.globals["audit_text"] = controlpanel.audit_text
+    app.jinja_env.globals["audit_text"] = audit_text
     return app
 
 

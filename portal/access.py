@@ -7,19 +7,18 @@ and fails on any without one (STYLE.md, after Mailu).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import abort, current_app, g, redirect, request, session, url_for
+from flask import abort, current_app, redirect, request, session, url_for
 from flask_login import current_user, login_user, logout_user
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from portal.extensions import login_manager
+from portal.request_scope import db, writing
 from roster.identity import (
     ROLE_ADMIN,
     ROLE_GLOBAL_ADMIN,
@@ -77,38 +76,6 @@ class Principal:
         """True when the principal holds any of ``roles`` (global admins hold all)."""
         domains = self.domains_for(*roles)
         return domains is None or bool(domains)
-
-
-def db() -> Session:
-    """The request's roster session (closed at the end of the request)."""
-    if "db" not in g:
-        g.db = current_app.extensions["roster_sessions"]()
-    return g.db  # type: ignore[no-any-return]
-
-
-@contextmanager
-def writing() -> Iterator[Session]:
-    """A short write transaction of its own (SQLite's write lock taken at its start)."""
-    factory = current_app.extensions["roster_sessions"]
-    with factory() as write, write.begin():
-        write.connection(execution_options={"begin_immediate": True})
-        yield write
-
-
-@contextmanager
-def writing_connection() -> Iterator[Connection]:
-    """``writing`` on a plain connection, for the sign-in: no ORM session to set up."""
-    engine = current_app.extensions["roster_sessions"].kw["bind"]
-    connection = engine.connect().execution_options(begin_immediate=True)
-    with connection, connection.begin():
-        yield connection
-
-
-def close_db(_error: BaseException | None = None) -> None:
-    """Close the request's roster session."""
-    found = g.pop("db", None)
-    if found is not None:
-        found.close()
 
 
 def principal_for(row: Person | LocalAccount, roster: Session) -> Principal:

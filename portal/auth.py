@@ -12,14 +12,10 @@ from flask_login import current_user
 from portal.access import end_session, public, safe_next, signed_in, start_session
 from portal.forms import ActionForm, LanguageForm
 from portal.i18n import LANGUAGES
+from portal.request_scope import client_address
 from portal.signin import Failure, check_sign_in
 
 bp = Blueprint("auth", __name__)
-
-
-def client_address() -> str:
-    """The client's address as the portal sees it (a proxy in front sets remote_addr)."""
-    return request.remote_addr or "unknown"
 
 
 def _wait_text(seconds: int) -> str:

@@ -12,9 +12,9 @@ from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from sqlalchemy import or_, select
 
-from portal.access import HELPDESK_ROLES, db, staff, writing
-from portal.auth import client_address
+from portal.access import HELPDESK_ROLES, staff
 from portal.forms import ActionForm
+from portal.request_scope import client_address, db, writing
 from roster import throttle
 from roster.addresses import printable
 from roster.domains import audit

@@ -8,10 +8,10 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_babel import gettext as _
 from flask_login import current_user
 
-from portal.access import METHOD_DIRECTORY, db, public, signed_in, writing
-from portal.auth import client_address
+from portal.access import METHOD_DIRECTORY, public, signed_in
 from portal.forms import EmergencyPasswordForm, ResetForm
 from portal.ldapauth import BindOutcome, check_password
+from portal.request_scope import client_address, db, writing
 from roster import throttle
 from roster.config import Config
 from roster.domains import audit

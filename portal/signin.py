@@ -22,9 +22,9 @@ from portal.access import (
     METHOD_EMERGENCY,
     METHOD_LOCAL,
     Principal,
-    writing_connection,
 )
 from portal.ldapauth import BindOutcome, check_password, find_dn
+from portal.request_scope import writing_connection
 from roster import throttle
 from roster.addresses import domain_of, plausible
 from roster.config import Config

@@ -1,0 +1,33 @@
+"""Control Panel > Security settings > Continuity Service, for domain admins.
+
+The scope selector lists the domains an admin administers; each domain's page shows the
+overview and the settings: active or not, all users or only selected users, the list of
+selected users (added one by one with suggestions, or in bulk), the emergency password
+switch and reminders, the primary mail server, and the domain's audit trail.
+
+The rules are roster.service's. A view finds the domain (a domain outside the admin's
+scope is "not found", never "forbidden"), calls the rule inside one write transaction
+that reads the domain again, and words the outcome in the reader's language.
+
+One module a subject: ``page`` (the scope selector and the domain's page), ``service``
+(activate, deactivate), ``coverage`` (all or selected users), ``users`` (the list),
+``emergency`` (the emergency password), ``primary`` (the primary server and its test),
+``audit`` (the audit trail); ``scope`` finds the admin's domain, ``wording`` words
+outcomes.
+"""
+
+# Each module registers its views on ``bp`` when imported.
+from portal.controlpanel import audit, coverage, emergency, page, primary, service, users
+from portal.controlpanel.scope import PEOPLE_INDEX, bp
+
+__all__ = [
+    "PEOPLE_INDEX",
+    "bp",
+    "audit",
+    "coverage",
+    "emergency",
+    "page",
+    "primary",
+    "service",
+    "users",
+]

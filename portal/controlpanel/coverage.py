@@ -1,0 +1,70 @@
+"""All users or only selected users; a warning first when the switch uncovers people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import flash, request
+from flask_babel import gettext as _
+from flask_babel import ngettext
+
+from portal.access import staff
+from portal.controlpanel.scope import actor, bp, changing, confirm, domain_or_404, to_domain
+from portal.controlpanel.wording import refusal_text
+from portal.request_scope import db
+from roster.identity import ROLE_ADMIN
+from roster.models import COVERAGE_ALL
+from roster.service import Refused, set_coverage_mode
+
+
+@bp.post("/domains/<name>/coverage")
+@staff(ROLE_ADMIN)
+def coverage(name: str) -> Any:
+    """Cover all users or only selected users; a warning first when the list would empty."""
+    domain = domain_or_404(db(), name)
+    mode = request.form.get("mode", "")
+    confirmed = request.form.get("confirmed") == "1"
+    try:
+        with changing(name) as (write, found):
+            unchanged = found.coverage_mode == mode
+            emptied = set_coverage_mode(write, found, mode, confirmed=confirmed, **actor())
+    except Refused as refused:
+        if refused.code != "confirm_all_users":
+            flash(refusal_text(refused.code, refused.params), "error")
+            return to_domain(domain.name)
+        count = int(refused.params.get("count", 0))
+        return confirm(
+            domain,
+            _("Cover all users of %(domain)s?", domain=domain.name),
+            [
+                _(
+                    "Everyone in the domain will be covered. If you go back to only selected"
+                    " users later, the list starts empty."
+                )
+            ],
+            warning=ngettext(
+                "The %(num)d individually added user will be removed from the list.",
+                "The %(num)d individually added users will be removed from the list.",
+                count,
+            ),
+            fields={"mode": COVERAGE_ALL, "confirmed": "1"},
+        )
+    if unchanged:
+        flash(_("Nothing changed."), "notice")
+    else:
+        flash(
+            _("Continuity Service now covers all users.")
+            if mode == COVERAGE_ALL
+            else _("Continuity Service now covers only selected users."),
+            "notice",
+        )
+        if emptied:
+            flash(
+                ngettext(
+                    "%(num)d individually added user was removed from the list.",
+                    "%(num)d individually added users were removed from the list.",
+                    emptied,
+                ),
+                "notice",
+            )
+    return to_domain(domain.name)

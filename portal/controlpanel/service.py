@@ -1,0 +1,79 @@
+"""Activate and deactivate Continuity Service for a domain, each after a confirmation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import flash, request
+from flask_babel import gettext as _
+
+from portal.access import staff
+from portal.controlpanel.scope import actor, bp, changing, confirm, domain_or_404, to_domain
+from portal.request_scope import db
+from roster.identity import ROLE_ADMIN
+from roster.service import activate, deactivate
+
+
+@bp.route("/domains/<name>/activate", methods=["GET", "POST"])
+@staff(ROLE_ADMIN)
+def activate_service(name: str) -> Any:
+    """Activate Continuity Service: what happens (GET), then do it (POST)."""
+    return _switch_service(name, on=True)
+
+
+@bp.route("/domains/<name>/deactivate", methods=["GET", "POST"])
+@staff(ROLE_ADMIN)
+def deactivate_service(name: str) -> Any:
+    """Deactivate Continuity Service: what stops (GET), then do it (POST)."""
+    return _switch_service(name, on=False)
+
+
+def _switch_service(name: str, *, on: bool) -> Any:
+    """Activate or deactivate: the confirmation step (GET), or the change (POST)."""
+    domain = domain_or_404(db(), name)
+    if request.method == "GET":
+        if on:
+            heading = _("Activate Continuity Service for %(domain)s?", domain=domain.name)
+            points = [
+                _("From now on a standby copy of incoming mail is kept for the covered users."),
+                _(
+                    "During an outage of the primary mail server, covered users can read and"
+                    " send mail in the standby webmail, signing in with their emergency"
+                    " password if it is switched on."
+                ),
+                _("The change takes effect at once."),
+            ]
+        else:
+            heading = _("Deactivate Continuity Service for %(domain)s?", domain=domain.name)
+            points = [
+                _("No more standby copies of incoming mail are kept."),
+                _(
+                    "Nobody can sign in to the standby webmail or with an emergency password"
+                    " any more; such sessions end at once."
+                ),
+                _(
+                    "Mail already held is not lost: it is still handed back to the primary"
+                    " mail server."
+                ),
+                _(
+                    "The list of selected users and the settings are kept for when you"
+                    " activate it again."
+                ),
+            ]
+        return confirm(domain, heading, points)
+    with changing(name) as (write, found):
+        changed = (activate if on else deactivate)(write, found, **actor())
+    if on:
+        message = (
+            _("Continuity Service is now active for %(domain)s.", domain=found.name)
+            if changed
+            else _("Continuity Service was already active for %(domain)s.", domain=found.name)
+        )
+    else:
+        message = (
+            _("Continuity Service is now inactive for %(domain)s.", domain=found.name)
+            if changed
+            else _("Continuity Service was already inactive for %(domain)s.", domain=found.name)
+        )
+    flash(message, "notice")
+    return to_domain(found.name)

@@ -17,12 +17,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -87,6 +89,12 @@ class Domain(Base):
     failover_automatic: Mapped[bool] = mapped_column(Boolean, default=True)
     probe_interval_seconds: Mapped[int] = mapped_column(Integer, default=60)
     failures_before_failover: Mapped[int] = mapped_column(Integer, default=3)
+    # Check the primary's certificate (against the system's CAs or [gateway] ca_file);
+    # an admin may switch it off for a primary with a self-signed certificate (audited).
+    primary_tls_verify: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Ask the primary about unknown recipients at RCPT time (no backscatter); off means
+    # accept them and send a DSN if the primary refuses later.
+    verify_recipients: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # Moved on by the sync whenever the domain's people change, so that what is kept
     # of them elsewhere (the Control Panel's suggestion index) knows when to read again.
     people_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -318,3 +326,102 @@ class PortalSession(Base):
     kind: Mapped[str] = mapped_column(String(16))
     principal_id: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+# ---------------------------------------------------------------------------
+# The mail queue: one per deployment, bodies included, shared by every gateway
+# ---------------------------------------------------------------------------
+QUEUED = "queued"
+DEFERRED = "deferred"
+DELIVERED = "delivered"
+BOUNCED = "bounced"
+PENDING_STATES = (QUEUED, DEFERRED)
+
+ROUTE_PRIMARY = "primary"  # to the recipient domain's primary server
+ROUTE_RELAY = "relay"  # through [outbound] relay (notices the gateway writes)
+
+COPY_PENDING = "pending"
+COPY_DONE = "copied"
+COPY_FAILED = "failed"
+
+
+class MailMessage(Base):
+    """A message the gateway accepted with 250: durable from that reply on."""
+
+    __tablename__ = "mail_message"
+    __table_args__ = (Index("ix_mail_message_received_at", "received_at"),)
+
+    # Time-ordered and unique across gateways: it is in the 250 reply and every log line.
+    queue_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sender: Mapped[str] = mapped_column(String(320))  # "" for the null sender
+    size: Mapped[int] = mapped_column(Integer)
+    message_id: Mapped[str] = mapped_column(String(255), default="")
+    client_address: Mapped[str] = mapped_column(String(64), default="")
+    client_name: Mapped[str] = mapped_column(String(255), default="")
+    helo: Mapped[str] = mapped_column(String(255), default="")
+    protocol: Mapped[str] = mapped_column(String(16), default="ESMTP")
+    origin: Mapped[str] = mapped_column(String(16), default="smtp")  # smtp | notice
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MailRecipient(Base):
+    """One recipient of a queued message and where its delivery stands."""
+
+    __tablename__ = "mail_recipient"
+    __table_args__ = (
+        Index(
+            "ix_mail_recipient_due",
+            "next_attempt_at",
+            sqlite_where=text("status IN ('queued', 'deferred')"),
+            postgresql_where=text("status IN ('queued', 'deferred')"),
+        ),
+        Index("ix_mail_recipient_domain_status", "domain_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    queue_id: Mapped[str] = mapped_column(
+        ForeignKey("mail_message.queue_id", ondelete="CASCADE"), index=True
+    )
+    domain_id: Mapped[int | None] = mapped_column(ForeignKey("domain.id"))
+    address: Mapped[str] = mapped_column(String(320))
+    route: Mapped[str] = mapped_column(String(8), default=ROUTE_PRIMARY)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_reply: Mapped[str] = mapped_column(String(1000), default="")
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delay_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class StandbyCopy(Base):
+    """The copy of a message for a covered person's standby mailbox."""
+
+    __tablename__ = "standby_copy"
+    __table_args__ = (
+        Index(
+            "ix_standby_copy_due",
+            "next_attempt_at",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        UniqueConstraint("queue_id", "mailbox"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    queue_id: Mapped[str] = mapped_column(
+        ForeignKey("mail_message.queue_id", ondelete="CASCADE"), index=True
+    )
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domain.id"))
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("person.id", ondelete="SET NULL"))
+    mailbox: Mapped[str] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(16), default=COPY_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_reply: Mapped[str] = mapped_column(String(1000), default="")
+    copied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

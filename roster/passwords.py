@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -55,6 +56,30 @@ def burn_verify_time(password: str) -> None:
     verify_password(_dummy_hash(), password)
 
 
+def _fold(text: str) -> str:
+    """``text`` without case, accents or compatibility forms: "Sofía" and "SOFIA" are
+    one name (NFKD splits "í" into "i" and a combining accent, which is dropped)."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def _contains_identity(password: str, address: str, display_name: str) -> bool:
+    """True when the password holds the address, its local part or a part of the name
+    (of 4 characters or more), compared without case, accents or separators."""
+    folded = _fold(password)
+    squeezed = re.sub(r"[\W_]+", "", folded)
+    local = _fold(address.partition("@")[0])
+    parts = {_fold(address), local, *re.split(r"[\W_]+", local)}
+    name_parts = [part for part in re.split(r"[\W_]+", _fold(display_name)) if part]
+    parts.update(name_parts)
+    # A name written without its spaces or dashes ("SofiaFernandez") is the name too.
+    parts.add("".join(name_parts))
+    return any(
+        len(part) >= 4 and (part in folded or re.sub(r"[\W_]+", "", part) in squeezed)
+        for part in parts
+    )
+
+
 @lru_cache(maxsize=1)
 def common_passwords() -> frozenset[str]:
     """A small bundled list of the most common passwords (lower case)."""
@@ -88,9 +113,7 @@ def policy_problems(
     if directory_password is not None and password == directory_password:
         problems.append("same_as_directory")
     folded = unicodedata.normalize("NFKC", password).casefold()
-    local = address.partition("@")[0].casefold()
-    identity = {address.casefold(), local, *display_name.casefold().split()}
-    if any(len(part) >= 4 and part in folded for part in identity):
+    if _contains_identity(password, address, display_name):
         problems.append("contains_identity")
     if folded in common_passwords() or folded.rstrip("0123456789!.?") in common_passwords():
         problems.append("common")

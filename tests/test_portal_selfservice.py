@@ -128,6 +128,22 @@ def test_password_policy_messages(portal: Portal) -> None:
     assert shown == {password: {message} for password, (_, message) in cases.items()}
 
 
+def test_a_name_written_without_its_accents_is_still_the_name(portal: Portal) -> None:
+    """Regression (issue #8 B11): "not your name" compared the name as written, so
+    SofiaFernandez2026! was accepted for Sofía Fernández."""
+    portal.add_person("sofia", cn="Sofia Fernandez", display_name="Sofía Fernández")
+    portal.sync()
+    client = signed_in_client(portal, "sofia@acme.test")
+    refused = {}
+    for password in ("SofiaFernandez2026!", "FERNANDEZ-harbour-77", "Harbour-SOFÍA-4471"):
+        page = save_emergency_password(client, password)
+        refused[password] = "Do not use your address or your name in the password." in page
+        assert "Not set yet." in page, password
+
+    assert refused == dict.fromkeys(refused, True)
+    assert SAVED in save_emergency_password(client, "Quiet-Harbour-Lantern-7")
+
+
 def test_a_new_emergency_password_ends_other_sessions_but_not_this_one(portal: Portal) -> None:
     portal.add_person("ana")
     portal.sync()

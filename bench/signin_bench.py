@@ -80,7 +80,7 @@ def _roster(url: str, people: int) -> None:
 
     with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
         hashes = pool.map(_hash, range(people))
-    engine = make_engine(url)
+    engine = make_engine(url, create=True)
     upgrade(engine)
     with transaction(session_factory(engine), writing=True) as session:
         domain = add_domain(session, DOMAIN, "bench")

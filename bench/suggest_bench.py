@@ -200,7 +200,7 @@ def _roster(url: str, people: int, seed: int) -> dict[str, Any]:
     taken: set[str] = set()
     big = _people(rng, people, DOMAIN, taken)
     other = _people(rng, OTHER_PEOPLE, OTHER, taken)
-    engine = make_engine(url)
+    engine = make_engine(url, create=True)
     upgrade(engine)
     factory = session_factory(engine)
     with transaction(factory, writing=True) as session:

@@ -209,7 +209,7 @@ def main() -> None:
         load_seconds = time.perf_counter() - started
         try:
             url = _database(args.postgres, workdir)
-            engine = make_engine(url)
+            engine = make_engine(url, create=True)
             upgrade(engine)
             from roster.db import session_factory, transaction
             from roster.domains import add_domain

@@ -16,8 +16,15 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from roster.config import Config, ConfigError, load_config
-from roster.db import current_revision, make_engine, session_factory, transaction, upgrade
+from roster.config import Config, ConfigError, host_port, load_config
+from roster.db import (
+    current_revision,
+    make_engine,
+    session_factory,
+    sqlite_file_missing,
+    transaction,
+    upgrade,
+)
 from roster.domains import (
     Primary,
     RosterError,
@@ -59,7 +66,7 @@ class State:
 
     @property
     def engine(self) -> Engine:
-        """The roster database engine."""
+        """The roster database engine (it never creates a SQLite roster file)."""
         if self._engine is None:
             self._engine = make_engine(self.config.database_url)
         return self._engine
@@ -77,6 +84,9 @@ class State:
 
     def require_schema(self) -> None:
         """Stop with a hint when the database has not been set up."""
+        missing = sqlite_file_missing(self.config.database_url)
+        if missing is not None:
+            fail(f"the roster database {missing} does not exist: run `continuity db upgrade`", 1)
         try:
             revision = current_revision(self.engine)
         except OperationalError as error:
@@ -131,12 +141,19 @@ def db() -> None:
 @db.command("upgrade")
 @pass_state
 def db_upgrade(state: State) -> None:
-    """Create the roster schema or bring it up to date."""
+    """Create the roster schema or bring it up to date (a SQLite file is made if missing)."""
     try:
-        upgrade(state.engine)
+        engine = make_engine(state.config.database_url, create=True)
+    except OSError as error:
+        fail(f"the roster database cannot be created: {error}", 1)
+    try:
+        upgrade(engine)
+        revision = current_revision(engine)
     except OperationalError as error:
         fail(f"the roster database cannot be used: {error.orig}", 1)
-    click.echo(f"roster schema at revision {current_revision(state.engine)}")
+    finally:
+        engine.dispose()
+    click.echo(f"roster schema at revision {revision}")
 
 
 @cli.command()
@@ -601,7 +618,7 @@ def staff_add(
 
 @cli.command()
 @click.option("--listen", default=None, help="HOST:PORT to listen on (default [portal].listen).")
-@click.option("--workers", default=2, show_default=True, help="Worker processes.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes (1 or more).")
 @pass_state
 def serve(state: State, listen: str | None, workers: int) -> None:
     """Run the portal."""
@@ -609,9 +626,26 @@ def serve(state: State, listen: str | None, workers: int) -> None:
     from portal.server import serve_app
 
     config = state.config
-    address = listen or str(config.portal.get("listen", "127.0.0.1:8080"))
-    app = create_app(config=config)
+    address = _listen_option(listen) or str(config.portal.get("listen", "127.0.0.1:8080"))
+    if workers < 1:
+        # gunicorn would run a master with no worker: a portal that answers nobody.
+        fail(f"--workers: must be at least 1, got {workers}", EXIT_USAGE)
+    state.require_schema()
+    try:
+        app = create_app(config=config)
+    except ConfigError as error:
+        fail(f"configuration error: {error}", EXIT_USAGE)
     serve_app(app, address, workers)
+
+
+def _listen_option(value: str | None) -> str | None:
+    """A --listen HOST:PORT checked as the configuration's addresses are (exit 2 if bad)."""
+    if value is None:
+        return None
+    try:
+        return host_port(value, "--listen")
+    except ConfigError as error:
+        fail(str(error), EXIT_USAGE)
 
 
 @cli.command()
@@ -622,7 +656,7 @@ def demo(workdir: str, listen: str, no_serve: bool) -> None:
     """Run the product on its embedded default: a demo directory, SQLite, the portal."""
     from continuity.demo import run_demo
 
-    sys.exit(run_demo(workdir, listen, serve=not no_serve))
+    sys.exit(run_demo(workdir, _listen_option(listen) or listen, serve=not no_serve))
 
 
 def main() -> None:

@@ -149,7 +149,7 @@ def run_demo(workdir_name: str, listen: str, *, serve: bool) -> int:
     try:
         config_path = write_config(workdir, slapd, listen)
         config = load_config(config_path, environ={})
-        engine = make_engine(config.database_url)
+        engine = make_engine(config.database_url, create=True)
         upgrade(engine)
         with transaction(session_factory(engine)) as session:
             domain = add_domain(session, DOMAIN, "demo", parse_primary("127.0.0.1:2525"))

@@ -9,13 +9,16 @@ tables (``CONTINUITY_DATABASE_URL``) and ``CONTINUITY_DIRECTORY_<NAME>_<KEY>`` f
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:////var/lib/continuity/roster.db"
 SECRET_KEYS = frozenset({"bind_password", "master_password", "secret_key", "password"})
@@ -124,6 +127,8 @@ def _with_secrets(table: Mapping[str, Any], where: str) -> dict[str, Any]:
                 result[key[: -len("_file")]] = path.read_text(encoding="utf-8").strip()
             except OSError as error:
                 raise ConfigError(f"{where}.{key}: cannot read {path}: {error.strerror}") from error
+            except UnicodeDecodeError:
+                raise ConfigError(f"{where}.{key}: {path} is not UTF-8 text") from None
             del result[key]
     return result
 
@@ -255,6 +260,11 @@ def _directory(raw: Mapping[str, Any], index: int, environ: Mapping[str, str]) -
             )
     if values.get("page_size", 1000) < 1:
         raise ConfigError(f"{where}.page_size: must be at least 1")
+    for key in ("connect_timeout", "read_timeout", "full_sync_interval_hours"):
+        if key in values and not (math.isfinite(values[key]) and values[key] > 0):
+            raise ConfigError(f"{where}.{key}: must be a number above 0, got {values[key]!r}")
+    if values.get("clock_skew_seconds", 0) < 0:
+        raise ConfigError(f"{where}.clock_skew_seconds: must be 0 or more")
     if not 0 <= values.get("max_removal_share", 0.1) <= 1:
         raise ConfigError(f"{where}.max_removal_share: must be between 0 and 1")
     values["domains"] = tuple(_ascii_domain(d) for d in values["domains"])
@@ -284,24 +294,19 @@ def load_config(
     """Read the configuration from ``path`` (or ``CONTINUITY_CONFIG``), then the environment.
 
     Without any file the defaults apply; a named file that cannot be read is an error.
+    Every key is checked here, whatever the command, so a bad value stops any command
+    at start rather than the one process that would use it later.
     """
     environ = os.environ if environ is None else environ
     path = path or environ.get("CONTINUITY_CONFIG")
     raw: dict[str, Any] = {}
     if path:
-        try:
-            with open(path, "rb") as handle:
-                raw = tomllib.load(handle)
-        except OSError as error:
-            raise ConfigError(f"--config: cannot read {path}: {error.strerror}") from error
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"--config: {path} is not valid TOML: {error}") from error
-    known = {"database", "directory", "standby", "gateway", "outbound", "portal", "sync"}
-    unknown = set(raw) - known
+        raw = _read_toml(path)
+    unknown = set(raw) - set(_TABLES) - {"directory"}
     if unknown:
         raise ConfigError(f"[{sorted(unknown)[0]}]: unknown table")
-    for name in known - {"directory"}:
-        _check_table(raw, name, _TABLE_KEYS[name])
+    for name, checks in _TABLES.items():
+        _check_table(raw, name, set(checks))
 
     database = _overlay_env(dict(raw.get("database", {})), {"url"}, ("database",), environ)
     url = _typed(database.get("url", DEFAULT_DATABASE_URL), str, "[database].url")
@@ -310,8 +315,8 @@ def load_config(
             f"[database].url: expected sqlite:///... or postgresql+psycopg://..., got {url!r}"
         )
 
-    sync = _overlay_env(dict(raw.get("sync", {})), {"lock_seconds"}, ("sync",), environ)
-    lock_seconds = _typed(sync.get("lock_seconds", 900), int, "[sync].lock_seconds")
+    sync = _single_table(raw, "sync", environ)
+    lock_seconds = sync.get("lock_seconds", 900)
 
     entries = raw.get("directory", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -322,18 +327,38 @@ def load_config(
         if names.count(name) > 1:
             raise ConfigError(f"[[directory]] {name!r}.name: used by more than one source")
 
-    tables = {}
-    for table in ("standby", "gateway", "outbound", "portal"):
-        given = dict(raw.get(table, {}))
-        tables[table] = _with_secrets(
-            _overlay_env(given, set(given) | _KNOWN_KEYS[table], (table,), environ), f"[{table}]"
-        )
+    tables = {name: _single_table(raw, name, environ) for name in _FREE_TABLES}
     return Config(
         database_url=url,
         directories=directories,
         sync_lock_seconds=lock_seconds,
         **tables,
     )
+
+
+_UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The tables of a TOML file, or a ConfigError saying why it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ConfigError(f"--config: cannot read {path}: {error.strerror}") from error
+    if data.startswith(_UTF16_MARKS):
+        raise ConfigError(f"--config: {path} is UTF-16 text; save it as UTF-8")
+    try:
+        # A UTF-8 byte order mark (some editors write one) is no error.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"--config: {path} is not UTF-8 text (byte {error.start + 1}); save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"--config: {path} is not valid TOML: {error}") from error
 
 
 def _check_table(raw: Mapping[str, Any], name: str, keys: set[str]) -> None:
@@ -347,24 +372,174 @@ def _check_table(raw: Mapping[str, Any], name: str, keys: set[str]) -> None:
             raise ConfigError(f"[{name}].{key}: unknown key")
 
 
-_KNOWN_KEYS: dict[str, set[str]] = {
-    "standby": {"imap", "lmtp", "master_user", "master_password"},
-    "gateway": {"listen", "spool_dir"},
-    "outbound": {"relay", "username", "password", "sender"},
+def _single_table(raw: Mapping[str, Any], name: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """One single table: the file's keys, the environment's, secrets read, each value checked.
+
+    Only the keys given appear; the part that reads a key supplies its default.
+    """
+    checks = _TABLES[name]
+    given = _overlay_env(dict(raw.get(name, {})), set(checks), (name,), environ)
+    table = _with_secrets(given, f"[{name}]")
+    return {key: checks[key](value, f"[{name}].{key}") for key, value in table.items()}
+
+
+# Checks of single-table values: each takes the value (from TOML or the environment) and
+# where it came from, and returns it typed or raises a ConfigError naming the key.
+Check = Callable[[Any, str], Any]
+
+
+def _flag(value: Any, where: str) -> bool:
+    """true or false (also yes/no, on/off, 1/0 from the environment)."""
+    flag: bool = _typed(value, bool, where)
+    return flag
+
+
+def _whole(minimum: int, maximum: int | None = None) -> Check:
+    """A whole number within bounds."""
+
+    def check(value: Any, where: str) -> int:
+        number: int = _typed(value, int, where)
+        if number < minimum:
+            raise ConfigError(f"{where}: must be at least {minimum}, got {number}")
+        if maximum is not None and number > maximum:
+            raise ConfigError(f"{where}: must be at most {maximum}, got {number}")
+        return number
+
+    return check
+
+
+def _text(value: Any, where: str) -> str:
+    """A string with something in it."""
+    text: str = _typed(value, str, where).strip()
+    if not text:
+        raise ConfigError(f"{where}: empty")
+    return text
+
+
+def _secret(minimum_length: int) -> Check:
+    """A secret of at least ``minimum_length`` characters (its value is never shown)."""
+
+    def check(value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string")
+        if len(value) < minimum_length:
+            raise ConfigError(
+                f"{where}: too short ({len(value)} characters); give at least {minimum_length}"
+            )
+        return value
+
+    return check
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _valid_host(host: str) -> bool:
+    """An IP literal or a host name of RFC 1123 labels."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    if len(host) > 253 or host.replace(".", "").isdigit():
+        return False
+    return all(_HOST_LABEL.fullmatch(label) for label in host.rstrip(".").split("."))
+
+
+def host_port(value: Any, where: str) -> str:
+    """``HOST:PORT`` (an IPv6 host in brackets) with a port from 1 to 65535.
+
+    Also checks the command line's --listen, which would otherwise reach gunicorn (and
+    an OverflowError) unchecked.
+    """
+    text: str = _typed(value, str, where).strip()
+    found = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\[\]:\s]+)):(\d{1,10})", text)
+    if not found:
+        raise ConfigError(
+            f"{where}: expected HOST:PORT (an IPv6 address in brackets), got {text!r}"
+        )
+    host = found.group(1) or found.group(2)
+    port = int(found.group(3))
+    if found.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{where}: {host!r} is not an IPv6 address") from None
+    elif not _valid_host(host):
+        raise ConfigError(f"{where}: {host!r} is not a host name or an IP address")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: the port must be between 1 and 65535, got {port}")
+    return text
+
+
+def _base_url(value: Any, where: str) -> str:
+    """An http(s) URL of the portal's own origin: no user, query or fragment."""
+    text: str = _typed(value, str, where).strip()
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or not _valid_host(parts.hostname)
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+        or port == -1
+        or port == 0
+    ):
+        raise ConfigError(f"{where}: expected https://host[:port][/path], got {text!r}")
+    return text.rstrip("/")
+
+
+def _mail_address(value: Any, where: str) -> str:
+    """local@domain, as a sender."""
+    text: str = _typed(value, str, where).strip()
+    local, at, domain = text.rpartition("@")
+    if not (local and at and _valid_host(domain)) or any(c.isspace() or c in '<>",' for c in text):
+        raise ConfigError(f"{where}: expected an email address, got {text!r}")
+    return text
+
+
+def _absolute_path(value: Any, where: str) -> str:
+    """An absolute file system path."""
+    text = _text(value, where)
+    if not Path(text).is_absolute():
+        raise ConfigError(f"{where}: expected an absolute path, got {text!r}")
+    return text
+
+
+# Every key of the single tables and its check. A key added here is checked by every
+# command; its default lives where it is read.
+_TABLES: dict[str, dict[str, Check]] = {
+    "database": {"url": _text},
+    "sync": {"lock_seconds": _whole(1)},
+    "standby": {
+        "imap": host_port,
+        "lmtp": host_port,
+        "master_user": _text,
+        "master_password": _secret(1),
+    },
+    "gateway": {"listen": host_port, "spool_dir": _absolute_path},
+    "outbound": {
+        "relay": host_port,
+        "username": _text,
+        "password": _secret(1),
+        "sender": _mail_address,
+    },
     "portal": {
-        "secret_key",
-        "base_url",
-        "listen",
-        "secure_cookies",
-        "access_log",
-        "session_idle_minutes",
-        "session_lifetime_hours",
-        "reset_code_hours",
-        "trusted_proxies",
+        "secret_key": _secret(32),
+        "base_url": _base_url,
+        "listen": host_port,
+        "secure_cookies": _flag,
+        "access_log": _flag,
+        "session_idle_minutes": _whole(1),
+        "session_lifetime_hours": _whole(1),
+        "reset_code_hours": _whole(1),
+        "trusted_proxies": _whole(0),
     },
 }
-_TABLE_KEYS: dict[str, set[str]] = {
-    "database": {"url"},
-    "sync": {"lock_seconds"},
-    **_KNOWN_KEYS,
-}
+# The tables the Config keeps as plain dicts of checked values.
+_FREE_TABLES = ("standby", "gateway", "outbound", "portal")

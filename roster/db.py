@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -14,22 +15,43 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def make_engine(url: str, **options: Any) -> Engine:
+def make_engine(url: str, *, create: bool = False, **options: Any) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout.
 
-    Statement parameters (addresses, names) never appear in error messages, which end
-    up in logs and in the sync's run records.
+    A SQLite roster file (and its directory) is made only with ``create`` (by `db
+    upgrade` and the demo): reading a roster that is not there creates nothing, and says
+    so (see sqlite_file_missing). Statement parameters (addresses, names) never appear in
+    error messages, which end up in logs and in the sync's run records.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True, **options)
+        if database and database != ":memory:" and not database.startswith("file:"):
+            if create:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            else:
+                # SQLite's URI form with mode=rw opens an existing file and never makes one.
+                uri = "file:" + quote(str(Path(database).absolute()))
+                parsed = parsed.set(database=uri).update_query_dict({"mode": "rw", "uri": "true"})
+        engine = create_engine(
+            parsed, connect_args={"timeout": 30}, hide_parameters=True, **options
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True, **options)
+
+
+def sqlite_file_missing(url: str) -> Path | None:
+    """The roster file a SQLite ``url`` names when that file does not exist, else None."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None
+    path = Path(database)
+    return None if path.exists() else path
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

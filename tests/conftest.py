@@ -26,7 +26,7 @@ DATABASES = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite roster migrated once; each test gets a copy."""
     path = tmp_path_factory.mktemp("template") / "roster.db"
-    engine = make_engine(f"sqlite:///{path}")
+    engine = make_engine(f"sqlite:///{path}", create=True)
     upgrade(engine)
     with engine.connect() as connection:
         connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -136,12 +136,12 @@ def test_the_deployment_example_is_a_valid_configuration(tmp_path: Path) -> None
     """deploy/continuity.toml.example documents every key: it must load as it stands."""
     example = Path(__file__).parent.parent / "deploy" / "continuity.toml.example"
     secret = tmp_path / "secret"
-    secret.write_text("s3cret")
+    secret.write_text("s3cret-" + "0" * 57)  # the portal's key needs 32 characters or more
     text = re.sub(r'"/etc/continuity/secrets/[^"]+"', f'"{secret}"', example.read_text())
     (tmp_path / "example.toml").write_text(text)
     config = load_config(tmp_path / "example.toml", environ={})
     assert [d.profile for d in config.directories] == ["ad"]
-    assert config.directories[0].bind_password == "s3cret"
+    assert config.directories[0].bind_password == "s3cret-" + "0" * 57
 
 
 def test_idn_domains_are_named_in_ascii(tmp_path: Path) -> None:
@@ -149,3 +149,109 @@ def test_idn_domains_are_named_in_ascii(tmp_path: Path) -> None:
         write(tmp_path, SOURCE.replace('["Acme.test"]', '["Bücher.test"]')), environ={}
     )
     assert config.directory("corp").domains == ("xn--bcher-kva.test",)
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "message"),
+    [
+        ("portal", 'secure_cookies = "maybe"', "[portal].secure_cookies: expected true or false"),
+        ("portal", "access_log = 1", "[portal].access_log: expected true or false"),
+        ("portal", "session_lifetime_hours = 0", "[portal].session_lifetime_hours: must be at"),
+        ("portal", "session_idle_minutes = -5", "[portal].session_idle_minutes: must be at"),
+        ("portal", "reset_code_hours = 1.5", "[portal].reset_code_hours: expected a whole"),
+        ("portal", 'trusted_proxies = "two"', "[portal].trusted_proxies: expected a number"),
+        ("portal", 'secret_key = "short"', "[portal].secret_key: too short (5 characters)"),
+        ("portal", 'base_url = "continuity.example"', "[portal].base_url: expected https://"),
+        ("portal", 'base_url = "https://x.example/?next=1"', "[portal].base_url: expected"),
+        ("portal", 'listen = "127.0.0.1:99999"', "[portal].listen: the port must be between"),
+        ("portal", 'listen = "8080"', "[portal].listen: expected HOST:PORT"),
+        ("standby", 'imap = "[::1]"', "[standby].imap: expected HOST:PORT"),
+        ("standby", 'lmtp = "bad host:24"', "[standby].lmtp: expected HOST:PORT"),
+        ("standby", "master_user = 7", "[standby].master_user: expected a string"),
+        ("gateway", 'listen = "0.0.0.0:0"', "[gateway].listen: the port must be between"),
+        ("gateway", 'spool_dir = "spool"', "[gateway].spool_dir: expected an absolute path"),
+        ("outbound", 'relay = "smarthost.example"', "[outbound].relay: expected HOST:PORT"),
+        ("outbound", 'relay = "-bad-.example:25"', "[outbound].relay: '-bad-.example' is not"),
+        ("outbound", 'sender = "continuity"', "[outbound].sender: expected an email address"),
+        ("sync", "lock_seconds = 0", "[sync].lock_seconds: must be at least 1"),
+    ],
+)
+def test_every_key_of_every_table_is_checked_when_read(
+    tmp_path: Path, table: str, line: str, message: str
+) -> None:
+    """Bug: the [portal], [standby], [gateway] and [outbound] values were taken unchecked,
+    so a command that does not use them accepted any value and `serve` died on it later."""
+    path = write(tmp_path, SOURCE + f"\n[{table}]\n{line}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={})
+    assert str(raised.value).startswith(message)
+
+
+def test_checked_values_are_typed_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    text = SOURCE + (
+        '\n[portal]\nsecure_cookies = false\nlisten = "[::1]:8080"\n'
+        'base_url = "https://continuity.example/"\n'
+        '[outbound]\nrelay = "smarthost.example:587"\nsender = "continuity@acme.test"\n'
+    )
+    environ = {"CONTINUITY_PORTAL_TRUSTED_PROXIES": "2", "CONTINUITY_PORTAL_ACCESS_LOG": "yes"}
+    config = load_config(write(tmp_path, text), environ=environ)
+    assert config.portal == {
+        "secure_cookies": False,
+        "listen": "[::1]:8080",
+        "base_url": "https://continuity.example",
+        "trusted_proxies": 2,
+        "access_log": True,
+    }
+    assert config.outbound["relay"] == "smarthost.example:587"
+
+
+def test_a_bad_value_from_the_environment_names_its_key(tmp_path: Path) -> None:
+    environ = {"CONTINUITY_PORTAL_SESSION_IDLE_MINUTES": "soon"}
+    with pytest.raises(ConfigError, match=re.escape("[portal].session_idle_minutes: expected")):
+        load_config(write(tmp_path, SOURCE), environ=environ)
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("connect_timeout = 0", "'corp'.connect_timeout: must be a number above 0"),
+        ("read_timeout = nan", "'corp'.read_timeout: must be a number above 0"),
+        ("full_sync_interval_hours = -1", "'corp'.full_sync_interval_hours: must be"),
+        ("clock_skew_seconds = -3", "'corp'.clock_skew_seconds: must be 0 or more"),
+    ],
+)
+def test_directory_durations_must_be_possible(tmp_path: Path, line: str, named: str) -> None:
+    """Bug: a zero or negative timeout, or nan, was accepted and only hurt at sync time."""
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(write(tmp_path, SOURCE + line + "\n"), environ={})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ('[database]\nurl = "sqlite:///x.db"\n'.encode("utf-16"), "is UTF-16 text; save it as"),
+        ('[database]\nurl = "sqlite:///é.db"\n'.encode("latin-1"), "is not UTF-8 text (byte 29)"),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_refused_in_one_line(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    """Bug: a UTF-16 configuration (with its byte order mark) gave a UnicodeDecodeError."""
+    path = tmp_path / "continuity.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path, environ={})
+
+
+def test_a_utf8_byte_order_mark_is_no_error(tmp_path: Path) -> None:
+    path = tmp_path / "continuity.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + SOURCE.replace("{tmp}", str(tmp_path)).encode())
+    (tmp_path / "ldap-secret").write_text("s3cret\n")
+    assert load_config(path, environ={}).directory("corp").bind_password == "s3cret"
+
+
+def test_a_secret_file_that_is_not_utf8_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, SOURCE)
+    (tmp_path / "ldap-secret").write_bytes(b"\xff\xfes\x00")
+    with pytest.raises(ConfigError, match=re.escape("'corp'.bind_password_file: ")):
+        load_config(path, environ={})

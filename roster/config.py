@@ -511,6 +511,21 @@ def _absolute_path(value: Any, where: str) -> str:
     return text
 
 
+def _networks(
+    value: Any, where: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A list of networks in CIDR notation ("10.0.0.0/8", "2001:db8::/32")."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of networks like [\"10.0.0.0/8\"]")
+    networks = []
+    for item in value:
+        try:
+            networks.append(ipaddress.ip_network(_text(item, where), strict=False))
+        except ValueError:
+            raise ConfigError(f"{where}: {item!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+    return tuple(networks)
+
+
 # Every key of the single tables and its check. A key added here is checked by every
 # command; its default lives where it is read.
 _TABLES: dict[str, dict[str, Check]] = {
@@ -521,8 +536,31 @@ _TABLES: dict[str, dict[str, Check]] = {
         "lmtp": host_port,
         "master_user": _text,
         "master_password": _secret(1),
+        "users_file": _absolute_path,
+        "copy_connections": _whole(1, 64),
     },
-    "gateway": {"listen": host_port, "spool_dir": _absolute_path},
+    "gateway": {
+        "listen": host_port,
+        "spool_dir": _absolute_path,
+        "hostname": _text,
+        "tls_cert_file": _absolute_path,
+        "tls_key_file": _absolute_path,
+        "ca_file": _absolute_path,
+        "max_message_size": _whole(1024),
+        "allow_local_primary": _flag,
+        "deny_primary_networks": _networks,
+        "trusted_networks": _networks,
+        "max_connections_per_client": _whole(1),
+        "max_messages_per_minute": _whole(1),
+        "max_recipients_per_minute": _whole(1),
+        "callout_positive_seconds": _whole(0),
+        "callout_negative_seconds": _whole(0),
+        "delivery_workers": _whole(1, 64),
+        "copy_workers": _whole(1, 64),
+        "claim_seconds": _whole(5),
+        "delay_warning_hours": _whole(1),
+        "max_queue_days": _whole(1),
+    },
     "outbound": {
         "relay": host_port,
         "username": _text,

@@ -522,7 +522,9 @@ def _networks(
         try:
             networks.append(ipaddress.ip_network(_text(item, where), strict=False))
         except ValueError:
-            raise ConfigError(f"{where}: {item!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+            raise ConfigError(
+                f"{where}: {item!r} is not a network (CIDR, e.g. 10.0.0.0/8)"
+            ) from None
     return tuple(networks)
 
 

@@ -270,9 +270,15 @@ def _print_summary(report: Any) -> None:
         f"sync source={report.source} mode={report.mode} outcome={report.outcome}"
         f" read={report.entries_read} {counts} duration={report.seconds:.1f}s"
     ).replace("  ", " ")
+    if report.warnings:
+        total = len(report.plan.problems) if report.plan else len(report.warnings)
+        line += f" warnings={total}"
     if report.error:
         line += f" error={json.dumps(report.error)}"
     click.echo(line)
+    if report.outcome != "dry-run":  # a dry run printed them with its plan
+        for warning in report.warnings:
+            click.echo(f"warning source={report.source} {warning}")
 
 
 @cli.group()

@@ -121,6 +121,18 @@ def load_roster(
     return people
 
 
+def outside_scope(session: Session, source: str, scope: set[str]) -> list[str]:
+    """Stable ids of the live people of ``source`` whose DN is not in ``scope``."""
+    query = select(Person.external_id, Person.dn).where(
+        Person.source == source, Person.removed_at.is_(None)
+    )
+    return [
+        external_id
+        for external_id, dn in session.execute(query.execution_options(yield_per=5000))
+        if normalise_dn(dn) not in scope
+    ]
+
+
 def apply_plan(
     session: Session,
     plan: Plan,

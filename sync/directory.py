@@ -370,6 +370,11 @@ class DirectoryRead:
         self.full = self.since is None
         self.next_mark = ""
         self.role_members: dict[str, set[str]] = {}
+        # Incremental reads only: who changed but no longer qualifies (stable ids), and
+        # the scope group's members (normalised DNs), whose membership may have changed
+        # without any change to the people's own entries.
+        self.departed: set[str] = set()
+        self.scope: set[str] | None = None
 
     def close(self) -> None:
         """Drop the connection (also done when ``entries()`` ends)."""
@@ -385,8 +390,12 @@ class DirectoryRead:
             elif self.since:
                 extra = f"(modifyTimestamp>={escape_filter_chars(self.since)})"
             scope: set[str] | None = None
-            if config.scope_group and not profile.ad:
+            if config.scope_group and (not profile.ad or not self.full):
                 scope = group_members(connection, config, config.scope_group)
+                if not self.full:
+                    self.scope = scope
+            if profile.ad:
+                scope = None  # the search filter itself holds AD's scope
             disabled_dns: set[str] = set()
             if config.disabled_filter:
                 search = user_filter(config, config.disabled_filter)
@@ -402,6 +411,8 @@ class DirectoryRead:
                 if self.progress and read % config.page_size == 0:
                     self.progress(read)
                 if scope is not None and normalise_dn(dn) not in scope:
+                    if not self.full:
+                        self.departed.add(profile.entry(dn, raw, set()).external_id)
                     continue
                 if not profile.ad:
                     # generalizedTime strings of one server share a format, so they sort
@@ -412,6 +423,13 @@ class DirectoryRead:
                 yield profile.entry(dn, raw, disabled_dns)
             if self.progress:
                 self.progress(read)
+            if extra:
+                # Entries that changed and left the filter (or AD's scope group): a
+                # full run would not find them, so they go now, not at the next one.
+                outside = f"(&(!{user_filter(config)}){extra})"
+                for dn, raw in paged(connection, config, outside, [config.id_attribute]):
+                    self.departed.add(profile.entry(dn, raw, set()).external_id)
+            self.departed.discard("")
             for role, group in (("admin", config.admin_group), ("helpdesk", config.helpdesk_group)):
                 if group:
                     self.role_members[role] = group_members(connection, config, group)

@@ -135,17 +135,23 @@ def plan_sync(
     entries: Iterable[DirectoryEntry],
     roster: Iterable[RosterPerson],
     domains: Iterable[str],
+    departed: Iterable[str] = (),
 ) -> Plan:
     """Decide what the roster must do to match the directory.
 
     Args:
         source: the directory source these entries come from.
         mode: FULL (people of ``source`` missing from ``entries`` are removed) or
-            INCREMENTAL (``entries`` are only what changed; nobody is removed).
+            INCREMENTAL (``entries`` are only what changed; only the people who no
+            longer qualify are removed, see ``departed``).
         entries: what the directory holds (all of it for FULL).
         roster: the roster rows that matter: every person of ``source`` for FULL, and
             for any mode every live person holding an address that ``entries`` use.
         domains: the domains the roster holds; entries of other domains are skipped.
+        departed: INCREMENTAL only: stable ids of entries still in the directory that
+            no longer qualify (out of the filter or the scope group). They are removed
+            at once, as are people whose changed entry lost its address or left the
+            held domains: a full run would remove them all.
     """
     plan = Plan(source=source, mode=mode)
     known_domains = set(domains)
@@ -164,11 +170,14 @@ def plan_sync(
     accepted: list[tuple[DirectoryEntry, RosterPerson | None]] = []
     read_ids: set[str] = set()
     seen_ids: set[str] = set()  # people still in the directory, in a domain we hold
+    gone_ids: set[str] = set(departed)  # read, but no longer someone the roster holds
     for entry in entries:
         plan.entries_read += 1
         if not entry.external_id or not entry.mail or not _valid_address(entry.mail):
             plan.skipped["invalid"] += 1
             plan.problems.append(f"skipped {entry.dn!r}: no stable id or no valid mail address")
+            if entry.external_id:
+                gone_ids.add(entry.external_id)
             continue
         if entry.external_id in read_ids:
             plan.skipped["invalid"] += 1
@@ -177,6 +186,7 @@ def plan_sync(
         read_ids.add(entry.external_id)
         if domain_of(entry.mail) not in known_domains:
             plan.skipped["unknown_domain"] += 1
+            gone_ids.add(entry.external_id)
             continue
         seen_ids.add(entry.external_id)
         existing = mine.get(entry.external_id)
@@ -190,11 +200,13 @@ def plan_sync(
     # Addresses are claimed in a fixed order so that a conflict always resolves the same
     # way: people already in the roster keep what they hold, then the rest by stable id.
     accepted.sort(key=lambda pair: (pair[1] is None, pair[0].external_id))
-    leaving: set[str] = set()  # addresses of the people a full run removes
     if mode == FULL:
-        for external_id, person in mine.items():
-            if not person.removed and external_id not in seen_ids:
-                leaving.update((person.mail, *person.aliases))
+        leavers = [p for i, p in mine.items() if not p.removed and i not in seen_ids]
+    else:
+        leavers = [mine[i] for i in gone_ids - seen_ids if i in mine and not mine[i].removed]
+    leaving: set[str] = set()  # addresses of the people this run removes
+    for person in leavers:
+        leaving.update((person.mail, *person.aliases))
     # Someone whose change is refused keeps every address they hold, so addresses they
     # would have given up are not free after all: claim again until nothing moves.
     stuck: set[str] = set()
@@ -210,8 +222,16 @@ def plan_sync(
             break
         stuck |= newly_stuck
 
-    for entry, _existing in refused:
+    for entry, existing in refused:
         plan.skipped["conflict"] += 1
+        if existing is not None and not existing.removed and entry.disabled > existing.disabled:
+            # The part of the change that takes access away never waits for the rest.
+            plan.problems.append(
+                f"kept {entry.dn!r} at {existing.mail} but disabled:"
+                f" address {entry.mail} already belongs to someone else"
+            )
+            plan.updates.append(_disable_only(existing))
+            continue
         plan.problems.append(
             f"skipped {entry.dn!r}: address {entry.mail} already belongs to someone else"
         )
@@ -220,11 +240,23 @@ def plan_sync(
             plan.problems.append(f"dropped alias {alias} of {entry.mail}: invalid or taken")
         _plan_entry(plan, entry, existing)
 
-    if mode == FULL:
-        for external_id, person in sorted(mine.items()):
-            if not person.removed and external_id not in seen_ids:
-                plan.removals.append(Remove(person.id, person.mail))
+    for person in sorted(leavers, key=lambda p: p.external_id):
+        plan.removals.append(Remove(person.id, person.mail))
     return plan
+
+
+def _disable_only(person: RosterPerson) -> Update:
+    """An update that disables ``person`` and changes nothing else."""
+    kept = DirectoryEntry(
+        person.external_id,
+        person.dn,
+        person.mail,
+        tuple(sorted(person.aliases)),
+        person.display_name,
+        True,
+        person.alternate_contact,
+    )
+    return Update(person.id, kept, person.domain, ("disabled",), disabled_now=True)
 
 
 def _unchanged(entry: DirectoryEntry, person: RosterPerson) -> bool:

@@ -18,8 +18,16 @@ from roster.config import Config, DirectoryConfig
 from roster.db import session_factory, transaction
 from roster.locks import Lease, LeaseLost, lease
 from roster.logs import log_event
-from roster.models import SyncRun, utcnow
-from sync.apply import apply_plan, apply_roles, domain_ids, load_marks, load_roster, save_mark
+from roster.models import Person, SyncRun, utcnow
+from sync.apply import (
+    apply_plan,
+    apply_roles,
+    domain_ids,
+    load_marks,
+    load_roster,
+    outside_scope,
+    save_mark,
+)
 from sync.directory import DirectoryRead, DirectoryReadError
 from sync.plan import FULL, INCREMENTAL, Plan, plan_sync
 
@@ -34,6 +42,10 @@ SUCCESS = "success"
 FAILED = "failed"
 GUARD = "guard"
 DRY_RUN = "dry-run"
+
+
+KEPT_WARNINGS = 20
+"""Warnings a run keeps in its summary and record; the rest are counted."""
 
 
 class GuardTripped(Exception):
@@ -54,6 +66,7 @@ class RunReport:
     plan: Plan | None = None
     server: str | None = None
     phases: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def exit_status(self) -> int:
@@ -74,6 +87,7 @@ class RunReport:
             "duration_seconds": round(self.seconds, 3),
             "phase_seconds": {k: round(v, 3) for k, v in self.phases.items()},
             "error": self.error,
+            "warnings": self.warnings,
         }
 
 
@@ -104,10 +118,12 @@ def _choose_mode(session: Session, source: DirectoryConfig, full: bool) -> dict[
 
 
 def _guard(plan: Plan, entries_read: int, source: DirectoryConfig, allow_mass: bool) -> None:
-    """Raise GuardTripped when the plan looks like a broken directory, not a real change."""
-    if plan.mode != FULL:
-        return
-    if entries_read == 0 and plan.live_in_source:
+    """Raise GuardTripped when the plan looks like a broken directory, not a real change.
+
+    An incremental run removes too (people who left the filter or the scope group): an
+    emptied scope group is stopped by the same share as a full run's removals.
+    """
+    if plan.mode == FULL and entries_read == 0 and plan.live_in_source:
         raise GuardTripped(
             f"the directory returned no entries but the roster holds {plan.live_in_source}"
             " people of this source; check base_dn and user_filter"
@@ -137,10 +153,25 @@ def _plan(factory: sessionmaker[Session], source: DirectoryConfig, read: Directo
             session.rollback()
             return plan_sync(source.name, FULL, read.entries(), roster, domains)
         entries = list(read.entries())
+        departed = set(read.departed)
+        if read.scope is not None:
+            departed.update(outside_scope(session, source.name, read.scope))
         addresses = [a for e in entries for a in (e.mail, *e.aliases)]
-        roster = load_roster(session, source.name, [e.external_id for e in entries], addresses)
+        wanted = [e.external_id for e in entries] + sorted(departed)
+        roster = load_roster(session, source.name, wanted, addresses)
+        plan = plan_sync(source.name, INCREMENTAL, entries, roster, domains, departed)
+        if plan.removals:
+            # The guard's share is of the whole source, not of the rows this run loaded.
+            plan.live_in_source = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(Person)
+                    .where(Person.source == source.name, Person.removed_at.is_(None))
+                )
+                or 0
+            )
         session.rollback()
-        return plan_sync(source.name, INCREMENTAL, entries, roster, domains)
+        return plan
 
 
 def sync_source(
@@ -186,6 +217,11 @@ def sync_source(
         report.phases["read+plan"] = time.monotonic() - clock
         report.plan = plan
         report.counts = plan.counts()
+        # What the plan refused (an address taken, an invalid entry): the run still
+        # succeeds, and says so in its summary, its record and the domain overview.
+        report.warnings = plan.problems[:KEPT_WARNINGS]
+        if len(plan.problems) > KEPT_WARNINGS:
+            report.warnings.append(f"and {len(plan.problems) - KEPT_WARNINGS} more")
         _guard(plan, report.entries_read, source, options.allow_mass_removal)
         if options.dry_run:
             report.outcome = DRY_RUN
@@ -244,6 +280,8 @@ def _finish(session: Session, run_id: int | None, report: RunReport, clock: floa
     run.outcome = report.outcome
     run.entries_read = report.entries_read
     run.counts = dict(report.counts)
+    if report.warnings:
+        run.counts["warnings"] = report.warnings
     run.error = report.error
     report.seconds = time.monotonic() - clock
 

@@ -207,3 +207,61 @@ def test_addresses_in_idn_domains_belong_to_the_ascii_named_domain() -> None:
 def test_an_address_with_a_control_character_is_refused() -> None:
     plan = plan_sync("corp", FULL, [entry("a", "ana\x00.evil@acme.test")], [], DOMAINS)
     assert plan.creates == [] and plan.skipped["invalid"] == 1
+
+
+def test_a_disable_lands_when_the_new_address_is_refused() -> None:
+    """Regression: one change that disabled someone and moved them to an address another
+    person holds was refused whole, so the person stayed enabled on every later run."""
+    roster = [person(1, "a", "ana@acme.test"), person(2, "b", "bo@acme.test")]
+    entries = [entry("a", "bo@acme.test", disabled=True), entry("b", "bo@acme.test")]
+    for mode in (FULL, INCREMENTAL):
+        plan = plan_sync("corp", mode, entries, roster, DOMAINS)
+        (update,) = plan.updates
+        assert (update.person_id, update.entry.mail, update.entry.disabled) == (
+            1,
+            "ana@acme.test",
+            True,
+        )
+        assert update.changed == ("disabled",) and update.disabled_now
+        assert plan.counts()["disabled"] == 1 and plan.counts()["skipped_conflict"] == 1
+        assert plan.problems == [
+            "kept 'uid=a,dc=acme,dc=test' at ana@acme.test but disabled:"
+            " address bo@acme.test already belongs to someone else"
+        ]
+
+
+def test_a_refused_change_that_takes_no_access_away_changes_nothing() -> None:
+    roster = [person(1, "a", "ana@acme.test", disabled=True), person(2, "b", "bo@acme.test")]
+    entries = [entry("a", "bo@acme.test")]  # enable and take bo's address: both refused
+    plan = plan_sync("corp", INCREMENTAL, entries, roster, DOMAINS)
+    assert plan.updates == [] and plan.skipped["conflict"] == 1
+
+
+def test_an_incremental_run_removes_people_who_no_longer_qualify() -> None:
+    """Regression: a changed entry that lost its address, or left the held domains, the
+    filter or the scope group, was skipped by incremental runs: the person stayed
+    covered until the next full run."""
+    roster = [
+        person(1, "a", "ana@acme.test"),
+        person(2, "b", "bo@acme.test"),
+        person(3, "c", "cy@acme.test"),
+        person(4, "d", "di@acme.test"),
+        person(5, "e", "ed@acme.test"),
+    ]
+    entries = [entry("a", ""), entry("b", "bo@elsewhere.test"), entry("e", "ed@acme.test")]
+    plan = plan_sync("corp", INCREMENTAL, entries, roster, DOMAINS, departed=["c", "x"])
+    assert [(r.person_id, r.mail) for r in plan.removals] == [
+        (1, "ana@acme.test"),
+        (2, "bo@acme.test"),
+        (3, "cy@acme.test"),
+    ]
+    assert plan.unchanged == 1
+
+
+def test_an_address_given_up_by_a_departed_person_is_free_in_the_same_run() -> None:
+    roster = [person(1, "a", "desk@acme.test")]
+    plan = plan_sync(
+        "corp", INCREMENTAL, [entry("n", "desk@acme.test")], roster, DOMAINS, departed=["a"]
+    )
+    assert [r.person_id for r in plan.removals] == [1]
+    assert [c.entry.mail for c in plan.creates] == ["desk@acme.test"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pty
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import ldap3
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
@@ -288,7 +290,7 @@ def test_a_source_with_no_full_run_for_too_long_gets_one(
     continuity: Continuity, directory: DirectoryTree
 ) -> None:
     directory.add_person("ana", "ana@acme.test")
-    configure(continuity, directory, full_sync_interval_hours=0)
+    configure(continuity, directory, full_sync_interval_hours=0.000001)
     assert continuity.sync()[1]["mode"] == "full"
     assert continuity.sync()[1]["mode"] == "full"
 
@@ -451,3 +453,84 @@ def test_progress_bar_on_a_terminal(continuity: Continuity, directory: Directory
     assert b"corp: [" + b"#" * 30 + b"] 3/3 entries read" in shown
     assert b"corp: [" + b"#" * 10 + b"-" * 20 + b"] 1/3 entries read" in shown
     assert result.stdout.startswith("sync source=corp mode=full outcome=success read=3")
+
+
+def test_a_disable_lands_even_when_the_new_address_is_taken(
+    continuity: Continuity, directory: DirectoryTree, engine: Engine
+) -> None:
+    """Regression: a change that disabled Ana and moved her to Bo's address was refused
+    whole: Ana stayed enabled, and every later run (full ones too) said success."""
+    directory.add_person("ana", "ana@acme.test")
+    directory.add_person("bo", "bo@acme.test")
+    configure(continuity, directory, clock_skew_seconds=0)
+    assert continuity.sync()[0] == 0
+    time.sleep(1.1)
+    directory.replace("ana", mail="bo@acme.test", description="disabled")
+    warning = (
+        f"kept {directory.dn('ana')!r} at ana@acme.test but disabled:"
+        " address bo@acme.test already belongs to someone else"
+    )
+
+    status, summary = continuity.sync()
+    assert (status, summary["mode"], summary["outcome"]) == (0, "incremental", "success")
+    assert summary["counts"]["disabled"] == 1 and summary["warnings"] == [warning]
+    people = continuity.people()
+    assert people["ana@acme.test"]["status"] == "disabled"
+    assert people["bo@acme.test"]["status"] == "active"
+    assert runs(engine)[-1].counts["warnings"] == [warning]
+    shown = json.loads(continuity.run("domain", "show", "acme.test", "--json").stdout)
+    assert shown["last_sync"]["counts"]["warnings"] == [warning]
+
+    result = continuity.run("sync", "--full")  # the refused part is still said
+    assert result.exit_code == 0
+    line, said = result.stdout.strip().splitlines()
+    assert "outcome=success" in line and line.endswith("warnings=1")
+    assert said == (
+        f"warning source=corp skipped {directory.dn('ana')!r}:"
+        " address bo@acme.test already belongs to someone else"
+    )
+    assert continuity.people()["ana@acme.test"]["status"] == "disabled"
+
+
+def test_an_incremental_run_removes_people_who_no_longer_qualify(
+    continuity: Continuity, directory: DirectoryTree, engine: Engine
+) -> None:
+    """Regression: entries still in the directory but no longer qualifying (address
+    removed, out of the filter, out of the scope group, out of the held domains) were
+    skipped by incremental runs: the people stayed covered until the next full run."""
+    members = [directory.add_person(f"p{n}", f"p{n}@acme.test") for n in range(50)]
+    scope = directory.add_group("continuity", *members)
+    configure(
+        continuity,
+        directory,
+        clock_skew_seconds=0,
+        scope_group=scope,
+        user_filter="(&(objectClass=inetOrgPerson)(!(employeeType=left)))",
+    )
+    status, summary = continuity.sync()
+    assert (status, summary["counts"]["created"]) == (0, 50)
+    with engine.begin() as connection:
+        person_id = connection.scalar(select(Person.id).where(Person.mail == "p0@acme.test"))
+        connection.execute(
+            insert(EmergencyCredential).values(
+                person_id=person_id, password_hash="$argon2id$x", set_at=utcnow()
+            )
+        )
+    time.sleep(1.1)
+    directory.replace("p0", mail=None)  # the off-boarding step
+    directory.replace("p1", employeeType="left")  # out of the filter
+    directory.replace("p2", mail="p2@elsewhere.test")  # out of the held domains
+    directory.slapd.modify(  # out of the scope group; p3's own entry is untouched
+        scope, {"member": [(ldap3.MODIFY_DELETE, [directory.dn("p3")])]}
+    )
+
+    status, summary = continuity.sync()
+
+    assert (status, summary["mode"], summary["outcome"]) == (0, "incremental", "success")
+    assert summary["counts"]["removed"] == 4
+    people = continuity.people()
+    assert len(people) == 46
+    assert not {"p0@acme.test", "p1@acme.test", "p3@acme.test"} & set(people)
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(EmergencyCredential)) == 0
+    assert continuity.sync("--full")[1]["counts"].get("removed", 0) == 0

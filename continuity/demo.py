@@ -1,7 +1,7 @@
 """`continuity demo`: the product on its embedded default, from nothing, on this machine.
 
 A local slapd holds a small demo directory, the roster is a SQLite file, the sync runs
-once in full, and the portal serves its health page. Everything lives in one work
+once in full, and the portal serves its sign-in page. Everything lives in one work
 directory, made anew on every run.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from continuity.localslapd import Slapd, ldif_entry
+from roster import service
 from roster.config import load_config
 from roster.db import make_engine, session_factory, transaction, upgrade
 from roster.domains import add_domain, parse_primary
@@ -23,6 +24,7 @@ from sync.run import SyncOptions, run_sync
 
 SUFFIX = "dc=acme,dc=test"
 DOMAIN = "acme.test"
+ACTOR = "demo"  # who the audit trail says made the demo's changes
 # Every demo person's directory password: a demo, on loopback, made anew on every run.
 DEMO_PASSWORD = "Demo-directory-2026"  # noqa: S105
 PEOPLE = [
@@ -132,8 +134,12 @@ admin_group = "cn=continuity-admins,ou=groups,{SUFFIX}"
 helpdesk_group = "cn=helpdesk,ou=groups,{SUFFIX}"
 group_base_dn = "ou=groups,{SUFFIX}"
 
+[gateway]
+allow_local_primary = true  # the demo's primary mail server would run on this host
+
 [portal]
 listen = {json.dumps(listen)}
+base_url = {json.dumps(f"http://{listen}")}
 secure_cookies = false  # the demo serves plain HTTP on loopback
 """,
     )
@@ -151,10 +157,12 @@ def run_demo(workdir_name: str, listen: str, *, serve: bool) -> int:
         config = load_config(config_path, environ={})
         engine = make_engine(config.database_url, create=True)
         upgrade(engine)
-        with transaction(session_factory(engine)) as session:
-            domain = add_domain(session, DOMAIN, "demo", parse_primary("127.0.0.1:2525"))
-            domain.continuity_active = True
-            domain.emergency_password_enabled = True
+        with transaction(session_factory(engine), writing=True) as session:
+            # Through the functions an admin's commands and pages call, so that the audit
+            # trail tells how the domain came to be as it is.
+            domain = add_domain(session, DOMAIN, ACTOR, parse_primary("127.0.0.1:2525"))
+            service.activate(session, domain, ACTOR)
+            service.switch_emergency_password(session, domain, True, ACTOR)
         (report,) = run_sync(config, engine, SyncOptions(full=True))
         engine.dispose()
         click.echo(f"demo directory: {slapd.url} ({len(PEOPLE)} people under {SUFFIX})")
@@ -178,9 +186,11 @@ def run_demo(workdir_name: str, listen: str, *, serve: bool) -> int:
         from portal import create_app
         from portal.server import serve_app
 
-        click.echo(f"portal:         http://{listen}/health  (Ctrl-C stops the demo)")
+        app = create_app(config=config)
+        click.echo(f"sign in at:     http://{listen}/sign-in")
+        click.echo(f"health:         http://{listen}/health  (Ctrl-C stops the demo)")
         sys.stdout.flush()
-        serve_app(create_app(config=config), listen, workers=1)
+        serve_app(app, listen, workers=1)
         return 0
     finally:
         slapd.stop()

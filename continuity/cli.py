@@ -326,17 +326,45 @@ def domain_list(state: State, as_json: bool) -> None:
 @pass_state
 def domain_show(state: State, name: str, as_json: bool) -> None:
     """Show one domain's settings, its people, its last sync and its continuity state."""
-    from roster.service import overview, overview_dict
+    from roster.service import overview
 
     state.require_schema()
     with state.session() as session:
         found = get_domain(session, name)
-        shown = overview_dict(overview(session, found, state.config.sources_for(found.name)))
+        shown = _overview_json(overview(session, found, state.config.sources_for(found.name)))
     if as_json:
         click.echo(json.dumps(shown, indent=2))
         return
     for key, value in shown.items():
         click.echo(f"{key}: {value}")
+
+
+def _overview_json(found: Any) -> dict[str, Any]:
+    """A domain's overview (roster.service.Overview) as plain values, for `domain show`."""
+    run = found.last_sync
+    check = found.primary_check
+    return {
+        **found.settings,
+        "people": found.people,
+        "people_disabled": found.people_disabled,
+        "covered": found.covered,
+        "covered_without_emergency_password": found.covered_without_emergency_password,
+        "listed": found.listed,
+        "last_sync": None
+        if run is None
+        else {
+            "source": run.source,
+            "mode": run.mode,
+            "started_at": run.started_at.isoformat(),
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+            "outcome": run.outcome,
+            "counts": run.counts,
+            "error": run.error,
+        },
+        "continuity_state": found.continuity_state,
+        "outage_since": found.outage_since.isoformat() if found.outage_since else None,
+        "primary_checked_at": check.at.isoformat() if check else None,
+    }
 
 
 @domain.command("activate")
@@ -395,7 +423,8 @@ def domain_set(
     failures_before_failover: int | None,
 ) -> None:
     """Change a domain's settings; each change is audited."""
-    from roster.service import Refused, check_primary, set_emergency_password, set_primary
+    from roster.domains import Refused, check_primary
+    from roster.service import set_primary, switch_emergency_password
 
     state.require_schema()
     primary_options = (primary, primary_tls, failover, probe_interval, failures_before_failover)
@@ -429,7 +458,7 @@ def domain_set(
             set_primary(session, found, settings, actor())
         if emergency_password is not None:
             switched_on = emergency_password == "on"  # noqa: S105 (on|off, not a password)
-            set_emergency_password(session, found, switched_on, actor())
+            switch_emergency_password(session, found, switched_on, actor())
         state_now = domain_state(found)
     for key, value in state_now.items():
         click.echo(f"{key}: {value}")
@@ -443,11 +472,17 @@ def coverage() -> None:
 @coverage.command("mode")
 @click.argument("name")
 @click.argument("mode", type=click.Choice(["all", "selected"]))
-@click.option("--yes", is_flag=True, help="Empty the list of selected users if there is one.")
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Go on even if people lose coverage: to all users, the list of selected users is"
+    " emptied; to only selected users, everyone not on the list is uncovered.",
+)
 @pass_state
 def coverage_mode(state: State, name: str, mode: str, yes: bool) -> None:
     """Cover all users, or only the users on the domain's list."""
-    from roster.service import Refused, set_coverage_mode
+    from roster.domains import Refused
+    from roster.service import set_coverage_mode
 
     state.require_schema()
     with state.session(writing=True) as session:
@@ -455,13 +490,21 @@ def coverage_mode(state: State, name: str, mode: str, yes: bool) -> None:
         try:
             emptied = set_coverage_mode(session, found, mode, actor(), confirmed=yes)
         except Refused as refused:
-            if refused.code != "confirm_all_users":
-                raise
-            fail(
-                f"{refused.params['count']} individually added user(s) of {found.name} will be"
-                " removed from the list when everyone is covered: run again with --yes",
-                1,
-            )
+            if refused.code == "confirm_all_users":
+                fail(
+                    f"{refused.params['count']} individually added user(s) of {found.name}"
+                    " will be removed from the list when everyone is covered: run again with"
+                    " --yes",
+                    1,
+                )
+            if refused.code == "confirm_selected_users":
+                fail(
+                    f"{refused.params['count']} covered user(s) of {found.name} are not on the"
+                    " list of selected users and will no longer be covered: run again with"
+                    " --yes, or add them first (coverage add)",
+                    1,
+                )
+            raise
     covered = "all users" if mode == "all" else "only selected users"
     note = f"; {emptied} listed user(s) taken off the list" if emptied else ""
     click.echo(f"{found.name} covers {covered}{note}")
@@ -486,7 +529,7 @@ def coverage_remove(state: State, name: str, addresses: tuple[str, ...]) -> None
 
 
 def _coverage_change(state: State, name: str, addresses: tuple[str, ...], action: str) -> None:
-    from roster.service import bulk
+    from roster.bulk import bulk
 
     state.require_schema()
     with state.session(writing=True) as session:
@@ -663,6 +706,13 @@ def demo(workdir: str, listen: str, no_serve: bool) -> None:
     from continuity.demo import run_demo
 
     sys.exit(run_demo(workdir, _listen_option(listen) or listen, serve=not no_serve))
+
+
+# The mail path's commands live in a module of their own (it imports this one).
+from continuity.mail_commands import gateway, queue  # noqa: E402
+
+cli.add_command(gateway)
+cli.add_command(queue)
 
 
 def main() -> None:

@@ -1,0 +1,179 @@
+"""The mail path's commands: ``continuity gateway`` and ``continuity queue``.
+
+Registered on the ``continuity`` group by continuity.cli; kept apart so that the command
+line stays one module a subject.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from typing import Any
+
+import click
+
+from continuity.cli import EXIT_USAGE, State, fail, pass_state
+from roster.config import ConfigError
+from roster.domains import get_domain
+from roster.queue import message_detail, pending_messages, retry_now
+
+
+@click.command()
+@pass_state
+def gateway(state: State) -> None:
+    """Run the gateway: receive mail, deliver it to the primary, copy it to the standby."""
+    from gateway.service import Gateway
+
+    state.require_schema()
+    try:
+        running = Gateway(state.config, engine=state.engine)
+    except ConfigError as error:
+        fail(f"configuration error: {error}", EXIT_USAGE)
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    try:
+        running.start()
+    except OSError as error:
+        fail(f"the gateway cannot listen: {error}", 1)
+    click.echo(
+        f"gateway: listening on {running.settings.host}:{running.settings.port}", err=True
+    )
+    stop.wait()
+    running.stop()
+
+
+@click.group()
+def queue() -> None:
+    """The mail queue: what waits for delivery, one message, retry now."""
+
+
+def _when(value: Any) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+@queue.command("list")
+@click.option("--domain", "domain_name", help="Only messages with recipients in this domain.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def queue_list(state: State, domain_name: str | None, as_json: bool) -> None:
+    """List the messages still waiting for delivery, oldest first."""
+    state.require_schema()
+    with state.session() as session:
+        domain_id = get_domain(session, domain_name).id if domain_name else None
+        rows = pending_messages(session, domain_id=domain_id)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "queue_id": r.queue_id,
+                        "received_at": _when(r.received_at),
+                        "sender": r.sender,
+                        "size": r.size,
+                        "recipients": r.recipients,
+                        "pending": r.pending,
+                        "next_attempt_at": _when(r.next_attempt_at),
+                        "last_reply": r.last_reply,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not rows:
+        click.echo("the queue is empty")
+        return
+    for r in rows:
+        click.echo(
+            f"{r.queue_id}  {_when(r.received_at)}  {r.size:>9}  <{r.sender}>  "
+            f"{r.pending}/{r.recipients} pending  next {_when(r.next_attempt_at)}  {r.last_reply}"
+        )
+
+
+@queue.command("show")
+@click.argument("queue_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def queue_show(state: State, queue_id: str, as_json: bool) -> None:
+    """Show one message: its envelope and each recipient's and standby copy's state."""
+    state.require_schema()
+    with state.session() as session:
+        found = message_detail(session, queue_id.strip().upper())
+        if found is None:
+            fail(f"no message with queue id {queue_id}", 1)
+        m = found.message
+        shown = {
+            "queue_id": m.queue_id,
+            "received_at": _when(m.received_at),
+            "sender": m.sender,
+            "size": m.size,
+            "message_id": m.message_id,
+            "client": m.client_address,
+            "helo": m.helo,
+            "origin": m.origin,
+            "recipients": [
+                {
+                    "address": r.address,
+                    "route": r.route,
+                    "status": r.status,
+                    "attempts": r.attempts,
+                    "next_attempt_at": _when(r.next_attempt_at)
+                    if r.status in ("queued", "deferred")
+                    else None,
+                    "delivered_at": _when(r.delivered_at),
+                    "last_reply": r.last_reply,
+                }
+                for r in found.recipients
+            ],
+            "standby_copies": [
+                {
+                    "mailbox": c.mailbox,
+                    "status": c.status,
+                    "attempts": c.attempts,
+                    "copied_at": _when(c.copied_at),
+                    "last_reply": c.last_reply,
+                }
+                for c in found.copies
+            ],
+        }
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+        return
+    for key in ("queue_id", "received_at", "sender", "size", "message_id", "client", "helo"):
+        click.echo(f"{key}: {shown[key]}")
+    for r in shown["recipients"]:
+        click.echo(
+            f"recipient {r['address']}: {r['status']}, {r['attempts']} attempt(s)"
+            + (f", next {r['next_attempt_at']}" if r["next_attempt_at"] else "")
+            + (f", delivered {r['delivered_at']}" if r["delivered_at"] else "")
+            + (f", last reply: {r['last_reply']}" if r["last_reply"] else "")
+        )
+    for c in shown["standby_copies"]:
+        click.echo(
+            f"standby copy {c['mailbox']}: {c['status']}"
+            + (f" {c['copied_at']}" if c["copied_at"] else "")
+            + (f", last reply: {c['last_reply']}" if c["last_reply"] else "")
+        )
+
+
+@queue.command("retry")
+@click.argument("queue_id", required=False)
+@click.option("--domain", "domain_name", help="Every waiting message of this domain.")
+@pass_state
+def queue_retry(state: State, queue_id: str | None, domain_name: str | None) -> None:
+    """Make a message (or a domain's waiting messages) due now: the gateway tries at once."""
+    if bool(queue_id) == bool(domain_name):
+        fail("give either a QUEUE_ID or --domain D", EXIT_USAGE)
+    state.require_schema()
+    with state.session(writing=True) as session:
+        if domain_name:
+            count = retry_now(session, domain_id=get_domain(session, domain_name).id)
+        else:
+            assert queue_id is not None  # noqa: S101 - checked just above
+            if message_detail(session, queue_id.strip().upper()) is None:
+                fail(f"no message with queue id {queue_id}", 1)
+            count = retry_now(session, queue_id=queue_id.strip().upper())
+    click.echo(f"{count} recipient(s) due now")

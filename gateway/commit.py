@@ -1,0 +1,118 @@
+"""Group commit: the messages that arrive together share one durable commit.
+
+The receiver hands each message over and waits; one thread writes everything that is
+waiting in one transaction and then wakes every waiter. While a commit runs, the next
+messages gather, so the number of commits per second stays near what the disk allows
+while the number of messages per commit grows with the load. A 250 goes out only after
+the commit that covers its message returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+
+from sqlalchemy import Engine, event
+
+from roster.logs import log_event
+from roster.queue import Incoming, store
+
+log = logging.getLogger("continuity.gateway")
+
+# Most messages one commit carries: bounds a transaction's size on a burst.
+BATCH = 500
+
+
+def make_durable(engine: Engine) -> None:
+    """On SQLite, make this engine's commits survive a power loss (``synchronous=FULL``).
+
+    The roster runs WAL with ``synchronous=NORMAL``, where a commit may be lost at a power
+    cut; a message acknowledged with 250 must not be. PostgreSQL's default already waits
+    for the WAL to reach the disk.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+
+    def full(dbapi_connection: object, _record: object) -> None:
+        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    event.listen(engine, "connect", full)
+
+
+class GroupCommitter:
+    """A thread that stores waiting messages together, one transaction per group."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._waiting: queue.Queue[tuple[Incoming, Future[None]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self.commits = 0
+        self.messages = 0
+
+    def start(self) -> None:
+        """Start the writing thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is waiting, then stop."""
+        self._waiting.put(None)
+        self._thread.join()
+
+    def submit(self, message: Incoming) -> Future[None]:
+        """Queue ``message`` for the next commit; the future completes once it is durable."""
+        done: Future[None] = Future()
+        self._waiting.put((message, done))
+        return done
+
+    async def store(self, message: Incoming) -> None:
+        """Wait until ``message`` is durable (raises if its commit failed)."""
+        await asyncio.wrap_future(self.submit(message))
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._waiting.get()
+            if first is None:
+                break
+            group = [first]
+            while len(group) < BATCH:
+                try:
+                    item = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                group.append(item)
+            self._commit(group)
+
+    def _commit(self, group: Sequence[tuple[Incoming, Future[None]]]) -> None:
+        try:
+            with self._engine.begin() as connection:
+                store(connection, [message for message, _ in group])
+        except Exception as error:  # every waiter learns its message was not stored
+            log_event(
+                log,
+                logging.ERROR,
+                "queue_commit_failed",
+                messages=len(group),
+                error=type(error).__name__,
+            )
+            if len(group) > 1:
+                # One bad message must not fail its neighbours: store them one by one.
+                for item in group:
+                    self._commit([item])
+                return
+            for _, done in group:
+                done.set_exception(error)
+            return
+        self.commits += 1
+        self.messages += len(group)
+        for _, done in group:
+            done.set_result(None)

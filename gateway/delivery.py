@@ -1,0 +1,245 @@
+"""Delivery over SMTP: to a domain's primary server, or through the outbound relay.
+
+One connection carries a batch of messages. Where the server offers PIPELINING, MAIL,
+every RCPT and DATA go out in one write and their replies are read in order (RFC 2920);
+where it offers XFORWARD, the primary learns the original client (address, name, HELO,
+protocol) so that its own SPF and blocklist checks still see the real sender. Each
+message's outcome is handed to ``record`` before the next message goes out on the same
+connection, so a crash can only repeat the message in flight.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from roster.addresses import printable
+from roster.queue import Delivery
+
+# A server's reply as (code, text); code 0 when the connection failed before a reply.
+Reply = tuple[int, str]
+
+CONNECT_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 300.0  # RFC 5321 4.5.3.2: at least 5 minutes for most replies
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how to connect."""
+
+    host: str  # the name, for TLS and messages
+    address: str  # the address actually connected to (checked by the caller)
+    port: int
+    tls: str = "starttls"  # starttls (opportunistic unless required), tls, none
+    tls_context: ssl.SSLContext | None = None
+    require_tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    helo: str = "localhost"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of one message's recipients in one attempt."""
+
+    accepted: list[int]  # recipient row ids
+    refused: dict[int, Reply]  # recipient row id -> reply (4xx or 5xx)
+
+
+class SessionFailed(Exception):
+    """The whole session failed (no connection, greeting, EHLO, TLS, MAIL): nothing of the
+    remaining messages was attempted."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(f"{reply[0]} {reply[1]}")
+        self.reply = reply
+
+
+def _text(reply: tuple[int, bytes | str]) -> Reply:
+    code, message = reply
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    return code, printable(" ".join(message.split()), 500)
+
+
+def open_session(target: Target) -> smtplib.SMTP:
+    """Connect, greet, secure and (for the relay) log in; raises SessionFailed."""
+    try:
+        if target.tls == "tls":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                local_hostname=target.helo,
+                timeout=CONNECT_TIMEOUT,
+                context=target.tls_context or ssl.create_default_context(),
+            )
+            client._host = target.host  # type: ignore[attr-defined]  # SNI and the cert check
+        else:
+            client = smtplib.SMTP(local_hostname=target.helo, timeout=CONNECT_TIMEOUT)
+            client._host = target.host  # type: ignore[attr-defined]
+        code, message = client.connect(target.address, target.port)
+        if code != 220:
+            client.close()
+            raise SessionFailed(_text((code, message)))
+        client.sock.settimeout(COMMAND_TIMEOUT)  # type: ignore[union-attr]
+        code, message = client.ehlo()
+        if code != 250:
+            code, message = client.helo()
+            if code != 250:
+                client.close()
+                raise SessionFailed(_text((code, message)))
+        if target.tls == "starttls":
+            if client.has_extn("starttls"):
+                code, message = client.starttls(
+                    context=target.tls_context or ssl.create_default_context()
+                )
+                if code != 220:
+                    client.close()
+                    raise SessionFailed(_text((code, message)))
+                client.ehlo()
+            elif target.require_tls:
+                client.close()
+                raise SessionFailed((0, "the server does not offer STARTTLS"))
+        if target.username:
+            client.login(target.username, target.password or "")
+        return client
+    except SessionFailed:
+        raise
+    except smtplib.SMTPResponseException as error:
+        raise SessionFailed(_text((error.smtp_code, error.smtp_error))) from error
+    except ssl.SSLError as error:
+        raise SessionFailed((0, f"TLS failed: {printable(str(error), 200)}")) from error
+    except (OSError, smtplib.SMTPException) as error:
+        raise SessionFailed((0, _failure(error))) from error
+
+
+def _failure(error: BaseException) -> str:
+    if isinstance(error, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, smtplib.SMTPServerDisconnected):
+        return "connection closed by the server"
+    return printable(type(error).__name__ + ": " + str(error), 200)
+
+
+def xforward(client: smtplib.SMTP, delivery: Delivery) -> None:
+    """Tell a primary that offers XFORWARD who the original client was."""
+    if not client.has_extn("xforward"):
+        return
+    offered = {name.upper() for name in client.esmtp_features.get("xforward", "").split()}
+    fields = {
+        "ADDR": delivery.client_address,
+        "NAME": delivery.client_name or "[UNAVAILABLE]",
+        "HELO": delivery.helo,
+        "PROTO": "ESMTP" if delivery.protocol.upper().startswith("ESMTP") else "SMTP",
+    }
+    words = [
+        f"{name}={_xtext(value)}" for name, value in fields.items() if value and name in offered
+    ]
+    if words:
+        code, message = client.docmd("XFORWARD", " ".join(words))
+        if code != 250:
+            raise SessionFailed(_text((code, message)))
+
+
+def _xtext(value: str) -> str:
+    """XFORWARD values are xtext: printable ASCII without '+' and '=' (RFC 3461 4)."""
+    return "".join(
+        ch if 33 <= ord(ch) <= 126 and ch not in "+=" else f"+{ord(ch):02X}"
+        for ch in value[:255]
+        if ord(ch) < 128
+    )
+
+
+def send_one(client: smtplib.SMTP, delivery: Delivery, smtputf8: bool = False) -> Result:
+    """One transaction for ``delivery``: MAIL, RCPT for each recipient, DATA.
+
+    Raises SessionFailed when the session broke or the server refused MAIL: the
+    caller counts that against the server, not against the message.
+    """
+    sender = delivery.sender
+    options = []
+    if client.has_extn("size"):
+        options.append(f"SIZE={len(delivery.body)}")
+    if smtputf8 and client.has_extn("smtputf8"):
+        options.append("SMTPUTF8")
+    if client.has_extn("8bitmime"):
+        options.append("BODY=8BITMIME")
+    mail = f"MAIL FROM:<{sender}>" + "".join(" " + o for o in options)
+    rcpts = [f"RCPT TO:<{address}>" for _, address in delivery.recipients]
+    for line in [mail, *rcpts]:
+        if any(c in line for c in "\r\n\0"):
+            raise ValueError("a queued address holds a line break")  # never from the receiver
+    try:
+        if client.has_extn("pipelining"):
+            client.send(("\r\n".join([mail, *rcpts]) + "\r\n").encode("utf-8"))
+            mail_reply = _text(client.getreply())
+            rcpt_replies = [_text(client.getreply()) for _ in rcpts]
+        else:
+            mail_reply = _text(client.docmd(mail))
+            rcpt_replies = []
+            if mail_reply[0] == 250:
+                rcpt_replies = [_text(client.docmd(line)) for line in rcpts]
+        if mail_reply[0] != 250:
+            client.rset()
+            raise SessionFailed(mail_reply)
+        accepted = [
+            row
+            for (row, _), reply in zip(delivery.recipients, rcpt_replies, strict=True)
+            if reply[0] in (250, 251)
+        ]
+        refused = {
+            row: reply
+            for (row, _), reply in zip(delivery.recipients, rcpt_replies, strict=True)
+            if reply[0] not in (250, 251)
+        }
+        if not accepted:
+            client.rset()
+            return Result([], refused)
+        code, message = client.data(delivery.body)
+    except smtplib.SMTPDataError as error:
+        reply = _text((error.smtp_code, error.smtp_error))
+        return Result([], {row: reply for row in accepted} | refused)
+    except smtplib.SMTPResponseException as error:
+        raise SessionFailed(_text((error.smtp_code, error.smtp_error))) from error
+    except (OSError, smtplib.SMTPException) as error:
+        raise SessionFailed((0, _failure(error))) from error
+    if code != 250:
+        reply = _text((code, message))
+        return Result([], {row: reply for row in accepted} | refused)
+    return Result(accepted, refused)
+
+
+def deliver_batch(
+    target: Target,
+    deliveries: Sequence[Delivery],
+    record: Callable[[Delivery, Result | SessionFailed], None],
+    *,
+    forward_client: bool = True,
+) -> None:
+    """Deliver ``deliveries`` over one connection; ``record`` hears each outcome before
+    the next message is sent. A session failure is recorded for every message not done."""
+    try:
+        client = open_session(target)
+    except SessionFailed as failed:
+        for delivery in deliveries:
+            record(delivery, failed)
+        return
+    done = 0
+    try:
+        for delivery in deliveries:
+            if forward_client:
+                xforward(client, delivery)
+            result = send_one(client, delivery, smtputf8=not delivery.body.isascii())
+            record(delivery, result)
+            done += 1
+    except SessionFailed as failed:
+        for delivery in deliveries[done:]:
+            record(delivery, failed)
+    finally:
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            client.close()

@@ -1,0 +1,266 @@
+"""Receiving: the aiosmtpd server and its handler.
+
+A recipient is accepted only in a domain the roster holds, only when it routes nowhere
+else, and only when the roster knows it or the primary says it exists (no open relay, no
+backscatter). A message is answered 250 only after the commit that stores it (the group
+committer), with its queue id in the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session as DbSession
+
+from gateway import headers, recipients
+from gateway.commit import GroupCommitter
+from gateway.limits import ClientLimits
+from roster.logs import log_event
+from roster.queue import Incoming, Recipient, domain_named, new_queue_id, resolve_recipient
+
+log = logging.getLogger("continuity.gateway")
+
+MAX_RECIPIENTS = 1000  # per message (RFC 5321 4.5.3.1.8 asks for at least 100)
+LOOKUP_SECONDS = 10.0  # how long a roster answer about a recipient is reused
+
+
+@dataclass
+class ReceiverSettings:
+    """What the receiver needs from the configuration."""
+
+    hostname: str
+    max_message_size: int = 50 * 1024 * 1024
+    # (domain name, address) -> None to accept, or the refusal: the callout to the primary
+    ask_primary: Callable[[str, str], str | None] | None = None
+
+
+@dataclass
+class _Lookup:
+    """A cached roster answer about one address."""
+
+    at: float
+    domain_known: bool
+    recipient: Recipient | None
+    verify: bool
+    domain_name: str
+
+
+@dataclass
+class _State:
+    """What the handler keeps on an envelope."""
+
+    recipients: list[Recipient] = field(default_factory=list)
+
+
+class GatewayHandler:
+    """aiosmtpd hooks: checks at MAIL and RCPT, durable storage at DATA."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        committer: GroupCommitter,
+        settings: ReceiverSettings,
+        limits: ClientLimits,
+    ) -> None:
+        self.engine = engine
+        self.committer = committer
+        self.settings = settings
+        self.limits = limits
+        self._lookups: dict[str, _Lookup] = {}
+
+    # -- MAIL ------------------------------------------------------------------
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Count the message against the client's rate, then take the sender."""
+        refusal = self.limits.allow_message(_peer(session))
+        if refusal:
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Sender ok"
+
+    # -- RCPT ------------------------------------------------------------------
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Accept a recipient the roster holds or the primary confirms."""
+        state = _state(envelope)
+        if len(state.recipients) >= MAX_RECIPIENTS:
+            return "452 4.5.3 Too many recipients"
+        checked = recipients.check_address(address)
+        if isinstance(checked, recipients.Refusal):
+            log_event(
+                log, logging.INFO, "rcpt_refused", client=_peer(session), reason=checked.reason
+            )
+            return checked.reply
+        refusal = self.limits.allow_recipient(_peer(session))
+        if refusal:
+            return refusal
+        lookup = await self._lookup(checked.domain, checked.address.lower())
+        if not lookup.domain_known or lookup.recipient is None:
+            log_event(log, logging.INFO, "rcpt_refused", client=_peer(session), reason="relay")
+            return "550 5.7.1 Relaying denied: this server does not accept mail for that domain"
+        if not lookup.recipient.known and lookup.verify:
+            reply = await self._ask_primary(lookup.domain_name, checked.address)
+            if reply is not None:
+                return reply
+        state.recipients.append(lookup.recipient)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Recipient ok"
+
+    async def _lookup(self, domain_name: str, address: str) -> _Lookup:
+        now = time.monotonic()
+        found = self._lookups.get(address)
+        if found is not None and now - found.at < LOOKUP_SECONDS:
+            return found
+        found = await asyncio.get_running_loop().run_in_executor(
+            None, self._read_roster, domain_name, address, now
+        )
+        if len(self._lookups) > 100_000:
+            self._lookups.clear()
+        self._lookups[address] = found
+        return found
+
+    def _read_roster(self, domain_name: str, address: str, now: float) -> _Lookup:
+        with DbSession(self.engine) as db:
+            domain = domain_named(db, domain_name)
+            if domain is None:
+                return _Lookup(now, False, None, False, domain_name)
+            return _Lookup(
+                now,
+                True,
+                resolve_recipient(db, domain, address),
+                domain.verify_recipients,
+                domain.name,
+            )
+
+    async def _ask_primary(self, domain_name: str, address: str) -> str | None:
+        """The reply for a recipient the roster does not know: None when the primary
+        confirms it, its refusal as our 550, or 450 while it cannot say."""
+        ask = self.settings.ask_primary
+        if ask is None:
+            return "450 4.4.1 Recipient cannot be verified now: try again later"
+        return await asyncio.get_running_loop().run_in_executor(None, ask, domain_name, address)
+
+    # -- DATA ------------------------------------------------------------------
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Check the message, add our Received line, store it durably, then say 250."""
+        state = _state(envelope)
+        content = headers.normalise_line_endings(envelope.original_content or b"")
+        refusal = headers.check_message(content, smtputf8=envelope.smtp_utf8)
+        if refusal:
+            log_event(
+                log, logging.INFO, "message_refused", client=_peer(session), reply=refusal[:40]
+            )
+            return refusal
+        queue_id = new_queue_id()
+        peer = _peer(session)
+        protocol = headers.protocol(
+            esmtp=session.extended_smtp,
+            tls=session.ssl is not None,
+            authenticated=False,
+            smtputf8=envelope.smtp_utf8,
+        )
+        received = headers.received_header(
+            helo=session.host_name,
+            client_ip=peer,
+            our_name=self.settings.hostname,
+            with_protocol=protocol,
+            queue_id=queue_id,
+            recipient=state.recipients[0].address if len(state.recipients) == 1 else None,
+        )
+        body = received + content
+        message = Incoming(
+            queue_id=queue_id,
+            sender=envelope.mail_from or "",
+            body=body,
+            recipients=list(state.recipients),
+            message_id=headers.message_id(content) or "",
+            client_address=peer,
+            client_name="",
+            helo=(session.host_name or "")[:255],
+            protocol=protocol,
+        )
+        try:
+            await self.committer.store(message)
+        except Exception as error:  # nothing was stored: the sender must try again
+            log_event(log, logging.ERROR, "queue_failed", client=peer, error=type(error).__name__)
+            return "451 4.3.0 Could not store the message: try again later"
+        log_event(
+            log,
+            logging.INFO,
+            "received",
+            queue_id=queue_id,
+            client=peer,
+            size=len(body),
+            recipients=len(state.recipients),
+            copies=sum(1 for r in state.recipients if r.mailbox),
+        )
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+
+def _state(envelope: Envelope) -> _State:
+    state = getattr(envelope, "continuity", None)
+    if state is None:
+        state = _State()
+        envelope.continuity = state  # type: ignore[attr-defined]
+    return state
+
+
+def _peer(session: Session) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return ""
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's server with the gateway's per-connection rules: a limit on concurrent
+    connections per client, and source routes refused (aiosmtpd drops them silently)."""
+
+    def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._gateway = handler
+        self._refused_connection: str | None = None
+        self._counted: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Count the client's connection; over its limit, the greeting becomes a 421."""
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        refusal = self._gateway.limits.open_connection(address)
+        if refusal:
+            self._refused_connection = refusal
+        else:
+            self._counted = address
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Give the connection back to the client's count."""
+        if self._counted is not None:
+            self._gateway.limits.close_connection(self._counted)
+            self._counted = None
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._refused_connection is not None:
+            await self.push(self._refused_connection)
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        await super()._handle_client()
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        """Refuse a source route before aiosmtpd strips it."""
+        if arg and arg[:3].upper() == "TO:" and recipients.source_route(arg[3:]):
+            await self.push("550 5.7.1 Source routes are not accepted")
+            return
+        await super().smtp_RCPT(arg)

@@ -1,0 +1,566 @@
+"""The mail queue's rules: storing what the gateway accepted, claiming work across
+gateways, recording outcomes, and the queries an operator and the Control Panel read.
+
+The queue lives in the roster database, bodies included, so that on PostgreSQL any
+gateway on any host can finish another's messages. A claim is a lease on a row
+(``claimed_by``, ``claimed_until``): a gateway that dies leaves leases that lapse, and
+another gateway takes the rows then.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from roster.identity import covered, find_person
+from roster.models import (
+    BOUNCED,
+    COPY_DONE,
+    COPY_FAILED,
+    COPY_PENDING,
+    DEFERRED,
+    DELIVERED,
+    PENDING_STATES,
+    QUEUED,
+    ROUTE_PRIMARY,
+    Domain,
+    MailMessage,
+    MailRecipient,
+    StandbyCopy,
+    utcnow,
+)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """A 20-character id that sorts by time: 48 bits of milliseconds, 52 random bits."""
+    millis = int((time.time() if now is None else now) * 1000)
+    value = (millis << 52) | secrets.randbits(52)
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(95, -1, -5))
+
+
+# ---------------------------------------------------------------------------
+# Who a recipient is
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recipient:
+    """What the roster says of a RCPT address in a domain it holds."""
+
+    address: str
+    domain_id: int
+    known: bool  # a live person or alias of the roster
+    person_id: int | None = None
+    mailbox: str | None = None  # the person's roster address, when covered
+
+
+def domain_named(session: Session, name: str) -> Domain | None:
+    """The roster's domain of this name, or None."""
+    return session.scalar(select(Domain).where(Domain.name == name))
+
+
+def resolve_recipient(session: Session, domain: Domain, address: str) -> Recipient:
+    """Who ``address`` (already normalised, in ``domain``) is, and whether their mail is
+    copied to the standby store: an alias maps to its person; a person of another domain
+    reached through an alias here is still that person."""
+    person = find_person(session, address)
+    if person is None:
+        return Recipient(address, domain.id, known=False)
+    mailbox = person.mail if covered(session, person) else None
+    return Recipient(address, domain.id, known=True, person_id=person.id, mailbox=mailbox)
+
+
+# ---------------------------------------------------------------------------
+# Storing accepted messages (one transaction for many: the group commit)
+# ---------------------------------------------------------------------------
+@dataclass
+class Incoming:
+    """A message the receiver is about to acknowledge."""
+
+    queue_id: str
+    sender: str
+    body: bytes
+    recipients: Sequence[Recipient]
+    message_id: str = ""
+    client_address: str = ""
+    client_name: str = ""
+    helo: str = ""
+    protocol: str = "ESMTP"
+    origin: str = "smtp"
+    route: str = ROUTE_PRIMARY
+    received_at: datetime = field(default_factory=utcnow)
+
+
+def store(connection: Connection, messages: Sequence[Incoming]) -> None:
+    """Insert ``messages`` with their recipients and standby copies (caller commits)."""
+    if not messages:
+        return
+    connection.execute(
+        insert(MailMessage),
+        [
+            {
+                "queue_id": m.queue_id,
+                "received_at": m.received_at,
+                "sender": m.sender,
+                "size": len(m.body),
+                "message_id": m.message_id[:255],
+                "client_address": m.client_address[:64],
+                "client_name": m.client_name[:255],
+                "helo": m.helo[:255],
+                "protocol": m.protocol[:16],
+                "origin": m.origin,
+                "body": m.body,
+            }
+            for m in messages
+        ],
+    )
+    recipients = [
+        {
+            "queue_id": m.queue_id,
+            "domain_id": r.domain_id if m.route == ROUTE_PRIMARY else None,
+            "address": r.address,
+            "route": m.route,
+            "status": QUEUED,
+            "attempts": 0,
+            "next_attempt_at": m.received_at,
+            "last_reply": "",
+        }
+        for m in messages
+        for r in m.recipients
+    ]
+    connection.execute(insert(MailRecipient), recipients)
+    copies = []
+    for m in messages:
+        seen: set[str] = set()
+        for r in m.recipients:
+            if r.mailbox and r.mailbox not in seen:
+                seen.add(r.mailbox)
+                copies.append(
+                    {
+                        "queue_id": m.queue_id,
+                        "domain_id": r.domain_id,
+                        "person_id": r.person_id,
+                        "mailbox": r.mailbox,
+                        "status": COPY_PENDING,
+                        "attempts": 0,
+                        "next_attempt_at": m.received_at,
+                        "last_reply": "",
+                    }
+                )
+    if copies:
+        connection.execute(insert(StandbyCopy), copies)
+
+
+# ---------------------------------------------------------------------------
+# Claims
+# ---------------------------------------------------------------------------
+def worker_name() -> str:
+    """This process's name in claims: host, pid and a random tag (pids are reused)."""
+    return f"{os.uname().nodename[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _claimable(table: Any, now: datetime) -> Any:
+    return or_(table.claimed_until.is_(None), table.claimed_until < now)
+
+
+@dataclass
+class Delivery:
+    """Recipients of one message on one route (and domain), claimed for one attempt."""
+
+    queue_id: str
+    sender: str
+    route: str
+    domain_id: int | None
+    recipients: list[tuple[int, str]]  # (recipient row id, address)
+    attempts: int
+    received_at: datetime
+    client_address: str
+    client_name: str
+    helo: str
+    protocol: str
+    body: bytes = b""
+
+
+def claim_deliveries(
+    connection: Connection,
+    worker: str,
+    *,
+    limit: int,
+    lease: timedelta,
+    domain_ids: Iterable[int] | None = None,
+    now: datetime | None = None,
+) -> list[Delivery]:
+    """Take up to ``limit`` due recipient rows for ``worker`` (caller commits), oldest
+    first, grouped by message and route; rows claimed by a live gateway are skipped."""
+    now = now or utcnow()
+    table = MailRecipient
+    query = (
+        select(table.id)
+        .where(
+            table.status.in_(PENDING_STATES),
+            table.next_attempt_at <= now,
+            _claimable(table, now),
+        )
+        .order_by(table.next_attempt_at, table.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if domain_ids is not None:
+        query = query.where(or_(table.domain_id.in_(list(domain_ids)), table.domain_id.is_(None)))
+    ids = list(connection.scalars(query))
+    if not ids:
+        return []
+    connection.execute(
+        update(table)
+        .where(table.id.in_(ids), _claimable(table, now))
+        .values(claimed_by=worker, claimed_until=now + lease)
+    )
+    rows = connection.execute(
+        select(
+            table.id,
+            table.queue_id,
+            table.address,
+            table.route,
+            table.domain_id,
+            table.attempts,
+            MailMessage.sender,
+            MailMessage.received_at,
+            MailMessage.client_address,
+            MailMessage.client_name,
+            MailMessage.helo,
+            MailMessage.protocol,
+        )
+        .join(MailMessage, MailMessage.queue_id == table.queue_id)
+        .where(table.id.in_(ids), table.claimed_by == worker)
+        .order_by(MailMessage.received_at, table.id)
+    ).all()
+    grouped: dict[tuple[str, str, int | None], Delivery] = {}
+    for row in rows:
+        key = (row.queue_id, row.route, row.domain_id)
+        found = grouped.get(key)
+        if found is None:
+            found = grouped[key] = Delivery(
+                queue_id=row.queue_id,
+                sender=row.sender,
+                route=row.route,
+                domain_id=row.domain_id,
+                recipients=[],
+                attempts=row.attempts,
+                received_at=row.received_at,
+                client_address=row.client_address,
+                client_name=row.client_name,
+                helo=row.helo,
+                protocol=row.protocol,
+            )
+        found.recipients.append((row.id, row.address))
+        found.attempts = max(found.attempts, row.attempts)
+    deliveries = list(grouped.values())
+    bodies = dict(
+        connection.execute(
+            select(MailMessage.queue_id, MailMessage.body).where(
+                MailMessage.queue_id.in_({d.queue_id for d in deliveries})
+            )
+        ).tuples()
+    )
+    for delivery in deliveries:
+        delivery.body = bodies[delivery.queue_id]
+    return deliveries
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one recipient row in one attempt."""
+
+    recipient_id: int
+    status: str  # DELIVERED, DEFERRED or BOUNCED
+    reply: str
+    next_attempt_at: datetime | None = None
+
+
+def record_outcomes(
+    connection: Connection, worker: str, outcomes: Sequence[Outcome], now: datetime | None = None
+) -> None:
+    """Write attempt outcomes and release the claims (caller commits)."""
+    now = now or utcnow()
+    for outcome in outcomes:
+        values: dict[str, Any] = {
+            "status": outcome.status,
+            "last_reply": outcome.reply[:1000],
+            "last_attempt_at": now,
+            "attempts": MailRecipient.attempts + 1,
+            "claimed_by": None,
+            "claimed_until": None,
+        }
+        if outcome.status == DELIVERED:
+            values["delivered_at"] = now
+        if outcome.next_attempt_at is not None:
+            values["next_attempt_at"] = outcome.next_attempt_at
+        connection.execute(
+            update(MailRecipient).where(MailRecipient.id == outcome.recipient_id).values(**values)
+        )
+
+
+def release(connection: Connection, worker: str, recipient_ids: Sequence[int]) -> None:
+    """Give back claims without an attempt (a gateway stopping)."""
+    connection.execute(
+        update(MailRecipient)
+        .where(MailRecipient.id.in_(list(recipient_ids)), MailRecipient.claimed_by == worker)
+        .values(claimed_by=None, claimed_until=None)
+    )
+
+
+def mark_delay_notified(connection: Connection, recipient_ids: Sequence[int]) -> None:
+    """Remember that the sender was told these recipients are delayed."""
+    connection.execute(
+        update(MailRecipient)
+        .where(MailRecipient.id.in_(list(recipient_ids)))
+        .values(delay_notified_at=utcnow())
+    )
+
+
+def delay_notified(connection: Connection, recipient_ids: Sequence[int]) -> set[int]:
+    """Which of these recipients' senders were already told of a delay."""
+    return set(
+        connection.scalars(
+            select(MailRecipient.id).where(
+                MailRecipient.id.in_(list(recipient_ids)),
+                MailRecipient.delay_notified_at.is_not(None),
+            )
+        )
+    )
+
+
+@dataclass
+class Copy:
+    """A standby copy claimed for one attempt."""
+
+    id: int
+    queue_id: str
+    mailbox: str
+    attempts: int
+    body: bytes = b""
+
+
+def claim_copies(
+    connection: Connection,
+    worker: str,
+    *,
+    limit: int,
+    lease: timedelta,
+    now: datetime | None = None,
+) -> list[Copy]:
+    """Take up to ``limit`` due standby copies for ``worker`` (caller commits)."""
+    now = now or utcnow()
+    table = StandbyCopy
+    ids = list(
+        connection.scalars(
+            select(table.id)
+            .where(
+                table.status == COPY_PENDING, table.next_attempt_at <= now, _claimable(table, now)
+            )
+            .order_by(table.next_attempt_at, table.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if not ids:
+        return []
+    connection.execute(
+        update(table)
+        .where(table.id.in_(ids), _claimable(table, now))
+        .values(claimed_by=worker, claimed_until=now + lease)
+    )
+    rows = connection.execute(
+        select(table.id, table.queue_id, table.mailbox, table.attempts, MailMessage.body)
+        .join(MailMessage, MailMessage.queue_id == table.queue_id)
+        .where(table.id.in_(ids), table.claimed_by == worker)
+        .order_by(table.id)
+    ).all()
+    return [Copy(r.id, r.queue_id, r.mailbox, r.attempts, r.body) for r in rows]
+
+
+def record_copy(
+    connection: Connection,
+    copy_id: int,
+    status: str,
+    reply: str,
+    next_attempt_at: datetime | None = None,
+) -> None:
+    """Write one standby copy's outcome and release its claim (caller commits)."""
+    values: dict[str, Any] = {
+        "status": status,
+        "last_reply": reply[:1000],
+        "attempts": StandbyCopy.attempts + 1,
+        "claimed_by": None,
+        "claimed_until": None,
+    }
+    if status == COPY_DONE:
+        values["copied_at"] = utcnow()
+    if next_attempt_at is not None:
+        values["next_attempt_at"] = next_attempt_at
+    connection.execute(update(StandbyCopy).where(StandbyCopy.id == copy_id).values(**values))
+
+
+# ---------------------------------------------------------------------------
+# What an operator and the Control Panel read
+# ---------------------------------------------------------------------------
+def retry_now(
+    session: Session, *, queue_id: str | None = None, domain_id: int | None = None
+) -> int:
+    """Make pending recipients (of one message, or of one domain) due now; how many."""
+    condition = MailRecipient.status.in_(PENDING_STATES)
+    if queue_id is not None:
+        condition = and_(condition, MailRecipient.queue_id == queue_id)
+    if domain_id is not None:
+        condition = and_(condition, MailRecipient.domain_id == domain_id)
+    result = session.execute(
+        update(MailRecipient).where(condition).values(next_attempt_at=utcnow())
+    )
+    copies = StandbyCopy.status == COPY_PENDING
+    if queue_id is not None:
+        copies = and_(copies, StandbyCopy.queue_id == queue_id)
+    if domain_id is not None:
+        copies = and_(copies, StandbyCopy.domain_id == domain_id)
+    session.execute(update(StandbyCopy).where(copies).values(next_attempt_at=utcnow()))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One message of the queue as an operator lists it."""
+
+    queue_id: str
+    received_at: datetime
+    sender: str
+    size: int
+    recipients: int
+    pending: int
+    next_attempt_at: datetime | None
+    last_reply: str
+
+
+def pending_messages(
+    session: Session, *, domain_id: int | None = None, limit: int = 1000
+) -> list[QueueRow]:
+    """Messages with recipients still to deliver, oldest first."""
+    pending = MailRecipient.status.in_(PENDING_STATES)
+    query = (
+        select(
+            MailMessage.queue_id,
+            MailMessage.received_at,
+            MailMessage.sender,
+            MailMessage.size,
+            func.count(MailRecipient.id),
+            func.sum(case((pending, 1), else_=0)),
+            func.min(case((pending, MailRecipient.next_attempt_at), else_=None)),
+            func.max(MailRecipient.last_reply),
+        )
+        .join(MailRecipient, MailRecipient.queue_id == MailMessage.queue_id)
+        .where(
+            MailMessage.queue_id.in_(
+                select(MailRecipient.queue_id).where(
+                    pending, *([MailRecipient.domain_id == domain_id] if domain_id else [])
+                )
+            )
+        )
+        .group_by(
+            MailMessage.queue_id, MailMessage.received_at, MailMessage.sender, MailMessage.size
+        )
+        .order_by(MailMessage.received_at)
+        .limit(limit)
+    )
+    return [QueueRow(*row) for row in session.execute(query).tuples()]
+
+
+@dataclass(frozen=True)
+class MessageDetail:
+    """A message of the queue with each recipient's and each standby copy's state."""
+
+    message: MailMessage
+    recipients: list[MailRecipient]
+    copies: list[StandbyCopy]
+
+
+def message_detail(session: Session, queue_id: str) -> MessageDetail | None:
+    """The message with this queue id, or None."""
+    message = session.get(MailMessage, queue_id)
+    if message is None:
+        return None
+    recipients = list(
+        session.scalars(
+            select(MailRecipient)
+            .where(MailRecipient.queue_id == queue_id)
+            .order_by(MailRecipient.id)
+        )
+    )
+    copies = list(
+        session.scalars(
+            select(StandbyCopy).where(StandbyCopy.queue_id == queue_id).order_by(StandbyCopy.id)
+        )
+    )
+    return MessageDetail(message, recipients, copies)
+
+
+@dataclass(frozen=True)
+class MailCounts:
+    """A domain's mail since a moment: what the Control Panel's overview shows."""
+
+    received: int
+    delivered: int
+    deferred: int
+    bounced: int
+    copied: int
+    copies_pending: int
+
+
+def mail_counts(session: Session, domain_id: int, since: datetime) -> MailCounts:
+    """Counts of a domain's recipients received, delivered and bounced since ``since``,
+    deferred now, and standby copies made since then and still pending."""
+    r = MailRecipient
+    received, delivered, bounced, deferred = session.execute(
+        select(
+            func.count(r.id),
+            func.sum(case((and_(r.status == DELIVERED, r.delivered_at >= since), 1), else_=0)),
+            func.sum(case((r.status == BOUNCED, 1), else_=0)),
+            func.sum(case((r.status == DEFERRED, 1), else_=0)),
+        )
+        .join(MailMessage, MailMessage.queue_id == r.queue_id)
+        .where(r.domain_id == domain_id, MailMessage.received_at >= since)
+    ).one()
+    still_deferred = session.scalar(
+        select(func.count(r.id)).where(r.domain_id == domain_id, r.status == DEFERRED)
+    )
+    s = StandbyCopy
+    copied, copies_pending = session.execute(
+        select(
+            func.sum(case((and_(s.status == COPY_DONE, s.copied_at >= since), 1), else_=0)),
+            func.sum(case((s.status == COPY_PENDING, 1), else_=0)),
+        ).where(s.domain_id == domain_id)
+    ).one()
+    del deferred
+    return MailCounts(
+        received=int(received or 0),
+        delivered=int(delivered or 0),
+        deferred=int(still_deferred or 0),
+        bounced=int(bounced or 0),
+        copied=int(copied or 0),
+        copies_pending=int(copies_pending or 0),
+    )
+
+
+__all__ = [
+    "BOUNCED",
+    "COPY_DONE",
+    "COPY_FAILED",
+    "DEFERRED",
+    "DELIVERED",
+    "QUEUED",
+]

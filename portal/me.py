@@ -23,7 +23,7 @@ from roster.identity import (
     may_use_emergency_password,
     normalise_address,
     redeem_reset_code,
-    set_emergency_password,
+    set_person_emergency_password,
 )
 from roster.models import Domain, Person, utcnow
 from roster.passwords import burn_verify_time, policy_problems
@@ -125,7 +125,7 @@ def emergency_password() -> Any:
         row = write.get(Person, person.id)
         if row is None:
             abort(404)
-        set_emergency_password(
+        set_person_emergency_password(
             write,
             row,
             form.password.data or "",
@@ -202,7 +202,9 @@ def reset() -> Any:
         if row is None or not redeem_reset_code(write, row, code, utcnow()):
             flash(_("The address or the code is not right, or the code has expired."), "error")
             return render_template("me/reset.html", form=form), 401
-        set_emergency_password(write, row, form.password.data or "", row.mail, client_address())
+        set_person_emergency_password(
+            write, row, form.password.data or "", row.mail, client_address()
+        )
         forget_reset_codes(write, row)
     flash(_("Your new emergency password is set. You can sign in with it."), "notice")
     return redirect(url_for("auth.sign_in"))

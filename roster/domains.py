@@ -26,6 +26,19 @@ class RosterError(Exception):
     """A change the roster refuses; the message says why, for a person to act on."""
 
 
+class Refused(RosterError):
+    """A change the rules refuse; nothing was changed.
+
+    ``code`` and ``params`` let the portal word it in the reader's language; the message
+    is the English text the command line prints.
+    """
+
+    def __init__(self, code: str, message: str, **params: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.params = params
+
+
 @dataclass(frozen=True)
 class Primary:
     """Where a domain's own mail server listens."""
@@ -46,23 +59,63 @@ def normalise_domain(name: str) -> str:
     return text
 
 
+def primary_host(value: str) -> str:
+    """A primary server's host as the roster stores it, or ``Refused`` saying why not.
+
+    An IP address must parse (IPv6 with or without brackets); anything else must be a
+    host name as RFC 1123 has it: labels of letters, digits and hyphens, none longer
+    than 63, the whole at most 253, and a last label that is not all digits (so that
+    ``999.999.999.999``, ``1.2.3.4.5`` or ``0`` is no name, but a wrong address).
+    """
+    text = printable(value.strip(), 300).lower()
+    bare = text.removeprefix("[").removesuffix("]") if text.startswith("[") else text
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    else:
+        scoped = isinstance(address, ipaddress.IPv6Address) and address.scope_id
+        if scoped or address.is_unspecified or address.is_multicast:
+            raise Refused("primary_ip", f"{text!r} is not a usable IP address", value=text)
+        return str(address)
+    name = bare.removesuffix(".")
+    if _LOOKS_NUMERIC.fullmatch(name):
+        raise Refused("primary_ip", f"{text!r} is not a valid IP address", value=text)
+    if bare != text:
+        name = ""  # brackets hold an IPv6 address, never a name
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            name = ""
+    if len(name) > 253 or not HOST_RE.match(name) or name.rsplit(".", 1)[-1].isdigit():
+        raise Refused("primary_host", f"{text!r} is not a host name or IP address", value=text)
+    return name
+
+
+_LOOKS_NUMERIC = re.compile(r"[0-9.]*[0-9][0-9.]*|[0-9a-f.]*:[0-9a-f:.%]*")
+"""Digits and dots only, or hex with colons: meant as an IP address, whether or not one."""
+
+
 def parse_primary(value: str) -> Primary:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6; port 25 when left out)."""
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6; port 25 when left out).
+
+    The host is checked as ``primary_host`` checks it; a RosterError says what is wrong.
+    """
     text = value.strip()
-    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?", text) or re.fullmatch(
+    match = re.fullmatch(r"(\[[^\]]*\])(?::(\d+))?", text) or re.fullmatch(
         r"([^:\[\]]+)(?::(\d+))?", text
     )
     if not match:
         raise RosterError(f"{value!r} is not HOST:PORT")
-    host, port_text = match.group(1).lower(), match.group(2)
-    port = int(port_text) if port_text else 25
+    port_text = match.group(2)
+    port = int(port_text) if port_text and len(port_text) <= 5 else 0 if port_text else 25
     if not 1 <= port <= 65535:
         raise RosterError(f"{value!r}: the port must be between 1 and 65535")
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not HOST_RE.match(host):
-            raise RosterError(f"{value!r}: {host!r} is not a host name or address") from None
+        host = primary_host(match.group(1))
+    except Refused as refused:
+        raise RosterError(f"{value!r}: {refused}") from None
     return Primary(host, port)
 
 
@@ -71,6 +124,94 @@ def primary_text(host: str | None, port: int) -> str | None:
     if host is None:
         return None
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+TLS_MODES = ("starttls", "tls", "none")
+"""How the gateway talks to a primary server: STARTTLS on a plain port (the usual for port
+25), TLS from the first byte (port 465), or neither (a primary on a trusted network)."""
+PROBE_INTERVAL_RANGE = (10, 3600)
+FAILURES_RANGE = (1, 20)
+
+
+@dataclass(frozen=True)
+class PrimarySettings:
+    """A domain's primary mail server and its failover thresholds, as typed."""
+
+    host: str
+    port: int
+    tls: str
+    automatic: bool
+    probe_interval_seconds: int
+    failures_before_failover: int
+
+
+class PrimaryRefused(Refused):
+    """Primary server settings with one wrong field or more: ``refusals`` has one
+    ``Refused`` a wrong field, in the order of the form; the first gives the code."""
+
+    def __init__(self, refusals: list[Refused]) -> None:
+        first = refusals[0]
+        super().__init__(first.code, "; ".join(str(r) for r in refusals), **first.params)
+        self.refusals = refusals
+
+
+def check_primary(
+    host: str,
+    port: int | str,
+    tls: str,
+    automatic: bool,
+    probe_interval_seconds: int | str,
+    failures_before_failover: int | str,
+) -> PrimarySettings:
+    """Validated settings, or ``PrimaryRefused`` naming every wrong field."""
+    refusals: list[Refused] = []
+
+    def checked(check: Any, *args: Any) -> Any:
+        try:
+            return check(*args)
+        except Refused as refused:
+            refusals.append(refused)
+            return None
+
+    text = checked(primary_host, str(host))
+    number = checked(_number, port, 1, 65535, "primary_port", "the port")
+    if tls not in TLS_MODES:
+        refusals.append(
+            Refused("primary_tls", f"{tls!r} is not one of {', '.join(TLS_MODES)}", value=tls)
+        )
+    interval = checked(
+        _number,
+        probe_interval_seconds,
+        *PROBE_INTERVAL_RANGE,
+        "probe_interval",
+        "the probe interval",
+    )
+    failures = checked(
+        _number,
+        failures_before_failover,
+        *FAILURES_RANGE,
+        "failures_before_failover",
+        "the failures before failover",
+    )
+    if refusals:
+        raise PrimaryRefused(refusals)
+    return PrimarySettings(text, number, tls, bool(automatic), interval, failures)
+
+
+def _number(value: int | str, low: int, high: int, code: str, name: str) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise Refused(
+            code,
+            f"{name} must be a whole number from {low} to {high}",
+            value=printable(str(value), 20),
+            low=low,
+            high=high,
+        )
+    return number
 
 
 def domain_state(domain: Domain) -> dict[str, Any]:

@@ -286,7 +286,7 @@ def end_sessions(
         )
 
 
-def set_emergency_password(
+def set_person_emergency_password(
     session: Session,
     person: Person,
     password: str,

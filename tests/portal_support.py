@@ -30,7 +30,7 @@ from continuity.localslapd import Slapd
 from portal import create_app
 from roster.config import load_config
 from roster.db import make_engine
-from roster.identity import find_person, set_emergency_password
+from roster.identity import find_person, set_person_emergency_password
 from roster.models import AuditEvent, Base, CoverageEntry, Domain, Person, SignInThrottle
 from roster.throttle import ACCOUNT_LOCK_AFTER
 from tests.directory import Continuity, DirectoryTree, source_toml
@@ -311,7 +311,7 @@ class Portal:
         with Session(self.engine) as session, session.begin():
             person = find_person(session, address)
             assert person is not None
-            set_emergency_password(session, person, password, address)
+            set_person_emergency_password(session, person, password, address)
 
     def add_staff(
         self,

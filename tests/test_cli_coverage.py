@@ -15,16 +15,15 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from roster.db import session_factory, transaction
-from roster.domains import get_domain
+from roster.domains import check_primary, get_domain
 from roster.models import AuditEvent, Domain
 from roster.service import (
     activate,
     add_person,
-    check_primary,
     remove_person,
     set_coverage_mode,
-    set_emergency_password,
     set_primary,
+    switch_emergency_password,
 )
 from tests.directory import Continuity, DirectoryTree, source_toml
 
@@ -223,6 +222,16 @@ def test_domain_set_emergency_password_and_primary(tool: Continuity, engine: Eng
     for options, message in [
         (["--primary", "bad host:25"], "--primary: 'bad host:25': 'bad host' is not a host name"),
         (["--primary", "mx.acme.test:70000"], "the port must be between 1 and 65535"),
+        # Regression: impossible addresses were saved as primary servers.
+        (["--primary", "999.999.999.999"], "'999.999.999.999' is not a valid IP address"),
+        (["--primary", "1.2.3.4.5:25"], "'1.2.3.4.5' is not a valid IP address"),
+        (["--primary", "0"], "'0' is not a valid IP address"),
+        (["--primary", "[2001:db8::zz]:25"], "is not a host name or IP address"),
+        (
+            ["--probe-interval", "5", "--failures-before-failover", "0"],
+            "the probe interval must be a whole number from 10 to 3600; the failures"
+            " before failover must be a whole number from 1 to 20",
+        ),
         (["--probe-interval", "5"], "the probe interval must be a whole number from 10 to 3600"),
         (
             ["--primary", "mx.acme.test", "--failures-before-failover", "21"],
@@ -248,7 +257,19 @@ def test_coverage_mode_needs_yes_to_empty_the_list(tool: Continuity, engine: Eng
     result = tool.run("coverage", "mode", ACME, "selected")
     assert result.exit_code == 1 and "activate it first" in result.stderr
     ok(tool, "domain", "activate", ACME)
-    assert ok(tool, "coverage", "mode", ACME, "selected").stdout == (
+    # Regression: going to only selected users with nobody listed uncovered everyone
+    # without a word; it needs --yes, like the opposite switch.
+    before, events = shown(tool), audit_count(engine)
+    result = tool.run("coverage", "mode", ACME, "selected")
+    assert result.exit_code == 1
+    assert lines(result.stderr) == [
+        "continuity: 3 covered user(s) of acme.test are not on the list of selected users"
+        " and will no longer be covered: run again with --yes, or add them first"
+        " (coverage add)"
+    ]
+    assert shown(tool) == before and audit_count(engine) == events
+    assert covered(tool) == ["ana@acme.test", "bo@acme.test", "dee@acme.test"]
+    assert ok(tool, "coverage", "mode", ACME, "selected", "--yes").stdout == (
         "acme.test covers only selected users\n"
     )
     assert covered(tool) == []
@@ -269,7 +290,7 @@ def test_coverage_mode_needs_yes_to_empty_the_list(tool: Continuity, engine: Eng
     )
     assert shown(tool)["coverage_mode"] == "all"
     assert covered(tool) == ["ana@acme.test", "bo@acme.test", "dee@acme.test"]
-    ok(tool, "coverage", "mode", ACME, "selected")
+    ok(tool, "coverage", "mode", ACME, "selected", "--yes")
     assert covered(tool) == []  # the list was emptied for good
     assert ok(tool, "coverage", "mode", ACME, "all").stdout == "acme.test covers all users\n"
     result = tool.run("coverage", "mode", ACME, "some")
@@ -285,7 +306,7 @@ def test_coverage_add_and_remove_do_the_good_ones_and_refuse_each_bad_one(
         1,
         "continuity: acme.test covers all users: choose only selected users first\n",
     )
-    ok(tool, "coverage", "mode", ACME, "selected")
+    ok(tool, "coverage", "mode", ACME, "selected", "--yes")
 
     result = tool.run(
         *("coverage", "add", ACME, "ana@acme.test", "nobody@acme.test", "eve@brand.test"),
@@ -332,7 +353,7 @@ def test_coverage_list_in_text_and_json(tool: Continuity) -> None:
         {"mail": "bo@acme.test", "display_name": "Bo Ek"},
         {"mail": "dee@acme.test", "display_name": "Dee Núñez"},
     ]
-    ok(tool, "coverage", "mode", ACME, "selected")
+    ok(tool, "coverage", "mode", ACME, "selected", "--yes")
     ok(tool, "coverage", "add", ACME, "dee@acme.test", "cy@acme.test")
     assert ok(tool, "coverage", "list", ACME).stdout == "dee@acme.test\tDee Núñez\n"
     assert json.loads(ok(tool, "coverage", "list", ACME, "--json").stdout) == [
@@ -358,15 +379,15 @@ def test_the_command_leaves_the_same_audit_trail_as_the_service(
         (["domain", "activate", ACME], lambda s, d: activate(s, d, USER)),
         (
             ["domain", "set", ACME, "--emergency-password", "on"],
-            lambda s, d: set_emergency_password(s, d, True, USER),
+            lambda s, d: switch_emergency_password(s, d, True, USER),
         ),
         (
             ["domain", "set", ACME, "--primary", "mx.acme.test:2525"],
             lambda s, d: set_primary(s, d, primary, USER),
         ),
         (
-            ["coverage", "mode", ACME, "selected"],
-            lambda s, d: set_coverage_mode(s, d, "selected", USER),
+            ["coverage", "mode", ACME, "selected", "--yes"],
+            lambda s, d: set_coverage_mode(s, d, "selected", USER, confirmed=True),
         ),
         (
             ["coverage", "add", ACME, "ana@acme.test"],
@@ -408,7 +429,10 @@ def test_the_command_leaves_the_same_audit_trail_as_the_service(
     assert neutral(by_command, ACME, "ana@acme.test", "bo@acme.test") == neutral(
         by_service, BRAND, "eve@brand.test", "fay@brand.test"
     )
-    assert by_command[-1][4] == "1 listed user(s) removed"
+    assert by_command[-1][2:4] == (
+        {"coverage_mode": "selected", "listed": 1},
+        {"coverage_mode": "all", "listed": 0},
+    )
 
 
 def test_someone_moving_to_another_domain_leaves_the_first_domain_list(
@@ -419,7 +443,7 @@ def test_someone_moving_to_another_domain_leaves_the_first_domain_list(
     domain, whose admins never chose them."""
     for domain in (ACME, BRAND):
         ok(tool, "domain", "activate", domain)
-        ok(tool, "coverage", "mode", domain, "selected")
+        ok(tool, "coverage", "mode", domain, "selected", "--yes")
     ok(tool, "coverage", "add", ACME, "ana@acme.test", "bo@acme.test")
     directory.replace("ana", mail="ana@brand.test")
     assert tool.sync("--full")[1]["counts"]["renamed"] == 1

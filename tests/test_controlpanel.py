@@ -14,8 +14,6 @@ from email.policy import default as default_policy
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.handlers import Sink
 from flask import Flask, url_for
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -42,6 +40,7 @@ from tests.portal_support import (
     submit,
     text,
 )
+from tests.servers.smtp import Collect, smtp_server
 
 pytest_plugins = ("tests.portal_support",)
 
@@ -119,29 +118,6 @@ def field_error(page: str, field_id: str) -> str:
     """The error message shown under a form field."""
     found = re.search(rf'<p class="field-error" id="{field_id}-error"[^>]*>(.*?)</p>', page)
     return found.group(1) if found else ""
-
-
-@contextmanager
-def smtp_server(handler: Any) -> Iterator[int]:
-    """A real aiosmtpd server on 127.0.0.1; yields its port."""
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield port
-    finally:
-        controller.stop()
-
-
-class Collect:
-    """An aiosmtpd handler that keeps every message it is given."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[Any] = []
-
-    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
-        self.envelopes.append(envelope)
-        return "250 OK"
 
 
 @contextmanager
@@ -322,10 +298,41 @@ def test_going_to_all_users_warns_with_the_count_then_empties_the_list(panel: Po
     assert "Continuity Service users" not in page
     assert '<dd id="covered">3</dd>' in page
 
-    post(admin, f"{PAGE}/coverage", {"mode": "selected"})
+    post(admin, f"{PAGE}/coverage", {"mode": "selected", "confirmed": "1"})
     page = text(admin.get(PAGE))
     assert "Continuity Service now covers only selected users." in flashes(page)
     assert "0 users on the list." in page and table_addresses(page) == []
+    assert '<dd id="covered">0</dd>' in page
+
+
+def test_going_to_selected_users_warns_with_the_count_of_the_uncovered(panel: Portal) -> None:
+    """Regression: going from all users to only selected users with nobody listed
+    uncovered everyone (3 covered people became 0) without a word."""
+    panel.set_domain(active=True, mode="all")
+    admin = admin_of(panel)
+    assert '<dd id="covered">3</dd>' in text(admin.get(PAGE))
+
+    warning = post(admin, f"{PAGE}/coverage", {"mode": "selected"})
+    spanish = post(admin, f"{PAGE}/coverage", {"mode": "selected"}, headers=SPANISH)
+
+    assert warning.status_code == 200
+    shown = text(warning)
+    assert "Cover only selected users of acme.test?" in shown
+    assert "3 users covered now are not on the list and will no longer be covered." in flashes(
+        shown
+    )
+    assert '<input type="hidden" name="mode" value="selected">' in shown
+    assert '<input type="hidden" name="confirmed" value="1">' in shown
+    assert "Confirmar" in text(spanish)
+    assert domain_row(panel).coverage_mode == "all"  # nothing happened yet
+    assert '<dd id="covered">3</dd>' in text(admin.get(PAGE))
+
+    confirmed = post(admin, f"{PAGE}/coverage", {"mode": "selected", "confirmed": "1"})
+
+    assert location_path(confirmed) == PAGE
+    page = text(admin.get(PAGE))
+    assert "Continuity Service now covers only selected users." in flashes(page)
+    assert domain_row(panel).coverage_mode == "selected"
     assert '<dd id="covered">0</dd>' in page
 
 
@@ -764,11 +771,12 @@ def test_primary_settings_are_checked_in_both_languages_and_saved(panel: Portal)
 
 
 def test_test_connection_against_a_real_server_and_a_closed_port(panel: Portal) -> None:
-    admin = admin_of(panel)
+    # The test servers run on this host: a primary here is allowed only when configured.
+    admin = admin_of(panel, app=panel.build(gateway={"allow_local_primary": True}))
     typed = {"host": "127.0.0.1", "tls": "none", "probe_interval": "60"}
     typed |= {"failures_before_failover": "3"}
 
-    with smtp_server(Sink()) as port:
+    with smtp_server() as port:
         works = post(admin, f"{PAGE}/primary/test", {**typed, "port": str(port)})
     closed = post(admin, f"{PAGE}/primary/test", {**typed, "port": str(free_port())})
     wrong = post(admin, f"{PAGE}/primary/test", {**typed, "port": "http"})
@@ -799,7 +807,7 @@ def test_the_audit_page_lists_the_changes_with_before_and_after(panel: Portal) -
     panel.add_staff("admin@other.test", "admin", OTHER_DOMAIN)
     admin = admin_of(panel)
     post(admin, f"{PAGE}/activate")
-    post(admin, f"{PAGE}/coverage", {"mode": "selected"})
+    post(admin, f"{PAGE}/coverage", {"mode": "selected", "confirmed": "1"})
     post(admin, f"{PAGE}/add", {"address": "bo@acme.test"})
     other = admin_of(panel, OTHER_DOMAIN)
     post(other, f"/admin/domains/{OTHER_DOMAIN}/activate")

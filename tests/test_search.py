@@ -124,7 +124,7 @@ def test_suggestions_by_address_or_name_ignoring_case_and_accents(
     with transaction(factory) as session:
         domain = get_domain(session, ACME)
         activate(session, domain, "admin@acme.test")
-        set_coverage_mode(session, domain, "selected", "admin@acme.test")
+        set_coverage_mode(session, domain, "selected", "admin@acme.test", confirmed=True)
         add_person(session, domain, "lgarcia@acme.test", "admin@acme.test")
     assert [(s.mail, s.listed) for s in suggest(index, factory, acme, "garcia")] == [
         ("ana.garcia@acme.test", False),

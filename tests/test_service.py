@@ -14,9 +14,19 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from roster.coverage import is_covered, person_is_covered
+from roster.bulk import ADD, BULK_LIMIT, REMOVE, bulk, parse_bulk
+from roster.coverage import covered_clause, is_covered, person_is_covered
 from roster.db import session_factory, transaction
-from roster.domains import add_domain, get_domain
+from roster.domains import (
+    Primary,
+    PrimaryRefused,
+    Refused,
+    RosterError,
+    add_domain,
+    check_primary,
+    get_domain,
+    parse_primary,
+)
 from roster.identity import sign_in_facts
 from roster.models import (
     Alias,
@@ -30,27 +40,19 @@ from roster.models import (
     utcnow,
 )
 from roster.service import (
-    ADD,
-    BULK_LIMIT,
-    REMOVE,
-    Refused,
     activate,
     add_person,
-    bulk,
-    check_primary,
-    covered_clause,
     covered_people,
     deactivate,
     domains_visible,
     listed_count,
     listed_page,
     overview,
-    parse_bulk,
     remove_person,
     remove_person_by_id,
     set_coverage_mode,
-    set_emergency_password,
     set_primary,
+    switch_emergency_password,
     without_emergency_password,
 )
 
@@ -305,7 +307,7 @@ def test_coverage_options_are_refused_while_inactive(
         person(session, domain, "bo")
     calls: dict[str, Callable[[Session, Domain], object]] = {
         "mode": lambda s, d: set_coverage_mode(s, d, "all", ADMIN, confirmed=True),
-        "emergency password": lambda s, d: set_emergency_password(s, d, True, ADMIN),
+        "emergency password": lambda s, d: switch_emergency_password(s, d, True, ADMIN),
         "add": lambda s, d: add_person(s, d, "bo@acme.test", ADMIN),
         "remove": lambda s, d: remove_person(s, d, "ana@acme.test", ADMIN),
         "remove by id": lambda s, d: remove_person_by_id(s, d, ana, ADMIN),
@@ -319,7 +321,7 @@ def test_coverage_options_are_refused_while_inactive(
     assert snapshot(engine) == before
     # Switching the emergency password off is no service to anyone: allowed, a no-op here.
     with transaction(factory) as session:
-        assert set_emergency_password(session, get_domain(session, ACME), False, ADMIN) is False
+        assert switch_emergency_password(session, get_domain(session, ACME), False, ADMIN) is False
 
 
 def test_emergency_password_switch_is_audited(
@@ -328,9 +330,9 @@ def test_emergency_password_switch_is_audited(
     with transaction(factory) as session:
         new_domain(session, ACME, active=True)
     with transaction(factory) as session:
-        assert set_emergency_password(session, get_domain(session, ACME), True, ADMIN)
-        assert not set_emergency_password(session, get_domain(session, ACME), True, ADMIN)
-        assert set_emergency_password(session, get_domain(session, ACME), False, ADMIN)
+        assert switch_emergency_password(session, get_domain(session, ACME), True, ADMIN)
+        assert not switch_emergency_password(session, get_domain(session, ACME), True, ADMIN)
+        assert switch_emergency_password(session, get_domain(session, ACME), False, ADMIN)
     switches = trail(engine, "emergency_password.enabled", "emergency_password.disabled")
     assert [(action, before, after) for action, _, before, after, _, _ in switches] == [
         (
@@ -357,8 +359,17 @@ def test_coverage_mode_all_to_selected_and_back_needs_confirmation(
         person(session, domain, "gone", removed=True)
     assert covered_mails(factory) == ["ana@acme.test", "bo@acme.test", "eve@acme.test"]
 
+    # Regression: going to "only selected users" with nobody listed uncovered all three
+    # without a word. It is refused until confirmed, with the count of the uncovered.
+    before = snapshot(engine)
+    error = refused(factory, lambda s: set_coverage_mode(s, get_domain(s, ACME), "selected", ADMIN))
+    assert (error.code, error.params) == ("confirm_selected_users", {"count": 3})
+    assert str(error).startswith("3 covered user(s) of acme.test are not on the list")
+    assert snapshot(engine) == before
+    assert covered_mails(factory) == ["ana@acme.test", "bo@acme.test", "eve@acme.test"]
     with transaction(factory) as session:
-        assert set_coverage_mode(session, get_domain(session, ACME), "selected", ADMIN) == 0
+        domain = get_domain(session, ACME)
+        assert set_coverage_mode(session, domain, "selected", ADMIN, confirmed=True) == 0
     assert covered_mails(factory) == []  # nobody is on the list yet
     with transaction(factory) as session:
         add_person(session, get_domain(session, ACME), "ana@acme.test", ADMIN)
@@ -392,19 +403,26 @@ def test_coverage_mode_all_to_selected_and_back_needs_confirmation(
         (
             "coverage.mode_changed",
             ADMIN,
-            {"coverage_mode": "selected"},
-            {"coverage_mode": "all"},
-            "2 listed user(s) removed",
+            {"coverage_mode": "selected", "listed": 2},
+            {"coverage_mode": "all", "listed": 0},
+            "",
             None,
         ),
     ]
 
-    # With an empty list there is nothing to lose and nothing to confirm.
+    # With an empty list there is nothing to lose and nothing to confirm; nor with
+    # nobody covered.
     with transaction(factory) as session:
         domain = get_domain(session, ACME)
-        set_coverage_mode(session, domain, "selected", ADMIN)
+        set_coverage_mode(session, domain, "selected", ADMIN, confirmed=True)
         assert set_coverage_mode(session, domain, "all", ADMIN) == 0
         assert domain.coverage_mode == "all"
+    with transaction(factory) as session:
+        domain = get_domain(session, ACME)
+        for person_row in session.scalars(select(Person).where(Person.domain_id == domain.id)):
+            person_row.disabled = True
+    with transaction(factory) as session:
+        assert set_coverage_mode(session, get_domain(session, ACME), "selected", ADMIN) == 0
 
 
 # ---------------------------------------------------------------------------
@@ -757,6 +775,17 @@ GOOD = {"host": "mail.acme.test", "port": 25, "tls": "starttls", "interval": 60,
         ({"host": "mail.acme.test:25"}, "primary_host"),
         # Regression: a name longer than 253 characters was cut to 253 and accepted.
         ({"host": ".".join(["a" * 63] * 4)}, "primary_host"),
+        # Regression: impossible addresses were saved as primary servers.
+        ({"host": "999.999.999.999"}, "primary_ip"),
+        ({"host": "1.2.3.4.5"}, "primary_ip"),
+        ({"host": "0"}, "primary_ip"),
+        ({"host": "10.1.1"}, "primary_ip"),
+        ({"host": "0.0.0.0"}, "primary_ip"),  # noqa: S104 (a value refused, not bound)
+        ({"host": "fe80::1%eth0"}, "primary_ip"),
+        ({"host": "[2001:db8::zz]"}, "primary_host"),
+        ({"host": "[mail.acme.test]"}, "primary_host"),
+        ({"host": "mail.acme.123"}, "primary_host"),
+        ({"host": "mail_1.acme.test"}, "primary_host"),
         ({"port": 0}, "primary_port"),
         ({"port": 70000}, "primary_port"),
         ({"port": "x"}, "primary_port"),
@@ -783,6 +812,44 @@ def test_check_primary_names_the_wrong_field(wrong: dict[str, Any], code: str) -
     assert caught.value.code == code
     if code in ("primary_port", "probe_interval", "failures_before_failover"):
         assert "must be a whole number from" in str(caught.value)
+
+
+def test_check_primary_names_every_wrong_field_at_once() -> None:
+    """Regression: the form showed only the first wrong field's error; fixing it showed
+    the next one, a form of five fields took five rounds."""
+    with pytest.raises(PrimaryRefused) as caught:
+        check_primary("999.999.999.999", "x", "ssl", True, "5", "21")
+    assert [r.code for r in caught.value.refusals] == [
+        "primary_ip",
+        "primary_port",
+        "primary_tls",
+        "probe_interval",
+        "failures_before_failover",
+    ]
+    assert caught.value.code == "primary_ip"
+    assert str(caught.value).count("; ") == 4
+
+
+@pytest.mark.parametrize(
+    ("value", "host", "port"),
+    [
+        ("mail.acme.test", "mail.acme.test", 25),
+        ("Mail.Acme.Test.:2525", "mail.acme.test", 2525),
+        ("[2001:DB8::25]:587", "2001:db8::25", 587),
+        ("192.0.2.25:25", "192.0.2.25", 25),
+        ("bücher.test", "xn--bcher-kva.test", 25),
+    ],
+)
+def test_parse_primary_reads_possible_servers(value: str, host: str, port: int) -> None:
+    assert parse_primary(value) == Primary(host, port)
+
+
+@pytest.mark.parametrize(
+    "value", ["999.999.999.999", "1.2.3.4.5:25", "0", "[mail.acme.test]:25", "a b:25", "::1"]
+)
+def test_parse_primary_refuses_impossible_servers(value: str) -> None:
+    with pytest.raises(RosterError):
+        parse_primary(value)
 
 
 def test_set_primary_audits_only_what_changed(
@@ -881,7 +948,7 @@ def test_overview_counts_last_sync_and_outage(factory: sessionmaker[Session]) ->
             "dee@acme.test",
         ]
 
-        set_coverage_mode(session, acme, "selected", ADMIN)
+        set_coverage_mode(session, acme, "selected", ADMIN, confirmed=True)
         for address in ("ana@acme.test", "cy@acme.test"):
             add_person(session, acme, address, ADMIN)
         seen = overview(session, acme, ["corp"])
@@ -894,8 +961,13 @@ def test_overview_counts_last_sync_and_outage(factory: sessionmaker[Session]) ->
         assert seen.outage_since == now - timedelta(minutes=5)
 
     with transaction(factory) as session:
+        assert overview(session, get_domain(session, ACME), []).continuity_state == "outage"
         session.execute(update(ContinuityEvent).values(ended_at=now))
-        assert overview(session, get_domain(session, ACME), ["corp"]).outage_since is None
+        seen = overview(session, get_domain(session, ACME), ["corp"])
+        assert seen.outage_since is None
+        # Regression: with no outage the overview said "normal" though nothing had ever
+        # checked the primary; no monitor records checks yet, so nothing is known.
+        assert seen.primary_check is None and seen.continuity_state == "not_checked"
 
 
 def test_domains_visible_to_an_admin(factory: sessionmaker[Session]) -> None:

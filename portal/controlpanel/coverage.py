@@ -12,15 +12,17 @@ from portal.access import staff
 from portal.controlpanel.scope import actor, bp, changing, confirm, domain_or_404, to_domain
 from portal.controlpanel.wording import refusal_text
 from portal.request_scope import db
+from roster.domains import Refused
 from roster.identity import ROLE_ADMIN
-from roster.models import COVERAGE_ALL
-from roster.service import Refused, set_coverage_mode
+from roster.models import COVERAGE_ALL, COVERAGE_SELECTED, Domain
+from roster.service import set_coverage_mode
 
 
 @bp.post("/domains/<name>/coverage")
 @staff(ROLE_ADMIN)
 def coverage(name: str) -> Any:
-    """Cover all users or only selected users; a warning first when the list would empty."""
+    """Cover all users or only selected users; a warning first when people would lose
+    their coverage (the list emptied, or everyone not on it uncovered)."""
     domain = domain_or_404(db(), name)
     mode = request.form.get("mode", "")
     confirmed = request.form.get("confirmed") == "1"
@@ -29,26 +31,12 @@ def coverage(name: str) -> Any:
             unchanged = found.coverage_mode == mode
             emptied = set_coverage_mode(write, found, mode, confirmed=confirmed, **actor())
     except Refused as refused:
-        if refused.code != "confirm_all_users":
-            flash(refusal_text(refused.code, refused.params), "error")
-            return to_domain(domain.name)
-        count = int(refused.params.get("count", 0))
-        return confirm(
-            domain,
-            _("Cover all users of %(domain)s?", domain=domain.name),
-            [
-                _(
-                    "Everyone in the domain will be covered. If you go back to only selected"
-                    " users later, the list starts empty."
-                )
-            ],
-            warning=ngettext(
-                "The %(num)d individually added user will be removed from the list.",
-                "The %(num)d individually added users will be removed from the list.",
-                count,
-            ),
-            fields={"mode": COVERAGE_ALL, "confirmed": "1"},
-        )
+        if refused.code == "confirm_all_users":
+            return _confirm_all_users(domain, int(refused.params.get("count", 0)))
+        if refused.code == "confirm_selected_users":
+            return _confirm_selected_users(domain, int(refused.params.get("count", 0)))
+        flash(refusal_text(refused.code, refused.params), "error")
+        return to_domain(domain.name, "coverage")
     if unchanged:
         flash(_("Nothing changed."), "notice")
     else:
@@ -67,4 +55,45 @@ def coverage(name: str) -> Any:
                 ),
                 "notice",
             )
-    return to_domain(domain.name)
+    return to_domain(domain.name, "coverage")
+
+
+def _confirm_all_users(domain: Domain, listed: int) -> Any:
+    """The warning before "all users" empties the list of ``listed`` people."""
+    return confirm(
+        domain,
+        _("Cover all users of %(domain)s?", domain=domain.name),
+        [
+            _(
+                "Everyone in the domain will be covered. If you go back to only selected"
+                " users later, the list starts empty."
+            )
+        ],
+        warning=ngettext(
+            "The %(num)d individually added user will be removed from the list.",
+            "The %(num)d individually added users will be removed from the list.",
+            listed,
+        ),
+        fields={"mode": COVERAGE_ALL, "confirmed": "1"},
+    )
+
+
+def _confirm_selected_users(domain: Domain, uncovered: int) -> Any:
+    """The warning before "only selected users" uncovers ``uncovered`` people."""
+    return confirm(
+        domain,
+        _("Cover only selected users of %(domain)s?", domain=domain.name),
+        [
+            _("Only the users you add to the list will be covered."),
+            _(
+                "Whoever is not on the list loses coverage at once: no standby copies of"
+                " their mail, no standby webmail, no emergency password sign-in."
+            ),
+        ],
+        warning=ngettext(
+            "%(num)d user covered now is not on the list and will no longer be covered.",
+            "%(num)d users covered now are not on the list and will no longer be covered.",
+            uncovered,
+        ),
+        fields={"mode": COVERAGE_SELECTED, "confirmed": "1"},
+    )

@@ -15,9 +15,9 @@ from portal.controlpanel.wording import refusal_text
 from portal.forms import EmergencySwitchForm
 from portal.notify import relay_configured, send_reminders
 from portal.request_scope import client_address, db
-from roster.domains import audit
+from roster.domains import Refused, audit
 from roster.identity import ROLE_ADMIN
-from roster.service import Refused, set_emergency_password, without_emergency_password
+from roster.service import switch_emergency_password, without_emergency_password
 
 
 @bp.post("/domains/<name>/emergency-password")
@@ -28,7 +28,7 @@ def emergency_password(name: str) -> Any:
     enabled = EmergencySwitchForm().enabled.data is True
     try:
         with changing(name) as (write, found):
-            changed = set_emergency_password(write, found, enabled, **actor())
+            changed = switch_emergency_password(write, found, enabled, **actor())
     except Refused as refused:
         flash(refusal_text(refused.code, refused.params), "error")
         return to_domain(domain.name)

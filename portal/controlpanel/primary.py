@@ -13,9 +13,10 @@ from portal.controlpanel.scope import actor, bp, changing, domain_or_404, to_dom
 from portal.controlpanel.wording import PRIMARY_FIELDS, refusal_text
 from portal.forms import PrimaryForm
 from portal.request_scope import db
+from roster.domains import PrimarySettings, Refused, check_primary
 from roster.identity import ROLE_ADMIN
 from roster.probe import probe_smtp
-from roster.service import PrimarySettings, Refused, check_primary, set_primary
+from roster.service import set_primary
 
 PROBE_TIMEOUT = 10.0
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from flask import abort, current_app, flash, jsonify, render_template, request
 from flask_babel import gettext as _
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from portal.access import staff
@@ -24,18 +23,12 @@ from portal.controlpanel.wording import CHANGED_MEANWHILE, refusal_text
 from portal.forms import AddPersonForm, BulkForm
 from portal.request_scope import body_limit, db
 from roster.addresses import printable
+from roster.bulk import ADD, REMOVE, BulkLine, bulk
+from roster.domains import Refused
 from roster.identity import ROLE_ADMIN
-from roster.models import COVERAGE_SELECTED, CoverageEntry, Domain, Person
+from roster.models import COVERAGE_SELECTED, Domain, Person
 from roster.search import PeopleIndex
-from roster.service import (
-    ADD,
-    REMOVE,
-    BulkLine,
-    Refused,
-    add_person,
-    bulk,
-    remove_person_by_id,
-)
+from roster.service import add_person, is_listed, remove_person_by_id
 
 CSV_LIMIT = 1024 * 1024
 
@@ -181,8 +174,7 @@ def remove(name: str, person_id: int) -> Any:
     domain = domain_or_404(db(), name)
     if request.method == "GET":
         person = db().get(Person, person_id)
-        listed = db().scalar(select(CoverageEntry.id).where(CoverageEntry.person_id == person_id))
-        if person is None or person.domain_id != domain.id or listed is None:
+        if person is None or not is_listed(db(), domain, person_id):
             abort(404)
         return confirm(
             domain,

@@ -190,6 +190,15 @@ class Primary:
         self.delay = delay
         self.senders: list[str] = []
         self.recipients: list[str] = []
+        self.ended: list[str] = []  # RSET and QUIT, as they came
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.ended.append("RSET")
+        return "250 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.ended.append("QUIT")
+        return "221 Bye"
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -241,6 +250,7 @@ def test_an_address_the_primary_takes_is_accepted_and_remembered() -> None:
     assert (second.verdict, second.cached) == (Verdict.ACCEPT, True)
     assert primary.recipients == ["someone@acme.test"]  # asked once
     assert primary.senders == ["<>"]  # a null sender: the check sends nothing
+    assert primary.ended == ["RSET", "QUIT"]  # and leaves no transaction open
 
 
 def test_the_primarys_refusal_becomes_our_550_with_its_words() -> None:
@@ -376,6 +386,27 @@ def test_concurrent_checks_of_one_address_share_one_conversation() -> None:
     assert primary.recipients == ["someone@acme.test"]
 
 
+def test_concurrent_checks_share_a_failure_too_and_end_at_the_deadline() -> None:
+    primary = Primary("hang")
+    callout = Callout(timeout=1.0)
+    results: list[Verdict] = []
+    with primary_server(primary) as port:
+
+        def ask() -> None:
+            results.append(callout.check("someone@acme.test", "127.0.0.1", port).verdict)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        took = time.monotonic() - started
+    assert results == [Verdict.TEMPFAIL] * 4
+    assert primary.recipients == ["someone@acme.test"]
+    assert took < 2.5
+
+
 def test_the_cache_is_bounded_least_recently_used_first() -> None:
     primary = Primary("accept")
     callout = Callout(timeout=5, max_entries=2)
@@ -463,6 +494,22 @@ def test_recipients_past_the_rate_get_451() -> None:
     assert [limits.allow_recipient("192.0.2.1") for _ in range(10)] == [None] * 10
     assert limits.allow_recipient("192.0.2.1") == TOO_MANY_RECIPIENTS
     assert limits.allow_message("192.0.2.1") is None  # messages count apart
+
+
+def test_threads_sharing_the_limits_get_exactly_the_allowance() -> None:
+    clock = Clock()  # time stands still: nothing refills
+    limits = ClientLimits(GatewayLimits(max_recipients_per_minute=3000), clock=clock)
+    allowed: list[int] = []
+
+    def send() -> None:
+        allowed.append(sum(limits.allow_recipient("192.0.2.1") is None for _ in range(1000)))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sum(allowed) == 3000
 
 
 def test_an_ipv6_client_is_counted_by_its_64() -> None:

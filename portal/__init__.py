@@ -58,6 +58,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
         CONTINUITY_ACCESS_LOG=_setting(config, "access_log", False, bool),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        # Write the cookie back only when the request changed the session: a request
+        # answering with what it read could undo a notice set by another one meanwhile.
+        # The cookie's own expiry need not move: the lifetime is absolute.
+        SESSION_REFRESH_EACH_REQUEST=False,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
         # WTForms' own messages are never shown (the views word every message), and
         # loading its catalogue cost half a millisecond on every form.

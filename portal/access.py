@@ -163,8 +163,22 @@ def enforce_session_lifetime() -> None:
     if now - int(session.get("seen", since)) > idle or now - int(since) > lifetime:
         end_session()
         return
-    if now - int(session.get("seen", since)) >= 30:
+    view = current_app.view_functions.get(request.endpoint or "")
+    if now - int(session.get("seen", since)) >= 30 and not getattr(view, "_background", False):
         session["seen"] = now
+
+
+def background(view: F) -> F:
+    """A request a page makes while the person works in it (suggestions as they type):
+    it never writes the session cookie back.
+
+    The session lives in the cookie, so a response that writes it back puts there what
+    its request read. A background request still in flight when the page's own request
+    sets a notice would, by answering later, put back the session without the notice.
+    Such requests count as no activity either (the page that made them did).
+    """
+    view._background = True  # type: ignore[attr-defined]
+    return view
 
 
 def safe_next(target: str | None) -> str | None:

@@ -9,7 +9,7 @@ from flask import abort, current_app, flash, jsonify, render_template, request
 from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 
-from portal.access import staff
+from portal.access import background, staff
 from portal.controlpanel.scope import (
     PEOPLE_INDEX,
     actor,
@@ -84,6 +84,7 @@ def _add_view(
 
 @bp.get("/domains/<name>/suggest")
 @staff(ROLE_ADMIN)
+@background
 def suggest(name: str) -> Any:
     """People of the domain matching what the admin typed (3 characters on), as JSON."""
     domain = domain_or_404(db(), name)

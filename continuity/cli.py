@@ -156,27 +156,31 @@ def db_upgrade(state: State) -> None:
     click.echo(f"roster schema at revision {revision}")
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--full", is_flag=True, help="Read the whole directory (the only run that removes).")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--allow-mass-removal", is_flag=True, help="Let this run remove more than the limit.")
 @click.option("--source", help="Sync only this [[directory]] source.")
-@pass_state
+@click.pass_context
 def sync(
-    state: State,
+    ctx: click.Context,
     full: bool,
     dry_run: bool,
     as_json: bool,
     allow_mass_removal: bool,
     source: str | None,
 ) -> None:
-    """Bring the roster in line with the directory.
+    """Bring the roster in line with the directory (`sync status`: how the last runs went).
 
     Exit status: 0 success, 1 failure, 3 a guard stopped the run, 75 another run holds
     the lock.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from sync.run import EXIT_LOCKED, SyncOptions, run_sync
+
+    state: State = ctx.obj
 
     config = state.config
     if not config.directories:
@@ -215,6 +219,63 @@ def sync(
         if not as_json:
             _print_summary(report)
     sys.exit(max(r.exit_status for r in reports))
+
+
+@sync.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def sync_status(state: State, as_json: bool) -> None:
+    """How the last run of each source went; exit 1 when the sync is degraded.
+
+    Degraded: a source's last run failed or was abandoned, or none of its runs
+    succeeded within [sync] stale_after_minutes.
+    """
+    from datetime import timedelta
+
+    from roster.syncruns import sync_health
+
+    state.require_schema()
+    stale_after = timedelta(minutes=state.config.sync_stale_after_minutes)
+    with state.session() as session:
+        health = sync_health(session, [d.name for d in state.config.directories], stale_after)
+    if as_json:
+        body = {
+            "status": "degraded" if health.degraded else "ok",
+            "reasons": [reason.text() for reason in health.reasons],
+            "last_sync": [
+                {
+                    "source": run.source,
+                    "mode": run.mode,
+                    "outcome": run.outcome,
+                    "started_at": run.started_at.isoformat(timespec="seconds"),
+                    "finished_at": run.finished_at.isoformat(timespec="seconds")
+                    if run.finished_at
+                    else None,
+                    "last_success_at": run.last_success_at.isoformat(timespec="seconds")
+                    if run.last_success_at
+                    else None,
+                    "error": run.error,
+                }
+                for run in health.runs
+            ],
+        }
+        click.echo(json.dumps(body, indent=2))
+    else:
+        for run in health.runs:
+            success = (
+                run.last_success_at.isoformat(timespec="seconds")
+                if run.last_success_at
+                else "never"
+            )
+            click.echo(
+                f"source={run.source} mode={run.mode} outcome={run.outcome}"
+                f" started={run.started_at.isoformat(timespec='seconds')}"
+                f" last_success={success}"
+            )
+        click.echo("status=degraded" if health.degraded else "status=ok")
+        for reason in health.reasons:
+            click.echo(f"reason {reason.text()}")
+    sys.exit(1 if health.degraded else 0)
 
 
 def _progress_printer(state: State, only: str | None) -> Callable[[str, int], None]:

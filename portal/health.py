@@ -1,59 +1,97 @@
-"""The health page: is the roster reachable, at which schema, how did the last syncs go."""
+"""The health page: can the portal serve, and how is the directory sync going.
+
+People get a page in their language with times they can read; monitors get JSON
+(``Accept: application/json``, anything that is not a browser, or ``?format=json``).
+The answer is 200 whenever the portal can serve, "degraded" included: a directory
+outage is when people need the emergency sign-in, and a load balancer must keep the
+portal then. Only a roster the portal cannot use is 503.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
+from babel.dates import format_timedelta
 from flask import Blueprint, current_app, render_template, request
-from sqlalchemy import func, select
+from flask_babel import get_locale
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal.access import public
+from roster.config import Config
 from roster.db import current_revision
-from roster.models import SyncRun
+from roster.models import utcnow
+from roster.syncruns import SyncHealth, sync_health
 
 bp = Blueprint("health", __name__)
 
 
-def _status() -> tuple[dict[str, Any], int]:
-    """Check the roster and summarise the latest sync run of each source."""
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment else None
+
+
+def _status() -> tuple[dict[str, Any], int, SyncHealth | None]:
+    """Check the roster and the sync: (JSON body, HTTP status, sync health)."""
     engine = current_app.extensions["roster_engine"]
     sessions = current_app.extensions["roster_sessions"]
+    config: Config = current_app.config["CONTINUITY"]
+    stale_after = timedelta(minutes=config.sync_stale_after_minutes)
     try:
         revision = current_revision(engine)
-        with sessions() as session:
-            # The page is public (monitors read it): outcomes and times, no counts.
-            latest = select(func.max(SyncRun.id)).group_by(SyncRun.source)
-            runs = session.scalars(
-                select(SyncRun).where(SyncRun.id.in_(latest)).order_by(SyncRun.source)
-            ).all()
+        health = None
+        if revision:
+            with sessions() as session:
+                health = sync_health(session, [d.name for d in config.directories], stale_after)
     except SQLAlchemyError as error:
-        return {"status": "failing", "database": "unreachable", "error": type(error).__name__}, 503
-    body = {
-        "status": "ok" if revision else "failing",
-        "database": "ok" if revision else "no schema",
+        body = {"status": "failing", "database": "unreachable", "error": type(error).__name__}
+        return body, 503, None
+    if health is None:
+        return {"status": "failing", "database": "no schema", "schema_revision": None}, 503, None
+    # The page is public (monitors read it): outcomes and times, no counts, no errors.
+    body: dict[str, Any] = {
+        "status": "degraded" if health.degraded else "ok",
+        "database": "ok",
         "schema_revision": revision,
         "last_sync": [
             {
                 "source": run.source,
                 "mode": run.mode,
                 "outcome": run.outcome,
-                "started_at": run.started_at.isoformat(timespec="seconds"),
-                "finished_at": run.finished_at.isoformat(timespec="seconds")
-                if run.finished_at
-                else None,
+                "started_at": _iso(run.started_at),
+                "finished_at": _iso(run.finished_at),
+                "last_success_at": _iso(run.last_success_at),
             }
-            for run in runs
+            for run in health.runs
         ],
     }
-    return body, 200 if revision else 503
+    if health.degraded:
+        body["reasons"] = [reason.text() for reason in health.reasons]
+    return body, 200, health
+
+
+def _wants_json() -> bool:
+    """JSON unless asked for a page: ?format=, else the Accept header."""
+    asked = request.args.get("format")
+    if asked in ("json", "html"):
+        return asked == "json"
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) != "text/html"
 
 
 @bp.get("/health")
 @public
 def health() -> Any:
     """The service's health, as JSON for monitors or as a page for people."""
-    body, status = _status()
-    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
-        return render_template("health/index.html", health=body), status
-    return body, status
+    body, status, found = _status()
+    if _wants_json():
+        return body, status
+    now = utcnow()
+    locale = str(get_locale() or "en")
+
+    def ago(moment: datetime | None) -> str:
+        if moment is None:
+            return ""
+        return format_timedelta(moment - now, add_direction=True, locale=locale)
+
+    return render_template(
+        "health/index.html", health=body, found=found, ago=ago, revision=body.get("schema_revision")
+    ), status

@@ -100,6 +100,7 @@ class Config:
     outbound: dict[str, Any] = field(default_factory=dict)
     portal: dict[str, Any] = field(default_factory=dict)
     sync_lock_seconds: int = 900
+    sync_stale_after_minutes: int = 60
 
     def sources_for(self, domain: str) -> list[str]:
         """The names of the directory sources that feed ``domain``."""
@@ -317,6 +318,7 @@ def load_config(
 
     sync = _single_table(raw, "sync", environ)
     lock_seconds = sync.get("lock_seconds", 900)
+    stale_after_minutes = sync.get("stale_after_minutes", 60)
 
     entries = raw.get("directory", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -332,6 +334,7 @@ def load_config(
         database_url=url,
         directories=directories,
         sync_lock_seconds=lock_seconds,
+        sync_stale_after_minutes=stale_after_minutes,
         **tables,
     )
 
@@ -532,7 +535,7 @@ def _networks(
 # command; its default lives where it is read.
 _TABLES: dict[str, dict[str, Check]] = {
     "database": {"url": _text},
-    "sync": {"lock_seconds": _whole(1)},
+    "sync": {"lock_seconds": _whole(1), "stale_after_minutes": _whole(1)},
     "standby": {
         "imap": host_port,
         "lmtp": host_port,

@@ -51,6 +51,14 @@ def _process_gone(holder: str) -> bool:
     return False
 
 
+def lease_alive(session: Session, name: str) -> bool:
+    """True while a run holds the lease ``name``: not expired, holder not gone from here."""
+    row = session.execute(
+        select(RunLock.holder, RunLock.expires_at).where(RunLock.name == name)
+    ).first()
+    return row is not None and row.expires_at > utcnow() and not _process_gone(row.holder)
+
+
 class LeaseLost(Exception):
     """The lease expired and another run took it: this run must not write."""
 

@@ -19,6 +19,7 @@ from roster.db import session_factory, transaction
 from roster.locks import Lease, LeaseLost, lease
 from roster.logs import log_event
 from roster.models import Person, SyncRun, utcnow
+from roster.syncruns import LEASE, abandon_lapsed
 from sync.apply import (
     apply_plan,
     apply_roles,
@@ -297,7 +298,11 @@ def run_sync(
     sources = [config.directory(only)] if only else list(config.directories)
     if options.dry_run:
         return [sync_source(engine, factory, s, options) for s in sources]
-    with lease(engine, "sync", config.sync_lock_seconds) as held:
+    with lease(engine, LEASE, config.sync_lock_seconds) as held:
+        with transaction(factory, writing=True) as session:
+            abandoned = abandon_lapsed(session)
+        if abandoned:
+            log_event(log, logging.WARNING, "sync.abandoned_runs_recorded", runs=abandoned)
         reports = [sync_source(engine, factory, s, options, held) for s in sources]
     _refresh_statistics(engine, reports)
     return reports

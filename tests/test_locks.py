@@ -7,9 +7,10 @@ import sys
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session
 
-from roster.locks import Lease, LockHeld, lease
+from roster.locks import Lease, LockHeld, lease, lease_alive
 from roster.models import RunLock, utcnow
 
 
@@ -44,6 +45,14 @@ def test_a_lease_left_by_a_dead_process_is_taken_over(engine: Engine, database_u
         f"Lease(make_engine({database_url!r}), 'sync', 3600).acquire()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+    with Session(engine) as session:
+        assert not lease_alive(session, "sync")  # unexpired, but its holder is gone
     taken = Lease(engine, "sync", 60)
     taken.acquire()
+    with engine.connect() as connection:
+        assert connection.scalar(select(RunLock.holder)) == taken.holder
+    with Session(engine) as session:
+        assert lease_alive(session, "sync")
     taken.release()
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(RunLock)) == 0

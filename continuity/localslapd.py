@@ -298,9 +298,93 @@ def wait_for_bind(
     return last_error
 
 
-class Slapd:
+class LocalServer:
+    """A server process of ours started for a demo or a test: in its own session (so
+    its whole group can be stopped), dying with its parent, its output appended to
+    ``log_file``, and waited for until a bind as an account of its own works.
+
+    Subclasses set ``url``, ``log_file`` and ``error`` and implement ``stop``.
+    """
+
+    error: type[Exception] = RuntimeError
+    url: str
+    log_file: Path
+    _process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the process started by this object is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the server and wait until it has exited; does nothing if not running."""
+        raise NotImplementedError
+
+    def _start_and_wait(
+        self,
+        command: list[str],
+        ready: Callable[[], bool],
+        user: str,
+        password: str,
+        *,
+        receive_timeout: int,
+        interval: float,
+        timeout: float = START_TIMEOUT,
+    ) -> None:
+        """Start ``command`` and wait until a bind as ``user`` works; on failure stop it
+        and raise ``error`` with the end of its log."""
+        name = Path(command[0]).name
+        self._log = self.log_file.open("ab")
+        log_start = self._log.tell()
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        try:
+            last_error = wait_for_bind(
+                self._process,
+                ready,
+                self.url,
+                user,
+                password,
+                receive_timeout=receive_timeout,
+                interval=interval,
+                timeout=timeout,
+            )
+        except ServerExited as exited:
+            self.stop()
+            raise self._start_error(
+                f"{name} exited with status {exited.status} at start", log_start
+            ) from None
+        if last_error is None:
+            return
+        self.stop()
+        raise self._start_error(
+            f"{name} at {self.url} did not accept a bind as {user} within {timeout:.0f} s"
+            f" ({last_error})",
+            log_start,
+        )
+
+    def _start_error(self, message: str, log_start: int) -> Exception:
+        """The error a failed start raises (``log_start``: where this start's log began)."""
+        return self.error(f"{message}; log {self.log_file}:\n" + log_tail(self.log_file))
+
+    def _log_since(self, log_start: int) -> str:
+        """What the server wrote to its log since ``log_start``."""
+        with self.log_file.open("rb") as log:
+            log.seek(log_start)
+            return log.read().decode("utf-8", errors="replace")
+
+
+class Slapd(LocalServer):
     """A real OpenLDAP slapd in a temp directory on a free loopback port."""
 
+    error = SlapdError
     alias_object_class = "continuityMailUser"
     alias_attribute = "mailAlternateAddress"
 
@@ -325,8 +409,8 @@ class Slapd:
         self.url = ""
         self.ldaps_url: str | None = None
         self._choose_ports()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self._process = None
+        self._log = None
         self._loaded = False
 
     def _choose_ports(self) -> None:
@@ -334,11 +418,6 @@ class Slapd:
         ports = _free_ports(2 if self.tls else 1)
         self.url = f"ldap://127.0.0.1:{ports[0]}"
         self.ldaps_url = f"ldaps://127.0.0.1:{ports[1]}" if self.tls else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the slapd process started by this object is alive."""
-        return self._process is not None and self._process.poll() is None
 
     def start(self, ldif: str = "") -> None:
         """Configure, load ``ldif`` (with the suffix entry on first start), start and wait."""
@@ -464,45 +543,24 @@ class Slapd:
         """Start slapd in the foreground of a child process and wait until a root bind works."""
         urls = " ".join(f"{url}/" for url in (self.url, self.ldaps_url) if url)
         self.pid_file.unlink(missing_ok=True)
-        self._log = self.log_file.open("ab")
-        log_start = self._log.tell()
         # "-d none" keeps slapd in the foreground as our child, so stop() can wait() for it;
         # a daemonised slapd is reparented to PID 1, which here reaps it only lazily, so it
         # lingers as a zombie. The flag still lets configuration and bind errors reach the log.
-        self._process = subprocess.Popen(
+        # It is ready once it writes its pid file, which it does once it listens: connecting
+        # earlier only collects refusals (or, on a port someone else took, a peer that
+        # never answers).
+        self._start_and_wait(
             ["slapd", "-f", str(self.config_file), "-h", urls, "-d", "none"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
+            self.pid_file.exists,
+            self.root_dn,
+            self.root_password,
+            receive_timeout=1,
+            interval=0.005,
         )
-        try:
-            # slapd writes its pid file once it listens; connecting earlier only collects
-            # refusals (or, on a port someone else took, a peer that never answers).
-            last_error = wait_for_bind(
-                self._process,
-                self.pid_file.exists,
-                self.url,
-                self.root_dn,
-                self.root_password,
-                receive_timeout=1,
-                interval=0.005,
-            )
-        except ServerExited as exited:
-            self.stop()
-            with self.log_file.open("rb") as log:
-                log.seek(log_start)
-                new_output = log.read().decode("utf-8", errors="replace")
-            error = PortInUseError if "Address already in use" in new_output else SlapdError
-            raise error(
-                f"slapd exited with status {exited.status} at start; log {self.log_file}:\n"
-                + log_tail(self.log_file)
-            ) from None
-        if last_error is None:
-            return
-        self.stop()
-        raise SlapdError(
-            f"slapd at {self.url} did not accept a root bind within {START_TIMEOUT:.0f} s "
-            f"({last_error}); log {self.log_file}:\n" + log_tail(self.log_file)
-        )
+
+    def _start_error(self, message: str, log_start: int) -> Exception:
+        """A port taken by another process is an error of its own: start() moves ports."""
+        error = super()._start_error(message, log_start)
+        if "Address already in use" in self._log_since(log_start):
+            return PortInUseError(str(error))
+        return error

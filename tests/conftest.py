@@ -1,4 +1,5 @@
-"""Shared fixtures: the roster database on SQLite and, when configured, PostgreSQL."""
+"""Shared fixtures: the roster database on SQLite and, when configured, PostgreSQL; the
+session's slapd and Samba DC; a portal on a real configuration and directory."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from continuity.localslapd import Slapd
 from roster.db import make_engine, upgrade
 from roster.models import Base
 from tests.directory import DirectoryTree
+from tests.portal_support import Portal
 from tests.servers.samba import SambaDC
 
 POSTGRES_URL = os.environ.get("CONTINUITY_TEST_DATABASE_URL", "")
@@ -102,3 +104,28 @@ def samba(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
     dc.start()
     yield dc
     dc.stop()
+
+
+@pytest.fixture
+def portal(tmp_path: Path, database_url: str, directory: DirectoryTree) -> Iterator[Portal]:
+    """The portal on the session's slapd (a fresh subtree) and the test's roster."""
+    built = Portal.on(tmp_path, database_url, directory)
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def own_slapd(tmp_path: Path) -> Iterator[Slapd]:
+    """A slapd of this test's own, which the test may stop."""
+    server = Slapd(tmp_path / "slapd")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_portal(tmp_path: Path, database_url: str, own_slapd: Slapd) -> Iterator[Portal]:
+    """The portal on a slapd of the test's own."""
+    built = Portal.on(tmp_path, database_url, DirectoryTree.create(own_slapd))
+    yield built
+    built.close()

@@ -1,9 +1,10 @@
 """Shared helpers for the portal tests: a portal built on a real configuration and a real
 directory, sign-in through the real form, and roster set-up through the models.
 
-Test modules load this file as a plugin (``pytest_plugins``) for its fixtures, and import
-its helpers before pytest sees that line: hence PYTEST_DONT_REWRITE, which keeps pytest
-from warning that it cannot rewrite the asserts here (their messages are written out).
+Its fixtures (portal, own_slapd, own_portal) are in tests/conftest.py. PYTEST_DONT_REWRITE:
+conftest imports this module before any test, so pytest could not rewrite its asserts
+anyway (their messages are written out), and must not warn about it if a module still
+names this file in ``pytest_plugins``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ import html
 import itertools
 import json
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import ldap3
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
@@ -386,28 +385,3 @@ def lock_out(portal: Portal, address: str) -> None:
         response = sign_in(portal.client(), address, "not-the-password")
         assert response.status_code == 401, response.status_code
         assert WRONG in text(response), text(response)
-
-
-@pytest.fixture
-def portal(tmp_path: Path, database_url: str, directory: DirectoryTree) -> Iterator[Portal]:
-    """The portal on the session's slapd (a fresh subtree) and the test's roster."""
-    built = Portal.on(tmp_path, database_url, directory)
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def own_slapd(tmp_path: Path) -> Iterator[Slapd]:
-    """A slapd of this test's own, which the test may stop."""
-    server = Slapd(tmp_path / "slapd")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def own_portal(tmp_path: Path, database_url: str, own_slapd: Slapd) -> Iterator[Portal]:
-    """The portal on a slapd of the test's own."""
-    built = Portal.on(tmp_path, database_url, DirectoryTree.create(own_slapd))
-    yield built
-    built.close()

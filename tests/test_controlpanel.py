@@ -42,8 +42,6 @@ from tests.portal_support import (
 )
 from tests.servers.smtp import Collect, smtp_server
 
-pytest_plugins = ("tests.portal_support",)
-
 PAGE = f"/admin/domains/{DOMAIN}"
 SPANISH = {"Accept-Language": "es"}
 

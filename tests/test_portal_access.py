@@ -23,8 +23,6 @@ from tests.portal_support import (
     text,
 )
 
-pytest_plugins = ("tests.portal_support",)
-
 # Anyone may call these; every other endpoint needs a signed-in person or staff.
 PUBLIC = {"auth.index", "auth.sign_in", "auth.language", "health.health", "me.reset"}
 UNTAGGED = {"static"}

@@ -31,8 +31,6 @@ from tests.portal_support import (
     text,
 )
 
-pytest_plugins = ("tests.portal_support",)
-
 LOCKED = "this account is locked for a while"
 
 

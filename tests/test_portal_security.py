@@ -22,8 +22,6 @@ from tests.portal_support import (
     text,
 )
 
-pytest_plugins = ("tests.portal_support",)
-
 
 def test_helpdesk_cannot_take_over_a_staff_member_with_a_reset_code(
     tmp_path: Path, database_url: str, directory: DirectoryTree

@@ -27,8 +27,6 @@ from tests.portal_support import (
     without_csrf,
 )
 
-pytest_plugins = ("tests.portal_support",)
-
 SAVED = "Your emergency password is set."
 CODE_REFUSED = "The address or the code is not right, or the code has expired."
 

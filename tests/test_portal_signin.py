@@ -36,8 +36,6 @@ from tests.portal_support import (
 )
 from tests.servers.samba import SambaDC
 
-pytest_plugins = ("tests.portal_support",)
-
 LOCKED = "this account is locked for a while"
 
 

@@ -12,26 +12,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.handlers import Sink
 
 from continuity.localslapd import free_port, make_test_ca
 from roster.probe import probe_smtp
-
-
-@contextmanager
-def smtp_server(**options: Any) -> Iterator[int]:
-    """A real aiosmtpd server on 127.0.0.1; yields its port."""
-    port = free_port()
-    controller = Controller(Sink(), hostname="127.0.0.1", port=port, **options)
-    controller.start()
-    try:
-        yield port
-    finally:
-        controller.stop()
+from tests.servers.smtp import smtp_server
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
@@ -24,12 +24,9 @@ from ldap3.utils.dn import escape_rdn
 
 from continuity.localslapd import (
     ClosingConnection,
-    ServerExited,
+    LocalServer,
     bound_connection,
     close_connection,
-    die_with_parent,
-    log_tail,
-    wait_for_bind,
 )
 
 START_TIMEOUT = 60.0
@@ -71,12 +68,13 @@ def _process_group(pgid: int) -> list[int]:
     return members
 
 
-class SambaDC:
+class SambaDC(LocalServer):
     """A real Samba AD DC provisioned into a temp directory, LDAP on 127.0.0.1:389.
 
     It needs root, and only one can run at a time on a machine since the port is fixed.
     """
 
+    error = SambaError
     realm = "CORP.EXAMPLE.ORG"
     domain = "CORP"
     dns_domain = "corp.example.org"
@@ -97,8 +95,8 @@ class SambaDC:
             # Four character classes and no part of the account name meet AD's complexity rule.
             self.admin_password = f"Ct1!{secrets.token_urlsafe(15)}"
         self.log_file = workdir / "samba.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self._process = None
+        self._log = None
 
     @staticmethod
     def unavailable_reason() -> str | None:
@@ -117,11 +115,6 @@ class SambaDC:
     def provisioned(self) -> bool:
         """Whether the domain has been provisioned into the work directory."""
         return (self.workdir / "private" / "sam.ldb").exists()
-
-    @property
-    def running(self) -> bool:
-        """Whether the samba process started by this object is alive."""
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
         """Provision (once), start samba and wait until an Administrator bind works."""
@@ -372,40 +365,16 @@ class SambaDC:
 
     def _launch(self) -> None:
         """Start ``samba -i`` in its own process group and wait until Administrator can bind."""
-        self._log = self.log_file.open("ab")
-        self._process = subprocess.Popen(
+        # Connecting first keeps the refusals before samba listens cheap and quiet; the
+        # LDAP task may restart once while samba starts.
+        self._start_and_wait(
             ["samba", "-i", "-s", str(self.config_file)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-        try:
-            # Connecting first keeps the refusals before samba listens cheap and quiet; the
-            # LDAP task may restart once while samba starts.
-            last_error = wait_for_bind(
-                self._process,
-                lambda: _listening("127.0.0.1", LDAP_PORT),
-                self.url,
-                self.admin_bind,
-                self.admin_password,
-                receive_timeout=5,
-                interval=0.05,
-                timeout=START_TIMEOUT,
-            )
-        except ServerExited as exited:
-            self.stop()
-            raise SambaError(
-                f"samba exited with status {exited.status} at start; log {self.log_file}:\n"
-                + log_tail(self.log_file)
-            ) from None
-        if last_error is None:
-            return
-        self.stop()
-        raise SambaError(
-            f"samba did not accept an Administrator bind within {START_TIMEOUT:.0f} s "
-            f"({last_error}); log {self.log_file}:\n" + log_tail(self.log_file)
+            lambda: _listening("127.0.0.1", LDAP_PORT),
+            self.admin_bind,
+            self.admin_password,
+            receive_timeout=5,
+            interval=0.05,
+            timeout=START_TIMEOUT,
         )
 
     def _wait_for_group_exit(self, pgid: int) -> None:

@@ -31,7 +31,7 @@ from roster.models import COVERAGE_ALL, Domain
 from tests.directory import Continuity, source_toml
 
 CHROMIUM = Path("/usr/bin/chromium")
-# From /work/shared/RECIPES.md: what Debian's Chromium needs to run headless here.
+# What Debian's Chromium needs to run headless here (as root, without a GPU or a network).
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -28,6 +28,10 @@ class PortalServer(BaseApplication):  # type: ignore[misc]
 
 def serve_app(app: Flask, listen: str, workers: int) -> None:
     """Serve ``app`` on ``listen`` (HOST:PORT) until stopped."""
+    # A "Test connection" holds its worker while it waits for a server: this server runs
+    # fewer at once than it has workers (roster.probe_bounds), so that a sign-in always
+    # finds a worker that waits for no server.
+    app.config["CONTINUITY_PROBE_PLACES"] = workers - 1
     # Everything built so far (the app, SQLAlchemy's mappers, the templates' modules)
     # lives as long as the process: frozen, the garbage collector stops walking it on
     # every full collection in the workers, and the workers' copies of those pages stay

@@ -517,7 +517,10 @@ def _absolute_path(value: Any, where: str) -> str:
 def _networks(
     value: Any, where: str
 ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """A list of networks in CIDR notation ("10.0.0.0/8", "2001:db8::/32")."""
+    """A list of networks in CIDR notation ("10.0.0.0/8", "2001:db8::/32"); from the
+    environment, comma-separated."""
+    if isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of networks like [\"10.0.0.0/8\"]")
     networks = []

@@ -5,7 +5,10 @@ A probe connects (TLS from the first byte, or plain then STARTTLS, or plain), re
 greeting, says EHLO and QUIT, and reports what the server answered. What the server says
 is shown to an admin, so only an answer that is SMTP is passed on: anything else at that
 address (a web server, a database) is reported as "not an SMTP server", without its
-words, so that the button cannot be used to read other services of the network.
+words, so that the button cannot be used to read other services of the network. The
+name is resolved first and every address it gives is checked with
+roster.primary_address before any connection (PrimaryAddressRefused is raised): the
+Continuity host's own services are not reachable through the button at all.
 """
 
 from __future__ import annotations
@@ -20,8 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roster.addresses import printable
+from roster.config import Config
+from roster.primary_address import (
+    IPAddress,
+    PrimaryUnresolved,
+    check_primary_address,
+    resolve_primary,
+)
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 5.0
 MAX_REPLY_LINES = 50
 """Lines of one reply read at most: a server that sends endless "250-" lines is cut off."""
 
@@ -91,24 +101,39 @@ def probe_smtp(
     port: int,
     tls: str,
     *,
+    config: Config,
     helo_name: str = "continuity.invalid",
     timeout: float = DEFAULT_TIMEOUT,
     tls_context: ssl.SSLContext | None = None,
 ) -> ProbeResult:
     """Probe ``host``:``port``; ``tls`` is "tls", "starttls" or "none".
 
-    Certificates are checked against the system's authorities unless ``tls_context``
-    says otherwise; a failed check is a failed probe, as it would be for delivery. The
-    whole probe ends within about ``timeout`` seconds (a connection attempt per address
-    the name resolves to may take that long too), however slowly the server answers.
+    The name is resolved within ``timeout`` seconds and each of its addresses checked
+    against ``config``'s primary address rules (PrimaryAddressRefused is raised, and
+    nothing is connected to). Certificates are checked against the system's
+    authorities unless ``tls_context`` says otherwise; a failed check is a failed probe,
+    as it would be for delivery. The conversation ends within about ``timeout`` seconds
+    more, however slowly the server answers.
     """
+    started = time.monotonic()
+    try:
+        addresses = resolve_primary(host, port, timeout)
+    except PrimaryUnresolved as error:
+        return ProbeResult(False, "connect", str(error), seconds=time.monotonic() - started)
+    for address in addresses:
+        check_primary_address(config, address, host)
     state = _Deadline()
     # At the deadline the socket is shut, so whatever read is waiting ends.
     watchdog = threading.Timer(timeout, state.expire)
     watchdog.daemon = True
     watchdog.start()
     try:
-        found = _probe(host, port, tls, helo_name, timeout, tls_context, state)
+        for address in addresses:
+            # The address checked is the one connected to: the name is not looked up
+            # again (it could answer differently the second time).
+            found = _probe(host, address, port, tls, helo_name, timeout, tls_context, state)
+            if found.ok or found.stage != "connect" or state.expired:
+                break
     finally:
         watchdog.cancel()
     if state.expired and not found.ok:
@@ -125,6 +150,7 @@ def probe_smtp(
 
 def _probe(
     host: str,
+    address: IPAddress,
     port: int,
     tls: str,
     helo_name: str,
@@ -150,7 +176,7 @@ def _probe(
         # smtplib names the server for the certificate check only when the host is given
         # to the constructor, which would also connect there and raise on a refusal.
         client._host = host  # type: ignore[union-attr]  # (not in the stubs)
-        code, banner = client.connect(host, port)
+        code, banner = client.connect(str(address), port)
     except smtplib.SMTPServerDisconnected as error:
         stage = "greeting"
         if isinstance(error.__context__, TimeoutError):

@@ -162,9 +162,7 @@ def attempt(session: Session | Connection, keys: list[str], now: datetime) -> Ve
     back (``succeeded``).
     """
     connection = connection_of(session)
-    ordered = sorted(set(keys))  # one order everywhere: no deadlocks between attempts
-    claim = _claim(connection.dialect.name)
-    rows = connection.execute(claim, [{"key": key, "now": now} for key in ordered]).all()
+    rows = claim(connection, keys, now)
     verdict = _judge(rows, now)
     if not verdict.allowed:
         return verdict
@@ -180,6 +178,14 @@ def attempt(session: Session | Connection, keys: list[str], now: datetime) -> Ve
     if secrets.randbelow(256) == 0:
         sweep(session, now)
     return Verdict(0, locked)
+
+
+def claim(connection: Connection, keys: Iterable[str], now: datetime) -> list[Any]:
+    """The rows of ``keys`` (new ones at zero), locked until the caller's transaction
+    ends; in one order everywhere, so that no two claims deadlock."""
+    ordered = sorted(set(keys))
+    statement = _claim(connection.dialect.name)
+    return list(connection.execute(statement, [{"key": key, "now": now} for key in ordered]))
 
 
 @functools.cache

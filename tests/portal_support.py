@@ -202,12 +202,18 @@ class Portal:
         assert self._tree is not None, "this portal's source is not an OpenLDAP subtree"
         return self._tree
 
-    def build(self, **settings: Any) -> Flask:
-        """A new app from the configuration file, with other [portal] settings if given."""
-        if settings:
-            self.tool.configure(self.source, portal_table(**{**self.settings, **settings}))
+    def build(self, gateway: dict[str, Any] | None = None, **settings: Any) -> Flask:
+        """A new app from the configuration file, with other [portal] settings or a
+        [gateway] table (e.g. allow_local_primary, for test servers on this host) if given."""
+        changed = bool(settings or gateway)
+        if changed:
+            tables = [self.source, portal_table(**{**self.settings, **settings})]
+            if gateway:
+                lines = [f"{key} = {json.dumps(value)}" for key, value in gateway.items()]
+                tables.append("[gateway]\n" + "\n".join(lines) + "\n")
+            self.tool.configure(*tables)
         app = create_app(config=load_config(self.tool.path, environ={}))
-        if settings:
+        if changed:
             self.tool.configure(self.source, portal_table(**self.settings))
         self._apps.append(app)
         return app
@@ -364,10 +370,18 @@ def signed_in_client(portal: Portal, address: str, password: str = PASSWORD) -> 
     return client
 
 
-def issue_reset_code(helpdesk: FlaskClient, person_id: int) -> TestResponse:
-    """Press "Issue a reset code" on a person's helpdesk page."""
+def issue_reset_code(
+    helpdesk: FlaskClient, person_id: int, replacing: str | None = None
+) -> TestResponse:
+    """Press "Issue a reset code" on a person's helpdesk page (or, with ``replacing``,
+    "Replace it with a new code" on the question that a code still works), and follow
+    the browser to the page that shows the code. Refusals are returned as answered."""
     page = f"/helpdesk/people/{person_id}"
-    return submit(helpdesk, page, {}, action=f"{page}/reset-code")
+    data = {} if replacing is None else {"replacing": replacing}
+    answer = submit(helpdesk, page, data, action=f"{page}/reset-code")
+    if answer.status_code == 303 and location_path(answer) == f"{page}/reset-code":
+        return helpdesk.get(location_path(answer))
+    return answer
 
 
 def shown_code(response: TestResponse) -> str:

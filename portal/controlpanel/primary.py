@@ -4,21 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import flash
+from flask import current_app, flash
 from flask_babel import gettext as _
+from flask_login import current_user
 
 from portal.access import staff
 from portal.controlpanel.page import domain_view
 from portal.controlpanel.scope import actor, bp, changing, domain_or_404, to_domain
-from portal.controlpanel.wording import PRIMARY_FIELDS, refusal_text
+from portal.controlpanel.wording import PRIMARY_FIELDS, probe_refusal_text, refusal_text
 from portal.forms import PrimaryForm
-from portal.request_scope import db
+from portal.request_scope import db, writing
 from roster.domains import PrimarySettings, Refused, check_primary
 from roster.identity import ROLE_ADMIN
+from roster.models import utcnow
+from roster.primary_address import PrimaryAddressRefused
 from roster.probe import probe_smtp
+from roster.probe_bounds import (
+    PER_ADMIN_PER_MINUTE,
+    PROBE_SECONDS,
+    ProbeRefused,
+    finish_probe,
+    start_probe,
+)
 from roster.service import set_primary
-
-PROBE_TIMEOUT = 10.0
 
 
 def _checked_primary(form: PrimaryForm) -> tuple[PrimarySettings | None, dict[str, str]]:
@@ -68,5 +76,33 @@ def probe_primary(name: str) -> Any:
     if settings is None:
         return domain_view(domain, primary=form, primary_errors=errors, status=400)
     db().rollback()  # no transaction is held while the probe waits for the server
-    result = probe_smtp(settings.host, settings.port, settings.tls, timeout=PROBE_TIMEOUT)
+    try:
+        with writing() as write:
+            ticket = start_probe(
+                write,
+                domain_id=domain.id,
+                actor=current_user.address,
+                places=current_app.config.get("CONTINUITY_PROBE_PLACES", 1),
+                now=utcnow(),
+            )
+    except ProbeRefused as busy:
+        flash(
+            probe_refusal_text(busy.code, seconds=busy.wait_seconds, count=PER_ADMIN_PER_MINUTE),
+            "error",
+        )
+        return domain_view(domain, primary=form, status=429)
+    try:
+        result = probe_smtp(
+            settings.host,
+            settings.port,
+            settings.tls,
+            config=current_app.config["CONTINUITY"],
+            timeout=PROBE_SECONDS,
+        )
+    except PrimaryAddressRefused as refused:
+        text = probe_refusal_text(refused.code, host=refused.host, address=refused.address)
+        return domain_view(domain, primary=form, primary_errors={"host": text}, status=400)
+    finally:
+        with writing() as write:
+            finish_probe(write, ticket)
     return domain_view(domain, primary=form, probe=result)

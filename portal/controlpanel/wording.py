@@ -4,27 +4,53 @@ reads them in one place."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
-from portal import helpdesk
-
-AUDIT_TEXTS = {
-    "service.activated": _l("Continuity Service activated"),
-    "service.deactivated": _l("Continuity Service deactivated"),
-    "coverage.mode_changed": _l("Coverage changed between all users and only selected users"),
-    "coverage.added": _l("Added to the Continuity Service users"),
-    "coverage.removed": _l("Removed from the Continuity Service users"),
-    "emergency_password.enabled": _l("Emergency password switched on for the domain"),
-    "emergency_password.disabled": _l("Emergency password switched off for the domain"),
-    "primary.changed": _l("Primary mail server settings changed"),
-    "emergency_password.reminders_sent": _l("Reminders to set an emergency password sent"),
-    "domain.added": _l("Domain added"),
-    "staff.added": _l("Staff account added"),
-}
+# What roster.probe reports when a connection test fails (English), worded.
+PROBE_ERRORS = [
+    (
+        re.compile(r"no answer within (?P<seconds>[0-9.]+) s"),
+        _l("No answer within %(seconds)s seconds."),
+    ),
+    (
+        re.compile(r"(?:\[Errno \d+\] )?Connection refused"),
+        _l("Connection refused: nothing listens on that port, or a firewall refuses."),
+    ),
+    (
+        re.compile(r"(?:\[Errno \d+\] )?(?:No route to host|Network is unreachable)"),
+        _l("The server cannot be reached from the Continuity server (no route)."),
+    ),
+    (
+        re.compile(r"(?:\[Errno \d+\] )?Connection reset by peer|Connection unexpectedly closed.*"),
+        _l("The server closed the connection."),
+    ),
+    (
+        re.compile(r"the server closed the connection without a greeting"),
+        _l("The server closed the connection without a greeting."),
+    ),
+    (re.compile(r"the server refused the connection"), _l("The server refused the connection.")),
+    (re.compile(r"not an SMTP server"), _l("It is not an SMTP server.")),
+    (
+        re.compile(r"the server does not accept mail now"),
+        _l("The server does not accept mail now."),
+    ),
+    (re.compile(r"the server does not offer STARTTLS"), _l("The server does not offer STARTTLS.")),
+    (re.compile(r"the server refused EHLO"), _l("The server refused EHLO.")),
+    (re.compile(r"TLS failed: (?P<reason>.*)"), _l("TLS failed: %(reason)s")),
+    (
+        re.compile(r"(?P<host>\S+) does not resolve within (?P<seconds>[0-9.]+) s"),
+        _l("%(host)s: no address found within %(seconds)s seconds."),
+    ),
+    (
+        re.compile(r"(?P<host>\S+) does not resolve to an address"),
+        _l("%(host)s: no such host name (it has no address)."),
+    ),
+]
 
 CHANGED_MEANWHILE = _l(
     "Someone changed the list at the same moment: nothing was changed. Please try again."
@@ -48,6 +74,9 @@ REFUSALS = {
     ),
     "bad_mode": _l("Choose all users or only selected users."),
     "primary_host": _l("“%(value)s” is not a host name or IP address."),
+    "primary_ip": _l(
+        "“%(value)s” is not a valid IP address (four numbers from 0 to 255, or IPv6)."
+    ),
     "primary_port": _l("The port must be a whole number from %(low)d to %(high)d."),
     "primary_tls": _l("Choose one of the encryption options."),
     "probe_interval": _l(
@@ -92,17 +121,55 @@ PROBE_STAGES = {
 # Which field of the primary form each refusal of check_primary names.
 PRIMARY_FIELDS = {
     "primary_host": "host",
+    "primary_ip": "host",
     "primary_port": "port",
     "primary_tls": "tls",
     "probe_interval": "probe_interval",
     "failures_before_failover": "failures_before_failover",
 }
 
+# Why "Test connection" did not try the server (roster.primary_address and
+# roster.probe_bounds refusals).
+PROBE_REFUSALS = {
+    "this_host": _l(
+        "%(host)s is an address of the Continuity server itself (%(address)s): the primary"
+        " mail server cannot be there, so it was not tried."
+    ),
+    "denied": _l(
+        "%(host)s (%(address)s) is in a network your operator does not allow for a primary"
+        " mail server, so it was not tried."
+    ),
+    "domain_busy": _l(
+        "A connection test of this domain is running already. Try again in %(seconds)d s."
+    ),
+    "too_often": _l(
+        "You have tested connections %(count)d times in the last minute."
+        " Try again in %(seconds)d s."
+    ),
+    "portal_busy": _l("Other connection tests are running now. Try again in %(seconds)d s."),
+    "no_places": _l(
+        "Test connection is not available on this portal: it runs a single worker process,"
+        " which a test would hold. Ask your operator."
+    ),
+}
 
-def audit_text(action: str) -> str:
-    """What an audit action means, in the reader's language (the helpdesk's too)."""
-    text = AUDIT_TEXTS.get(action)
-    return str(text) if text is not None else helpdesk.audit_text(action)
+
+def probe_refusal_text(code: str, **params: Any) -> str:
+    """Why a connection test was not made, in the reader's language."""
+    text = PROBE_REFUSALS.get(code)
+    if text is None:
+        return _("The connection test was refused.")
+    return str(text) % params
+
+
+def probe_error_text(error: str) -> str:
+    """Why a connection test failed (roster.probe's English reason), in the reader's
+    language; a reason not known here is shown as the server or system gave it."""
+    for pattern, text in PROBE_ERRORS:
+        found = pattern.fullmatch(error)
+        if found:
+            return str(text) % found.groupdict()
+    return _("The server or the network said: %(error)s", error=error)
 
 
 def refusal_text(code: str, params: Mapping[str, Any]) -> str:
@@ -116,24 +183,8 @@ def refusal_text(code: str, params: Mapping[str, Any]) -> str:
         return _("The change was refused.")
 
 
-def state_lines(state: Mapping[str, Any] | None) -> list[str]:
-    """An audit event's before or after state as "key: value" lines."""
-    if not state:
-        return []
-    return [f"{key}: {_plain(value)}" for key, value in state.items()]
-
-
 def sync_counts(counts: Mapping[str, Any] | None) -> list[str]:
     """A sync run's non-zero counts, worded."""
     return [
         f"{SYNC_COUNTS.get(key, key)}: {value}" for key, value in (counts or {}).items() if value
     ]
-
-
-def _plain(value: Any) -> str:
-    """A stored setting as text."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)

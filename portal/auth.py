@@ -58,17 +58,17 @@ def sign_in_page() -> Any:
             )
         elif outcome.failure is Failure.THROTTLED:
             message = _wait_text(outcome.wait_seconds)
+        elif outcome.directory_down:
+            # One true thing: the password may well be right, but with the directory
+            # down nobody can tell; only an emergency password can be checked now.
+            message = _(
+                "Your organisation's directory cannot be reached right now, so a directory"
+                " password cannot be checked, and this password was not accepted. If you"
+                " have set an emergency password, sign in with it."
+            )
         else:
             message = _("The address or password is not right.")
         flash(message, "error")
-        if outcome.directory_down:
-            flash(
-                _(
-                    "Your organisation's directory cannot be reached right now. If you have"
-                    " set an emergency password, sign in with it instead."
-                ),
-                "notice",
-            )
         return render_template("auth/sign_in.html", address=address, next=next_), 401
     start_session(outcome.principal, outcome.method, outcome.session_id)
     return redirect(next_ or url_for("me.status"))

@@ -154,6 +154,11 @@ def reset() -> Any:
     address = normalise_address(form.address.data or "")
     keys = [throttle.account_key(address), throttle.client_key(client_address())]
     with writing() as write:
+        # Counted per person too, like the sign-in: each of a person's addresses is no
+        # new allowance of guesses at their code.
+        holder = find_person(write, address)
+        if holder is not None:
+            keys.append(throttle.person_key(holder.id))
         verdict = throttle.attempt(write, keys, utcnow())  # counted before the check
     if not verdict.allowed:
         flash(_("Too many attempts. Try again later."), "error")

@@ -262,6 +262,26 @@ def test_a_code_works_only_for_its_own_person(portal: Portal) -> None:
     assert response.status_code == 401 and CODE_REFUSED in text(response)
 
 
+def test_reset_codes_are_counted_per_person_across_their_addresses(portal: Portal) -> None:
+    """Regression (issue #8 A7): reset code guesses were counted per address typed, so
+    a person with three addresses gave three allowances of guesses."""
+    portal.add_person("ana", aliases=("ana.garcia@acme.test", "a.garcia@acme.test"))
+    portal.sync()
+    portal.set_domain()
+    code = helpdesk_code(portal, "ana@acme.test")
+    addresses = ["ana@acme.test", "ana.garcia@acme.test", "a.garcia@acme.test"]
+    for number in range(ACCOUNT_LOCK_AFTER):  # 4, 3 and 3 guesses: none alone is enough
+        portal.age_throttle()
+        guess = reset(portal.client(), addresses[number % 3], "ABCD-EFGH-JKMN-PQRS", "x")
+        assert guess.status_code == 401, number
+    portal.age_throttle()
+
+    right = reset(portal.client(), "a.garcia@acme.test", code, "New-Lantern-7702")
+
+    assert right.status_code == 429 and "Too many attempts. Try again later." in text(right)
+    assert sign_in(portal.client(), "ana@acme.test", "New-Lantern-7702").status_code == 401
+
+
 def test_reset_page_answers_alike_for_unknown_and_known_addresses(portal: Portal) -> None:
     """Regression: a weak password got 400 and the policy if known, 401 for nobody."""
     portal.add_person("ana")

@@ -140,183 +140,247 @@ def apply_plan(
     actor: str,
     now: datetime | None = None,
 ) -> None:
-    """Write the plan into the roster inside the caller's transaction."""
-    now = now or utcnow()
-    person = cast(Table, Person.__table__)
+    """Write the plan into the roster inside the caller's transaction, step by step."""
+    writer = _Writer(session, plan, domains, actor, now or utcnow())
+    # 1. Free every address that changes hands in this run (renames, swaps, leavers)
+    #    before anyone takes one: the unique index on live addresses never sees two
+    #    holders at once.
+    writer.park_moving_addresses()
+    # 2. People gone from the directory (or no longer qualifying) lose everything that
+    #    gives access: coverage, emergency password, reset codes, roles, sessions.
+    writer.remove_leavers()
+    # 3. Someone moving to another domain leaves the first domain's list of selected
+    #    users; that domain's admins see why in its audit trail.
+    writer.unlist_domain_movers()
+    # 4. Updates (renames, disables, restores...) and 5. new people, then their aliases.
+    writer.update_people()
+    writer.create_people()
+    writer.write_aliases()
+    # 6. The audit trail, then the people_version of each touched domain (which tells
+    #    every portal worker to read the domain's people again for its suggestions).
+    writer.audit_changes()
+    writer.bump_people_versions()
 
-    # Addresses change hands inside one run (a rename into an address another person
-    # just gave up, a swap): park every changing address first so the unique index on
-    # live addresses never sees two holders at once.
-    movers = [u for u in plan.updates if "mail" in u.changed or u.restored]
-    if movers:
-        session.execute(
-            person.update().where(person.c.id == bindparam("pid")).values(mail=bindparam("parked")),
-            [{"pid": u.person_id, "parked": f"~moving~{u.person_id}"} for u in movers],
-        )
-    alias_changes = [u.person_id for u in plan.updates if "aliases" in u.changed or u.restored]
-    removed_ids = [r.person_id for r in plan.removals]
-    for part in chunks(alias_changes + removed_ids):
-        session.execute(delete(Alias).where(Alias.person_id.in_(part)))
 
-    if plan.removals:
-        _remove(session, removed_ids, now)
-    # A list of selected users is the choice of one domain's admins: someone moving to
-    # another domain leaves it, and is covered there only once that domain adds them.
-    moved = [u.person_id for u in plan.updates if "domain" in u.changed]
-    unlisted: list[Any] = []
-    for part in chunks(moved):
-        unlisted += session.execute(
-            delete(CoverageEntry)
-            .where(CoverageEntry.person_id.in_(part))
-            .returning(CoverageEntry.person_id, CoverageEntry.domain_id)
-        ).all()
-    # The first domain's admins see in its audit trail why someone left their list.
-    if unlisted:
-        session.execute(
-            cast(Table, AuditEvent.__table__).insert(),
-            [
-                {
-                    "at": now,
-                    "actor": actor,
-                    "action": "coverage.removed",
-                    "person_id": person_id,
-                    "domain_id": domain_id,
-                    "before": {"listed": True},
-                    "after": {"listed": False},
-                    "detail": "moved to another domain in the directory",
-                }
-                for person_id, domain_id in unlisted
-            ],
-        )
+def _audit_row(
+    at: datetime,
+    actor: str,
+    action: str,
+    person_id: int,
+    domain_id: int | None,
+    before: Any,
+    after: Any,
+    detail: str = "",
+) -> dict[str, Any]:
+    """One audit event, as a row for an executemany INSERT: the only builder the sync has."""
+    return {
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "person_id": person_id,
+        "domain_id": domain_id,
+        "before": before,
+        "after": after,
+        "detail": detail,
+    }
 
-    update_statement = (
-        person.update()
-        .where(person.c.id == bindparam("pid"))
-        .values(
-            mail=bindparam("mail"),
-            dn=bindparam("dn"),
-            display_name=bindparam("display_name"),
-            disabled=bindparam("disabled"),
-            alternate_contact=bindparam("alternate_contact"),
-            domain_id=bindparam("domain_id"),
-            removed_at=None,
-            updated_at=now,
-            session_generation=person.c.session_generation + bindparam("bump"),
-        )
-    )
-    update_rows = (
-        {
-            "pid": u.person_id,
-            "mail": u.entry.mail,
-            "dn": u.entry.dn,
-            "display_name": u.entry.display_name,
-            "disabled": u.entry.disabled,
-            "alternate_contact": u.entry.alternate_contact,
-            "domain_id": domains[u.domain],
-            # A disabled person's open sessions end, as do those of someone whose
-            # address changed to one they may not have had before.
-            "bump": 1 if (u.disabled_now or u.renamed_from) else 0,
-        }
-        for u in plan.updates
-    )
-    for update_part in chunks(update_rows, 5000):
-        session.execute(update_statement, update_part)
 
-    # Plain executemany INSERTs, built a chunk at a time: RETURNING per row and a list of
-    # 100,000 row dicts both cost more than the whole rest of the write.
-    created_rows = (
-        {
-            "domain_id": domains[c.domain],
-            "source": plan.source,
-            "external_id": c.entry.external_id,
-            "dn": c.entry.dn,
-            "mail": c.entry.mail,
-            "display_name": c.entry.display_name,
-            "alternate_contact": c.entry.alternate_contact,
-            "disabled": c.entry.disabled,
-            "session_generation": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for c in plan.creates
-    )
-    for row_part in chunks(created_rows, 5000):
-        session.execute(person.insert(), row_part)
+class _Writer:
+    """The steps of apply_plan, sharing the plan, the session and the run's moment."""
 
-    with_aliases = [c for c in plan.creates if c.entry.aliases]
-    new_ids: dict[str, int] = {}
-    for create_part in chunks(with_aliases):
-        found = session.execute(
-            select(Person.external_id, Person.id).where(
-                Person.source == plan.source,
-                Person.external_id.in_([c.entry.external_id for c in create_part]),
+    def __init__(
+        self,
+        session: Session,
+        plan: Plan,
+        domains: Mapping[str, int],
+        actor: str,
+        now: datetime,
+    ) -> None:
+        self.session, self.plan, self.domains = session, plan, domains
+        self.actor, self.now = actor, now
+        self.person = cast(Table, Person.__table__)
+        self.audit = cast(Table, AuditEvent.__table__)
+
+    def park_moving_addresses(self) -> None:
+        """Give every changing address a placeholder, and drop changing aliases."""
+        movers = [u for u in self.plan.updates if "mail" in u.changed or u.restored]
+        if movers:
+            self.session.execute(
+                self.person.update()
+                .where(self.person.c.id == bindparam("pid"))
+                .values(mail=bindparam("parked")),
+                [{"pid": u.person_id, "parked": f"~moving~{u.person_id}"} for u in movers],
+            )
+        alias_changes = [
+            u.person_id for u in self.plan.updates if "aliases" in u.changed or u.restored
+        ]
+        for part in chunks(alias_changes + [r.person_id for r in self.plan.removals]):
+            self.session.execute(delete(Alias).where(Alias.person_id.in_(part)))
+
+    def remove_leavers(self) -> None:
+        """Mark the plan's removals removed (see _remove)."""
+        if self.plan.removals:
+            _remove(self.session, [r.person_id for r in self.plan.removals], self.now)
+
+    def unlist_domain_movers(self) -> None:
+        """Take people who change domain off the list of the domain they leave."""
+        moved = [u.person_id for u in self.plan.updates if "domain" in u.changed]
+        unlisted: list[Any] = []
+        for part in chunks(moved):
+            unlisted += self.session.execute(
+                delete(CoverageEntry)
+                .where(CoverageEntry.person_id.in_(part))
+                .returning(CoverageEntry.person_id, CoverageEntry.domain_id)
+            ).all()
+        if unlisted:
+            self.session.execute(
+                self.audit.insert(),
+                [
+                    _audit_row(
+                        self.now,
+                        self.actor,
+                        "coverage.removed",
+                        person_id,
+                        domain_id,
+                        {"listed": True},
+                        {"listed": False},
+                        "moved to another domain in the directory",
+                    )
+                    for person_id, domain_id in unlisted
+                ],
+            )
+
+    def update_people(self) -> None:
+        """Write every update's values; a disable or a rename ends the open sessions."""
+        person = self.person
+        statement = (
+            person.update()
+            .where(person.c.id == bindparam("pid"))
+            .values(
+                mail=bindparam("mail"),
+                dn=bindparam("dn"),
+                display_name=bindparam("display_name"),
+                disabled=bindparam("disabled"),
+                alternate_contact=bindparam("alternate_contact"),
+                domain_id=bindparam("domain_id"),
+                removed_at=None,
+                updated_at=self.now,
+                session_generation=person.c.session_generation + bindparam("bump"),
             )
         )
-        new_ids.update((external_id, id_) for external_id, id_ in found)
-    alias_rows = [
-        {"person_id": new_ids[c.entry.external_id], "address": a}
-        for c in with_aliases
-        for a in c.entry.aliases
-    ] + [
-        {"person_id": u.person_id, "address": a}
-        for u in plan.updates
-        if "aliases" in u.changed or u.restored
-        for a in u.entry.aliases
-    ]
-    alias_table = cast(Table, Alias.__table__)
-    for alias_part in chunks(alias_rows, 5000):
-        session.execute(alias_table.insert(), alias_part)
-
-    audits = [
-        {
-            "at": now,
-            "actor": actor,
-            "action": action,
-            "person_id": u.person_id,
-            "domain_id": domains[u.domain],
-            "before": before,
-            "after": after,
-            "detail": "",
-        }
-        for u in plan.updates
-        for action, before, after in _update_audits(u.renamed_from, u)
-    ] + [
-        {
-            "at": now,
-            "actor": actor,
-            "action": "person.removed",
-            "person_id": r.person_id,
-            "domain_id": domains.get(domain_of(r.mail)),
-            "before": {"mail": r.mail},
-            "after": None,
-            "detail": "gone from the directory",
-        }
-        for r in plan.removals
-    ]
-    for audit_part in chunks(audits, 5000):
-        session.execute(cast(Table, AuditEvent.__table__).insert(), audit_part)
-
-    touched = (
-        {domains[c.domain] for c in plan.creates}
-        | {domains[u.domain] for u in plan.updates}
-        | {domains.get(domain_of(u.renamed_from)) for u in plan.updates if u.renamed_from}
-        | {domains.get(domain_of(r.mail)) for r in plan.removals}
-    )
-    touched.discard(None)
-    if touched:
-        domain_table = cast(Table, Domain.__table__)
-        session.execute(
-            domain_table.update()
-            .where(domain_table.c.id.in_(sorted(touched)))
-            .values(people_version=domain_table.c.people_version + 1)
+        rows = (
+            {
+                "pid": u.person_id,
+                "mail": u.entry.mail,
+                "dn": u.entry.dn,
+                "display_name": u.entry.display_name,
+                "disabled": u.entry.disabled,
+                "alternate_contact": u.entry.alternate_contact,
+                "domain_id": self.domains[u.domain],
+                # Someone whose address changed may not have had it before.
+                "bump": 1 if (u.disabled_now or u.renamed_from) else 0,
+            }
+            for u in self.plan.updates
         )
+        for part in chunks(rows, 5000):
+            self.session.execute(statement, part)
+
+    def create_people(self) -> None:
+        """Insert the new people with plain executemany INSERTs, a chunk at a time.
+
+        RETURNING per row and a list of every row's dict both cost more than the whole
+        rest of the write; the few ids needed (for aliases) are read back afterwards.
+        """
+        rows = (
+            {
+                "domain_id": self.domains[c.domain],
+                "source": self.plan.source,
+                "external_id": c.entry.external_id,
+                "dn": c.entry.dn,
+                "mail": c.entry.mail,
+                "display_name": c.entry.display_name,
+                "alternate_contact": c.entry.alternate_contact,
+                "disabled": c.entry.disabled,
+                "session_generation": 0,
+                "created_at": self.now,
+                "updated_at": self.now,
+            }
+            for c in self.plan.creates
+        )
+        for part in chunks(rows, 5000):
+            self.session.execute(self.person.insert(), part)
+
+    def write_aliases(self) -> None:
+        """Insert the aliases of new people and of people whose aliases changed."""
+        rows = [
+            {"person_id": u.person_id, "address": a}
+            for u in self.plan.updates
+            if "aliases" in u.changed or u.restored
+            for a in u.entry.aliases
+        ]
+        for created in chunks(c for c in self.plan.creates if c.entry.aliases):
+            found = self.session.execute(
+                select(Person.external_id, Person.id).where(
+                    Person.source == self.plan.source,
+                    Person.external_id.in_([c.entry.external_id for c in created]),
+                )
+            )
+            new_ids = {external_id: id_ for external_id, id_ in found}
+            rows += (
+                {"person_id": new_ids[c.entry.external_id], "address": a}
+                for c in created
+                for a in c.entry.aliases
+            )
+        alias_table = cast(Table, Alias.__table__)
+        for part in chunks(rows, 5000):
+            self.session.execute(alias_table.insert(), part)
+
+    def audit_changes(self) -> None:
+        """Audit renames, disables, enables, restores and removals (not every new name)."""
+        rows = [
+            _audit_row(self.now, self.actor, action, u.person_id, self.domains[u.domain], *change)
+            for u in self.plan.updates
+            for action, *change in _update_audits(u)
+        ] + [
+            _audit_row(
+                self.now,
+                self.actor,
+                "person.removed",
+                r.person_id,
+                self.domains.get(domain_of(r.mail)),
+                {"mail": r.mail},
+                None,
+                "gone from the directory",
+            )
+            for r in self.plan.removals
+        ]
+        for part in chunks(rows, 5000):
+            self.session.execute(self.audit.insert(), part)
+
+    def bump_people_versions(self) -> None:
+        """Move on people_version of every domain that gained, lost or changed people."""
+        domains, plan = self.domains, self.plan
+        touched = (
+            {domains[c.domain] for c in plan.creates}
+            | {domains[u.domain] for u in plan.updates}
+            | {domains.get(domain_of(u.renamed_from)) for u in plan.updates if u.renamed_from}
+            | {domains.get(domain_of(r.mail)) for r in plan.removals}
+        )
+        touched.discard(None)
+        if touched:
+            domain_table = cast(Table, Domain.__table__)
+            self.session.execute(
+                domain_table.update()
+                .where(domain_table.c.id.in_(sorted(touched)))
+                .values(people_version=domain_table.c.people_version + 1)
+            )
 
 
-def _update_audits(renamed_from: str | None, u: Update) -> list[tuple[str, Any, Any]]:
-    """Audit entries worth keeping for one update (not every display-name change)."""
+def _update_audits(u: Update) -> list[tuple[str, Any, Any]]:
+    """(action, before, after) worth keeping for one update."""
     found: list[tuple[str, Any, Any]] = []
-    if renamed_from:
-        found.append(("person.renamed", {"mail": renamed_from}, {"mail": u.entry.mail}))
+    if u.renamed_from:
+        found.append(("person.renamed", {"mail": u.renamed_from}, {"mail": u.entry.mail}))
     if u.disabled_now:
         found.append(("person.disabled", {"disabled": False}, {"disabled": True}))
     if u.enabled_now:

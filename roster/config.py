@@ -514,15 +514,13 @@ def _absolute_path(value: Any, where: str) -> str:
     return text
 
 
-def _networks(
-    value: Any, where: str
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(value: Any, where: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """A list of networks in CIDR notation ("10.0.0.0/8", "2001:db8::/32"); from the
     environment, comma-separated."""
     if isinstance(value, str):
         value = [item.strip() for item in value.split(",") if item.strip()]
     if not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a list of networks like [\"10.0.0.0/8\"]")
+        raise ConfigError(f'{where}: expected a list of networks like ["10.0.0.0/8"]')
     networks = []
     for item in value:
         try:
@@ -538,7 +536,7 @@ def _networks(
 # command; its default lives where it is read.
 _TABLES: dict[str, dict[str, Check]] = {
     "database": {"url": _text},
-    "sync": {"lock_seconds": _whole(1), "stale_after_minutes": _whole(1)},
+    "sync": {"lock_seconds": _whole(1, 7 * 24 * 3600), "stale_after_minutes": _whole(1)},
     "standby": {
         "imap": host_port,
         "lmtp": host_port,
@@ -581,10 +579,12 @@ _TABLES: dict[str, dict[str, Check]] = {
         "listen": host_port,
         "secure_cookies": _flag,
         "access_log": _flag,
-        "session_idle_minutes": _whole(1),
-        "session_lifetime_hours": _whole(1),
-        "reset_code_hours": _whole(1),
-        "trusted_proxies": _whole(0),
+        # Upper bounds keep a typo from making sessions or codes live for years (and
+        # the portal's timedelta from overflowing at start).
+        "session_idle_minutes": _whole(1, 7 * 24 * 60),
+        "session_lifetime_hours": _whole(1, 30 * 24),
+        "reset_code_hours": _whole(1, 7 * 24),
+        "trusted_proxies": _whole(0, 10),
     },
 }
 # The tables the Config keeps as plain dicts of checked values.

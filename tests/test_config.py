@@ -160,6 +160,8 @@ def test_idn_domains_are_named_in_ascii(tmp_path: Path) -> None:
         ("portal", "session_idle_minutes = -5", "[portal].session_idle_minutes: must be at"),
         ("portal", "reset_code_hours = 1.5", "[portal].reset_code_hours: expected a whole"),
         ("portal", 'trusted_proxies = "two"', "[portal].trusted_proxies: expected a number"),
+        ("portal", "session_lifetime_hours = 99999999999", "[portal].session_lifetime_hours: mu"),
+        ("portal", "reset_code_hours = 8760", "[portal].reset_code_hours: must be at most 168"),
         ("portal", 'secret_key = "short"', "[portal].secret_key: too short (5 characters)"),
         ("portal", 'base_url = "continuity.example"', "[portal].base_url: expected https://"),
         ("portal", 'base_url = "https://x.example/?next=1"', "[portal].base_url: expected"),

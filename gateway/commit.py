@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from sqlalchemy import Engine, event
 
 from roster.logs import log_event
-from roster.queue import Incoming, store
+from roster.queue import Incoming, store, writing
 
 log = logging.getLogger("continuity.gateway")
 
@@ -94,7 +94,7 @@ class GroupCommitter:
 
     def _commit(self, group: Sequence[tuple[Incoming, Future[None]]]) -> None:
         try:
-            with self._engine.begin() as connection:
+            with writing(self._engine) as connection:
                 store(connection, [message for message, _ in group])
         except Exception as error:  # every waiter learns its message was not stored
             log_event(

@@ -13,10 +13,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
-from gateway.standby import StandbyStore
 from roster.logs import log_event
 from roster.models import COPY_DONE, COPY_FAILED, COPY_PENDING, utcnow
-from roster.queue import claim_copies, record_copy
+from roster.queue import claim_copies, record_copy, writing
 
 log = logging.getLogger("continuity.gateway")
 
@@ -39,6 +38,8 @@ class Copier:
         self.engine = engine
         self.worker = worker
         self.lease = lease
+        from gateway.standby import StandbyStore
+
         self.store = StandbyStore(lmtp[0], lmtp[1], connections=1) if lmtp else None
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -69,7 +70,7 @@ class Copier:
         """Claim due copies and deliver them; how many were tried."""
         if self.store is None:
             return 0
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             copies = claim_copies(connection, self.worker, limit=BATCH, lease=self.lease)
         for copy in copies:
             result = self.store.deliver(copy.body, [copy.mailbox])[copy.mailbox]
@@ -80,7 +81,7 @@ class Copier:
                 status, retry = COPY_FAILED, None
             else:
                 status, retry = COPY_PENDING, next_copy_attempt(copy.attempts + 1, now)
-            with self.engine.begin() as connection:
+            with writing(self.engine) as connection:
                 record_copy(connection, copy.id, status, result.reply, retry)
             log_event(
                 log,

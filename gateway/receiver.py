@@ -83,7 +83,7 @@ class GatewayHandler:
         refusal = self.limits.allow_message(_peer(session))
         if refusal:
             return refusal
-        envelope.mail_from = address
+        envelope.mail_from = address  # "<>" for the null sender (aiosmtpd's spelling)
         envelope.mail_options.extend(options)
         return "250 2.1.0 Sender ok"
 
@@ -181,7 +181,7 @@ class GatewayHandler:
         body = received + content
         message = Incoming(
             queue_id=queue_id,
-            sender=envelope.mail_from or "",
+            sender="" if envelope.mail_from in (None, "", "<>") else envelope.mail_from,
             body=body,
             recipients=list(state.recipients),
             message_id=headers.message_id(content) or "",

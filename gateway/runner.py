@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from gateway import dsn
 from gateway.delivery import Result, SessionFailed, Target, deliver_batch
@@ -41,6 +41,7 @@ from roster.queue import (
     new_queue_id,
     record_outcomes,
     store,
+    writing,
 )
 
 log = logging.getLogger("continuity.gateway")
@@ -92,6 +93,7 @@ class QueueRunner:
             try:
                 worked = self.run_once()
             except Exception as error:  # a database hiccup must not end the loop
+                log.debug("runner failure", exc_info=True)
                 log_event(
                     log,
                     logging.ERROR,
@@ -106,7 +108,7 @@ class QueueRunner:
 
     def run_once(self) -> int:
         """One round: claim what is due and deliver it; how many messages were tried."""
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             deliveries = claim_deliveries(
                 connection, self.worker, limit=self.settings.batch, lease=self.settings.lease
             )
@@ -224,7 +226,7 @@ class QueueRunner:
                     Outcome(row, DEFERRED, reply, next_attempt(delivery.attempts + 1, now))
                 )
                 delayed.append((row, addresses[row], code, text))
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             record_outcomes(connection, self.worker, outcomes, now)
             notices = self._notices(connection, delivery, failed, delayed, host, now)
             if notices:
@@ -243,7 +245,7 @@ class QueueRunner:
 
     def _notices(
         self,
-        connection: object,
+        connection: Connection,
         delivery: Delivery,
         failed: list[tuple[int, str, int, str]],
         delayed: list[tuple[int, str, int, str]],
@@ -258,21 +260,26 @@ class QueueRunner:
         if not dsn.should_notify(delivery.sender, header_block):
             return []
         language = self.settings.languages.get(delivery.domain_id or 0, "en")
-        common = {
-            "arrival": delivery.received_at,
-            "reporting_mta": self.settings.hostname,
-            "from_address": f"MAILER-DAEMON@{self.settings.hostname}",
-            "language": language,
-            "now": now,
-        }
+        mta, daemon = self.settings.hostname, f"MAILER-DAEMON@{self.settings.hostname}"
         notices = []
         if failed:
             reports = [
                 dsn.RecipientReport(a, c or None, t, host or None, now) for _, a, c, t in failed
             ]
-            notices.append(dsn.build_failure(header_block, delivery.sender, reports, **common))
+            notices.append(
+                dsn.build_failure(
+                    header_block,
+                    delivery.sender,
+                    reports,
+                    arrival=delivery.received_at,
+                    reporting_mta=mta,
+                    from_address=daemon,
+                    language=language,
+                    now=now,
+                )
+            )
         if delayed and now - delivery.received_at >= self.settings.delay_warning:
-            told = delay_notified(connection, [row for row, *_ in delayed])  # type: ignore[arg-type]
+            told = delay_notified(connection, [row for row, *_ in delayed])
             fresh = [entry for entry in delayed if entry[0] not in told]
             if fresh:
                 reports = [
@@ -283,11 +290,15 @@ class QueueRunner:
                         header_block,
                         delivery.sender,
                         reports,
+                        arrival=delivery.received_at,
                         retry_until=delivery.received_at + self.settings.lifetime,
-                        **common,
+                        reporting_mta=mta,
+                        from_address=daemon,
+                        language=language,
+                        now=now,
                     )
                 )
-                mark_delay_notified(connection, [row for row, *_ in fresh])  # type: ignore[arg-type]
+                mark_delay_notified(connection, [row for row, *_ in fresh])
         return [
             Incoming(
                 queue_id=new_queue_id(),

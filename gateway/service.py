@@ -259,17 +259,21 @@ class Gateway:
 
     def wake(self) -> None:
         """Have idle runners and copiers look at the queue now."""
-        for worker in [*self.runners, *self.copiers]:
-            worker.wake.set()
+        for event in self._wakes():
+            event.set()
+
+    def _wakes(self) -> list[threading.Event]:
+        return [*(r.wake for r in self.runners), *(c.wake for c in self.copiers)]
 
     def stop(self) -> None:
         """Stop receiving, let what is being stored land, then stop the workers."""
         if self.controller is not None:
             self.controller.stop()
         self.committer.stop()
-        for worker in [*self.runners, *self.copiers]:
-            worker.stopping.set()
-            worker.wake.set()
+        for stopping in [*(r.stopping for r in self.runners), *(c.stopping for c in self.copiers)]:
+            stopping.set()
+        for event in self._wakes():
+            event.set()
         deadline = time.monotonic() + 30
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from roster.identity import covered, find_person
 from roster.models import (
@@ -39,6 +41,18 @@ from roster.models import (
 )
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction on a plain connection, committed at the end. On SQLite it takes
+    the write lock at BEGIN (IMMEDIATE): a transaction that read first and then writes
+    would otherwise fail at once when another writer committed in between."""
+    with (
+        engine.connect().execution_options(begin_immediate=True) as connection,
+        connection.begin(),
+    ):
+        yield connection
 
 
 def new_queue_id(now: float | None = None) -> str:
@@ -263,13 +277,14 @@ def claim_deliveries(
         found.recipients.append((row.id, row.address))
         found.attempts = max(found.attempts, row.attempts)
     deliveries = list(grouped.values())
-    bodies = dict(
-        connection.execute(
+    bodies = {
+        queue_id: body
+        for queue_id, body in connection.execute(
             select(MailMessage.queue_id, MailMessage.body).where(
                 MailMessage.queue_id.in_({d.queue_id for d in deliveries})
             )
-        ).tuples()
-    )
+        )
+    }
     for delivery in deliveries:
         delivery.body = bodies[delivery.queue_id]
     return deliveries
@@ -416,7 +431,7 @@ def retry_now(
     session: Session, *, queue_id: str | None = None, domain_id: int | None = None
 ) -> int:
     """Make pending recipients (of one message, or of one domain) due now; how many."""
-    condition = MailRecipient.status.in_(PENDING_STATES)
+    condition: ColumnElement[bool] = MailRecipient.status.in_(PENDING_STATES)
     if queue_id is not None:
         condition = and_(condition, MailRecipient.queue_id == queue_id)
     if domain_id is not None:
@@ -424,7 +439,7 @@ def retry_now(
     result = session.execute(
         update(MailRecipient).where(condition).values(next_attempt_at=utcnow())
     )
-    copies = StandbyCopy.status == COPY_PENDING
+    copies: ColumnElement[bool] = StandbyCopy.status == COPY_PENDING
     if queue_id is not None:
         copies = and_(copies, StandbyCopy.queue_id == queue_id)
     if domain_id is not None:
@@ -477,7 +492,7 @@ def pending_messages(
         .order_by(MailMessage.received_at)
         .limit(limit)
     )
-    return [QueueRow(*row) for row in session.execute(query).tuples()]
+    return [QueueRow(*row) for row in session.execute(query)]
 
 
 @dataclass(frozen=True)

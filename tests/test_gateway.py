@@ -1,0 +1,381 @@
+"""The gateway against real servers: mail sent with smtplib to a running gateway reaches
+an aiosmtpd primary once, with the client's identity; refusals, callouts, retries and
+notices are what a sender and a mail administrator would see. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from gateway.service import Gateway
+from roster.config import Config
+from roster.domains import add_domain, parse_primary
+from roster.models import (
+    BOUNCED,
+    DEFERRED,
+    DELIVERED,
+    Alias,
+    Domain,
+    MailMessage,
+    MailRecipient,
+    Person,
+    StandbyCopy,
+)
+from roster.queue import retry_now
+from tests.servers.primary import Primary, free_port
+
+
+@dataclass
+class Mail:
+    """A running gateway with its primary and outbound relay."""
+
+    engine: Engine
+    gateway: Gateway
+    primary: Primary
+    relay: Primary
+
+    def send(
+        self,
+        recipients: list[str],
+        *,
+        sender: str = "someone@sender.test",
+        body: bytes | None = None,
+        subject: str = "Hello",
+    ) -> str:
+        """Send one message; the gateway's 250 reply text."""
+        data = (
+            body
+            or (
+                f"From: {sender}\r\nTo: {', '.join(recipients)}\r\nSubject: {subject}\r\n"
+                f"Message-ID: <{time.time_ns()}@sender.test>\r\n\r\nHi there.\r\n"
+            ).encode()
+        )
+        with smtplib.SMTP(
+            "127.0.0.1", self.gateway.settings.port, local_hostname="client.test"
+        ) as c:
+            c.ehlo()
+            c.mail(sender)
+            for address in recipients:
+                code, reply = c.rcpt(address)
+                assert code == 250, (address, code, reply)
+            code, reply = c.data(data)
+        assert code == 250, reply
+        return reply.decode()
+
+    def recipients(self) -> list[MailRecipient]:
+        """Every recipient row of the queue, oldest first."""
+        with Session(self.engine) as session:
+            return list(session.scalars(select(MailRecipient).order_by(MailRecipient.id)))
+
+    def wait(self, condition: Callable[[], bool], timeout: float = 20.0) -> None:
+        """Wait until ``condition`` holds (the gateway works in its own threads)."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("the gateway did not get there in time")
+            self.gateway.wake()
+            time.sleep(0.05)
+
+    def retry(self) -> None:
+        """What `continuity queue retry --domain` does: everything due now."""
+        with Session(self.engine) as session, session.begin():
+            retry_now(session, domain_id=None)
+        self.gateway.wake()
+
+
+def people(engine: Engine, primary_port: int) -> None:
+    """acme.test (active, all users) with Ana (alias sales@), Bob (disabled); beta.test
+    held but not active."""
+    with Session(engine) as session, session.begin():
+        acme = add_domain(session, "acme.test", "setup", parse_primary(f"127.0.0.1:{primary_port}"))
+        acme.primary_tls = "none"
+        acme.continuity_active = True
+        beta = add_domain(session, "beta.test", "setup", parse_primary(f"127.0.0.1:{primary_port}"))
+        beta.primary_tls = "none"
+        session.flush()
+        for domain, local, disabled, aliases in (
+            (acme, "ana", False, ["sales@acme.test"]),
+            (acme, "bob", True, []),
+            (beta, "carla", False, []),
+        ):
+            person = Person(
+                domain_id=domain.id,
+                source="corp",
+                external_id=local,
+                dn=f"uid={local}",
+                mail=f"{local}@{domain.name}",
+                disabled=disabled,
+            )
+            session.add(person)
+            session.flush()
+            session.add_all(Alias(person_id=person.id, address=a) for a in aliases)
+
+
+def gateway_config(database_url: str, relay_port: int, **gateway: object) -> Config:
+    """A configuration for a gateway on a free loopback port with a local primary."""
+    return Config(
+        database_url=database_url,
+        gateway={
+            "listen": f"127.0.0.1:{free_port()}",
+            "hostname": "gateway.test",
+            "allow_local_primary": True,
+            "delivery_workers": 2,
+            **gateway,
+        },
+        outbound={"relay": f"127.0.0.1:{relay_port}"},
+    )
+
+
+@pytest.fixture
+def mail(engine: Engine, database_url: str) -> Iterator[Mail]:
+    """A gateway delivering to a live primary, with notices through a relay."""
+    primary, relay = Primary().start(), Primary().start()
+    people(engine, primary.port)
+    running = Gateway(gateway_config(database_url, relay.port), engine=engine, idle=0.05)
+    running.start()
+    try:
+        yield Mail(engine, running, primary, relay)
+    finally:
+        running.stop()
+        primary.stop()
+        relay.stop()
+
+
+def test_mail_reaches_the_primary_once_with_the_clients_identity(mail: Mail) -> None:
+    """A message to a person, an alias and a disabled person reaches the primary once,
+    with our Received line naming its queue id, and XFORWARD telling the real client."""
+    reply = mail.send(["ana@acme.test", "sales@acme.test", "bob@acme.test"])
+    queue_id = reply.rsplit(" ", 1)[-1]
+    assert reply.startswith("2.0.0 Ok: queued as ")
+    arrived = mail.primary.handler.wait_for(1)
+    mail.wait(lambda: all(r.status == DELIVERED for r in mail.recipients()))
+    time.sleep(0.2)
+    assert len(mail.primary.messages) == 1
+    got = arrived[0]
+    assert sorted(got.recipients) == ["ana@acme.test", "bob@acme.test", "sales@acme.test"]
+    assert got.sender == "someone@sender.test"
+    first_line = got.content.split(b"\r\n", 1)[0]
+    assert first_line.startswith(b"Received: from client.test ([127.0.0.1])")
+    assert queue_id.encode() in got.content.split(b"\r\n\r\n", 1)[0]
+    assert got.xforward.get("ADDR") == "127.0.0.1"
+    assert got.xforward.get("HELO") == "client.test"
+    with Session(mail.engine) as session:
+        stored = session.get(MailMessage, queue_id)
+        assert stored is not None and stored.sender == "someone@sender.test"
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [
+        ("someone@elsewhere.test", b"Relaying denied"),
+        ("ana%elsewhere.test@acme.test", b""),
+        ("elsewhere.test!ana@acme.test", b""),
+        ('"ana@elsewhere.test"@acme.test', b""),
+        ('"ana%elsewhere"@acme.test', b""),
+        ("ana@[127.0.0.1]", b""),
+    ],
+)
+def test_no_open_relay(mail: Mail, address: str, words: bytes) -> None:
+    """Foreign domains, percent hacks, bang paths, quoted routing and address literals
+    are refused at RCPT with 550: the gateway relays nothing anywhere."""
+    with smtplib.SMTP("127.0.0.1", mail.gateway.settings.port) as client:
+        client.ehlo("client.test")
+        client.mail("someone@sender.test")
+        code, reply = client.rcpt(address)
+    assert code == 550, reply
+    assert words in reply
+    assert mail.recipients() == []
+
+
+def test_source_routes_are_refused(mail: Mail) -> None:
+    """aiosmtpd would drop a source route and accept the address; the gateway refuses it."""
+    with smtplib.SMTP("127.0.0.1", mail.gateway.settings.port) as client:
+        client.ehlo("client.test")
+        client.mail("someone@sender.test")
+        code, _ = client.docmd("RCPT TO:<@relay.test:ana@acme.test>")
+    assert code == 550
+
+
+def test_unknown_recipients_are_checked_with_the_primary(mail: Mail) -> None:
+    """No backscatter: an address the roster does not know is accepted only when the
+    primary says it exists, refused when it says no, deferred (450) while it is down; a
+    domain with the check off accepts it."""
+    mail.primary.handler.known = {"ana@acme.test", "room-12@acme.test"}
+    with smtplib.SMTP("127.0.0.1", mail.gateway.settings.port) as client:
+        client.ehlo("client.test")
+        client.mail("someone@sender.test")
+        assert client.rcpt("room-12@acme.test")[0] == 250
+        code, reply = client.rcpt("nobody@acme.test")
+        assert code == 550 and b"No such user here" in reply
+    mail.primary.stop()
+    with smtplib.SMTP("127.0.0.1", mail.gateway.settings.port) as client:
+        client.ehlo("client.test")
+        client.mail("someone@sender.test")
+        assert client.rcpt("ghost@acme.test")[0] == 450
+        assert client.rcpt("ana@acme.test")[0] == 250  # known people need no primary
+    with Session(mail.engine) as session, session.begin():
+        session.scalars(
+            select(Domain).where(Domain.name == "acme.test")
+        ).one().verify_recipients = False
+    with smtplib.SMTP("127.0.0.1", mail.gateway.settings.port) as client:
+        client.ehlo("client.test")
+        client.mail("someone@sender.test")
+        assert client.rcpt("ghost2@acme.test")[0] == 250
+
+
+def test_a_primary_that_is_down_gets_the_mail_when_it_returns(mail: Mail) -> None:
+    """Primary down: the message waits (deferred, with the reason); back: delivered once."""
+    mail.primary.stop()
+    mail.send(["ana@acme.test"])
+    mail.wait(lambda: mail.recipients()[0].status == DEFERRED)
+    waiting = mail.recipients()[0]
+    assert waiting.attempts == 1
+    assert "refused" in waiting.last_reply
+    assert waiting.next_attempt_at > waiting.last_attempt_at  # type: ignore[operator]
+    mail.primary.start()
+    mail.retry()
+    mail.wait(lambda: mail.recipients()[0].status == DELIVERED)
+    assert len(mail.primary.handler.wait_for(1)) == 1
+
+
+def test_temporary_refusals_are_retried(mail: Mail) -> None:
+    """A 451 from the primary defers the recipient with the primary's words kept."""
+    mail.primary.handler.rcpt_reply = "451 4.3.0 Mailbox busy, try later"
+    mail.send(["ana@acme.test"])
+    mail.wait(lambda: mail.recipients()[0].status == DEFERRED)
+    assert "Mailbox busy" in mail.recipients()[0].last_reply
+    mail.primary.handler.rcpt_reply = None
+    mail.retry()
+    mail.wait(lambda: mail.recipients()[0].status == DELIVERED)
+
+
+def test_a_refused_recipient_gets_a_notice_and_the_others_their_mail(mail: Mail) -> None:
+    """5xx for one recipient: the others are delivered; the sender gets an RFC 3464
+    notice from the null sender through the relay, naming the refused address."""
+    mail.primary.handler.replies["bob@acme.test"] = "550 5.2.1 Mailbox disabled"
+    mail.send(["ana@acme.test", "bob@acme.test"], sender="writer@sender.test")
+    mail.wait(
+        lambda: {r.address: r.status for r in mail.recipients()}.get("bob@acme.test") == BOUNCED
+    )
+    got = mail.primary.handler.wait_for(1)
+    assert got[0].recipients == ["ana@acme.test"]
+    notices = mail.relay.handler.wait_for(1)
+    assert notices[0].sender == "<>"  # aiosmtpd's spelling of the null sender
+    assert notices[0].recipients == ["writer@sender.test"]
+    report = email.message_from_bytes(notices[0].content, policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    assert b"bob@acme.test" in notices[0].content
+    assert b"Mailbox disabled" in notices[0].content
+
+
+def test_no_notice_for_a_notice(mail: Mail) -> None:
+    """A refused message from the null sender is bounced without any notice (no loop)."""
+    mail.primary.handler.replies["bob@acme.test"] = "550 5.2.1 Mailbox disabled"
+    mail.send(["bob@acme.test"], sender="")
+    mail.wait(lambda: mail.recipients()[0].status == BOUNCED)
+    with Session(mail.engine) as session:
+        assert session.scalars(select(MailMessage.sender)).one() == ""
+    time.sleep(0.5)
+    assert mail.relay.messages == []
+    assert len(mail.recipients()) == 1
+
+
+def _raw_session(port: int, lines: list[bytes]) -> list[bytes]:
+    """Talk to the gateway byte by byte; every reply line it sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        reader = raw.makefile("rb")
+        replies = [reader.readline()]
+        for line in lines:
+            raw.sendall(line)
+            if line.endswith(b"\r\n") and not line.startswith(b"DATA-BODY"):
+                reply = reader.readline()
+                while reply[3:4] == b"-":
+                    reply = reader.readline()
+                replies.append(reply)
+        return replies
+
+
+def test_bad_messages_get_the_right_reply_and_nothing_is_stored(mail: Mail) -> None:
+    """NUL bytes, a mail loop and an 8-bit header without SMTPUTF8 are refused; a
+    message declared larger than the limit is refused at MAIL; nothing is queued."""
+    loop = b"".join(b"Received: from a by b; x\r\n" for _ in range(101))
+    for body in (
+        b"Subject: x\r\n\r\nbad\0byte\r\n",
+        loop + b"Subject: x\r\n\r\nhi\r\n",
+        "Subject: caf\u00e9\r\n\r\nhi\r\n".encode(),
+    ):
+        with smtplib.SMTP("127.0.0.1", mail.gateway.settings.port) as client:
+            client.ehlo("client.test")
+            client.mail("someone@sender.test")
+            client.rcpt("ana@acme.test")
+            code, _ = client.data(body)
+        assert code == 554
+    with smtplib.SMTP("127.0.0.1", mail.gateway.settings.port) as client:
+        client.ehlo("client.test")
+        code, _ = client.mail("someone@sender.test", [f"SIZE={60 * 1024 * 1024}"])
+        assert code == 552
+    assert mail.recipients() == []
+
+
+def test_bare_line_feeds_never_pass_on(mail: Mail) -> None:
+    """A message with bare LF and bare CR reaches the primary with CRLF lines only."""
+    mail.send(["ana@acme.test"], body=b"Subject: x\r\n\r\none\ntwo\rthree\r\n")
+    got = mail.primary.handler.wait_for(1)[0].content
+    assert b"one\r\ntwo\r\nthree\r\n" in got
+    assert got.count(b"\n") == got.count(b"\r\n")
+
+
+def test_a_client_that_disconnects_in_data_leaves_nothing(mail: Mail) -> None:
+    """Half a message stores nothing and the server keeps serving."""
+    with socket.create_connection(("127.0.0.1", mail.gateway.settings.port), timeout=10) as raw:
+        reader = raw.makefile("rb")
+        reader.readline()
+        for line in (
+            b"EHLO client.test\r\n",
+            b"MAIL FROM:<a@sender.test>\r\n",
+            b"RCPT TO:<ana@acme.test>\r\n",
+            b"DATA\r\n",
+        ):
+            raw.sendall(line)
+            reply = reader.readline()
+            while reply[3:4] == b"-":
+                reply = reader.readline()
+        raw.sendall(b"Subject: half\r\n\r\nthe first half of")
+    time.sleep(0.3)
+    assert mail.recipients() == []
+    mail.send(["ana@acme.test"])
+    assert len(mail.primary.handler.wait_for(1)) == 1
+
+
+def test_the_queue_is_shared_by_claims(mail: Mail, database_url: str) -> None:
+    """A second gateway on the same roster never delivers a message the first one has."""
+    other = Gateway(gateway_config(database_url, mail.relay.port), engine=mail.engine, idle=0.05)
+    other.start()
+    try:
+        for _ in range(30):
+            mail.send(["ana@acme.test"])
+        mail.wait(lambda: all(r.status == DELIVERED for r in mail.recipients()), timeout=60)
+    finally:
+        other.stop()
+    time.sleep(0.3)
+    assert len(mail.primary.messages) == 30
+    ids = [m.content.split(b" id ", 1)[1][:20] for m in mail.primary.messages]
+    assert len(set(ids)) == 30
+
+
+def test_standby_copies_wait_for_covered_people(mail: Mail) -> None:
+    """Only covered people get a standby copy row: Ana (twice addressed, one copy), not
+    disabled Bob, not Carla of an inactive domain."""
+    mail.send(["ana@acme.test", "sales@acme.test", "bob@acme.test", "carla@beta.test"])
+    with Session(mail.engine) as session:
+        copies = list(session.scalars(select(StandbyCopy)))
+    assert [c.mailbox for c in copies] == ["ana@acme.test"]

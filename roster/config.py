@@ -261,9 +261,13 @@ def _directory(raw: Mapping[str, Any], index: int, environ: Mapping[str, str]) -
             )
     if values.get("page_size", 1000) < 1:
         raise ConfigError(f"{where}.page_size: must be at least 1")
-    for key in ("connect_timeout", "read_timeout", "full_sync_interval_hours"):
-        if key in values and not (math.isfinite(values[key]) and values[key] > 0):
-            raise ConfigError(f"{where}.{key}: must be a number above 0, got {values[key]!r}")
+    # Upper bounds: beyond them a value is a typo (and a huge socket timeout overflows).
+    bounds = {"connect_timeout": 3600, "read_timeout": 3600, "full_sync_interval_hours": 8760}
+    for key, most in bounds.items():
+        if key in values and not (math.isfinite(values[key]) and 0 < values[key] <= most):
+            raise ConfigError(
+                f"{where}.{key}: must be a number above 0 and at most {most}, got {values[key]!r}"
+            )
     if values.get("clock_skew_seconds", 0) < 0:
         raise ConfigError(f"{where}.clock_skew_seconds: must be 0 or more")
     if not 0 <= values.get("max_removal_share", 0.1) <= 1:

@@ -219,6 +219,7 @@ def test_a_bad_value_from_the_environment_names_its_key(tmp_path: Path) -> None:
         ("connect_timeout = 0", "'corp'.connect_timeout: must be a number above 0"),
         ("read_timeout = nan", "'corp'.read_timeout: must be a number above 0"),
         ("full_sync_interval_hours = -1", "'corp'.full_sync_interval_hours: must be"),
+        ("connect_timeout = 1e300", "'corp'.connect_timeout: must be a number above 0 and at"),
         ("clock_skew_seconds = -3", "'corp'.clock_skew_seconds: must be 0 or more"),
     ],
 )

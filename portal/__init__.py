@@ -86,7 +86,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
     app.extensions["roster_sessions"] = session_factory(engine)
 
     from portal import access, auth, controlpanel, errors, health, helpdesk, me, request_scope
-    from portal.controlpanel.wording import audit_text
+    from portal.audit_texts import audit_text
     from portal.extensions import babel, csrf, login_manager
     from portal.i18n import LANGUAGES, install_template_gettext, select_locale
     from roster.search import PeopleIndex

@@ -8,7 +8,6 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
-from flask_babel import lazy_gettext as _l
 from flask_login import current_user
 from sqlalchemy import or_, select
 
@@ -23,29 +22,6 @@ from roster.models import Alias, AuditEvent, Domain, Person, utcnow
 
 bp = Blueprint("helpdesk", __name__, url_prefix="/helpdesk")
 PAGE = 50
-
-AUDIT_TEXTS = {
-    "sign_in": _l("Signed in"),
-    "sign_in.failed": _l("Sign-in refused"),
-    "account.locked": _l("Locked after too many failed sign-ins"),
-    "account.unlocked": _l("Sign-in lock lifted"),
-    "emergency_password.set": _l("Emergency password set"),
-    "emergency_password.changed": _l("Emergency password changed"),
-    "reset_code.issued": _l("Reset code issued"),
-    "reset_code.refused": _l("Reset code refused"),
-    "person.renamed": _l("Address changed in the directory"),
-    "person.disabled": _l("Disabled in the directory"),
-    "person.enabled": _l("Enabled again in the directory"),
-    "person.removed": _l("Gone from the directory"),
-    "person.restored": _l("Back in the directory"),
-}
-
-
-def audit_text(action: str) -> str:
-    """What an audit action means, in the reader's language."""
-    text = AUDIT_TEXTS.get(action)
-    return str(text) if text is not None else action
-
 
 def _served() -> set[int] | None:
     """The domains this helpdesk member serves (None: all)."""

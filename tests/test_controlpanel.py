@@ -104,7 +104,7 @@ def table_addresses(page: str) -> list[str]:
     found = re.search(r'<table class="users" id="listed">.*?</table>', page, re.DOTALL)
     if not found:
         return []
-    return re.findall(r"<tr>\s*<td>([^<\s]+)", found.group(0))
+    return re.findall(r"<tr>\s*<td[^>]*>([^<\s]+)", found.group(0))
 
 
 def flashes(page: str) -> list[str]:
@@ -231,12 +231,21 @@ def test_activate_and_deactivate_take_effect_at_once(panel: Portal) -> None:
     assert sign_in(panel.client(), "ana@acme.test", EMERGENCY).status_code == 401
     page = text(admin.get(PAGE))
     assert "Continuity Service is not active for this domain." in page
-    assert f'action="{PAGE}/activate"' in page and "Only selected users" not in page
+    # Regression: the buttons were GET forms without fields, so the confirmation
+    # pages' addresses ended with "?".
+    assert f'<a class="button primary" id="activate" href="{PAGE}/activate">' in page
+    assert "Only selected users" not in page
 
     confirm = text(admin.get(f"{PAGE}/activate"))
     activated = post(admin, f"{PAGE}/activate")
 
     assert "Activate Continuity Service for acme.test?" in confirm
+    # The manual's "Important" where the admin decides, and no promise of what the
+    # product does not do yet (standby copies, a webmail).
+    important = re.search(r'<aside class="important".*?</aside>', confirm, re.DOTALL)
+    assert important and "Keep Continuity Service permanently active." in important.group(0)
+    assert "not in its archive" in important.group(0)
+    assert "standby copy" not in confirm and "webmail" not in confirm
     assert ">Confirm</button>" in confirm and f'href="{PAGE}">Cancel</a>' in confirm
     assert location_path(activated) == PAGE
     page = text(admin.get(PAGE))
@@ -248,9 +257,9 @@ def test_activate_and_deactivate_take_effect_at_once(panel: Portal) -> None:
     confirm = text(admin.get(f"{PAGE}/deactivate", headers=SPANISH))
     assert "Confirmar" in confirm
     confirm = text(admin.get(f"{PAGE}/deactivate"))
-    assert "No more standby copies of incoming mail are kept." in confirm
-    assert "Nobody can sign in to the standby webmail or with an emergency password" in confirm
-    assert "Mail already held is not lost: it is still handed back to the primary" in confirm
+    assert "Nobody can sign in with an emergency password any more" in confirm
+    assert "Keep Continuity Service permanently active." in confirm
+    assert "standby cop" not in confirm and "webmail" not in confirm
     assert location_path(post(admin, f"{PAGE}/deactivate")) == PAGE
 
     assert location_path(ana.get("/me")) == "/sign-in"  # her emergency session ended
@@ -321,7 +330,8 @@ def test_going_to_selected_users_warns_with_the_count_of_the_uncovered(panel: Po
     )
     assert '<input type="hidden" name="mode" value="selected">' in shown
     assert '<input type="hidden" name="confirmed" value="1">' in shown
-    assert "Confirmar" in text(spanish)
+    assert "Keep Continuity Service permanently active." in shown  # the manual's note
+    assert "3 usuarios cubiertos ahora no están en la lista" in text(spanish)
     assert domain_row(panel).coverage_mode == "all"  # nothing happened yet
     assert '<dd id="covered">3</dd>' in text(admin.get(PAGE))
 
@@ -403,7 +413,7 @@ def test_add_a_user_through_the_form_and_every_refusal(panel: Portal) -> None:
         "not an address": ["“not an address” is not an email address."],
         "": ["Type the address of the user to add."],
     }
-    assert "nobody@acme.test no está en el registro" in text(spanish)
+    assert "nobody@acme.test no está en el censo de Continuity" in text(spanish)
     assert 'value="nobody@acme.test"' in text(spanish)  # what was typed stays
     assert listed(panel) == ["ana@acme.test"]
     assert ("coverage.added", "admin@acme.test") in panel.audit_actions("ana@acme.test")
@@ -460,8 +470,8 @@ def test_remove_a_user_with_the_cross(panel: Portal) -> None:
     admin = admin_of(panel)
     page = text(admin.get(PAGE))
     remove = f"{PAGE}/people/{ana_id}/remove"
-    assert f'<form method="get" action="{remove}" class="inline">' in page
-    assert 'aria-label="Remove ana@acme.test"' in page and ">×</button>" in page
+    assert f'<a class="cross" href="{remove}" aria-label="Remove ana@acme.test"' in page
+    assert ">×</a>" in page
     assert "Quitar usuario" in text(admin.get(PAGE, headers=SPANISH))
 
     confirm = text(admin.get(remove))
@@ -602,8 +612,10 @@ def test_emergency_password_switch_and_the_count(panel: Portal) -> None:
     panel.set_emergency_password("ana@acme.test")
     admin = admin_of(panel)
     page = text(admin.get(PAGE))
-    assert "2 covered people have not set an emergency password yet." in page
-    assert '<dd id="without-emergency-password">2</dd>' in page
+    # Regression: while switched off, the page counted the people without one.
+    assert "have not set an emergency password" not in page
+    assert 'id="without-emergency-password"' not in page and 'id="remind"' not in page
+    assert "The emergency password is switched off: nobody can set one" in page
     assert "Activar la contraseña de emergencia" in text(admin.get(PAGE, headers=SPANISH))
     assert sign_in(panel.client(), "ana@acme.test", EMERGENCY).status_code == 401
 
@@ -611,12 +623,19 @@ def test_emergency_password_switch_and_the_count(panel: Portal) -> None:
 
     assert location_path(switched) == PAGE
     page = text(admin.get(PAGE))
+    assert "2 covered people have not set an emergency password yet." in page
+    assert '<dd id="without-emergency-password">2</dd>' in page
     assert "The emergency password is now switched on for this domain." in flashes(page)
     assert re.search(r'<input checked id="emergency-enabled"', page)
     assert sign_in(panel.client(), "ana@acme.test", EMERGENCY).status_code == 302
     post(admin, f"{PAGE}/emergency-password", {})
     assert domain_row(panel).emergency_password_enabled is False
     post(admin, f"{PAGE}/deactivate")
+    # With the service off the section is greyed out and says why.
+    page = text(admin.get(PAGE))
+    assert re.search(r'<fieldset class="greyed" disabled[^>]*>', page)
+    assert "activate it to use the emergency password" in page
+    assert 'action="/admin/domains/acme.test/emergency-password"' not in page
     refused = post(admin, f"{PAGE}/emergency-password", {"enabled": "y"})
     assert "Continuity Service is not active for this domain: activate it first." in flashes(
         text(admin.get(location_path(refused)))
@@ -635,7 +654,8 @@ def test_reminders_go_through_the_relay_to_those_without_an_emergency_password(
     without_relay = admin_of(panel)
     page = text(without_relay.get(PAGE))
     assert re.search(r'<button type="submit" id="remind" disabled>', page)
-    assert "The outbound relay is not configured" in page
+    assert "Ask your Continuity operator to set one up." in page
+    assert "[outbound]" not in page
     refused = post(without_relay, f"{PAGE}/remind")
     assert "The outbound relay is not configured: no reminder can be sent." in flashes(
         text(without_relay.get(location_path(refused)))
@@ -687,7 +707,10 @@ def test_reminders_go_through_the_relay_to_those_without_an_emergency_password(
         event = session.scalars(
             select(AuditEvent).where(AuditEvent.action == "emergency_password.reminders_sent")
         ).one()
-    assert (event.actor, event.detail) == ("admin@acme.test", "2 sent, 0 failed")
+    assert (event.actor, event.after) == ("admin@acme.test", {"sent": 2, "failed": 0})
+    trail = text(admin.get(f"{PAGE}/audit"))
+    assert "Reminders to set an emergency password sent</span><br>" in trail
+    assert "2 reminders sent." in trail
 
     with app_with_relay(panel, f"127.0.0.1:{free_port()}") as app:
         admin = admin_of(panel, app=app)
@@ -768,6 +791,34 @@ def test_primary_settings_are_checked_in_both_languages_and_saved(panel: Portal)
     ]
 
 
+def test_the_primary_form_names_every_wrong_field_at_once(panel: Portal) -> None:
+    """Regression: the form showed the first wrong field's error only, with no notice in
+    view; an impossible address (999.999.999.999) was saved."""
+    admin = admin_of(panel)
+    typed = {"host": "999.999.999.999", "port": "0", "tls": "starttls", "automatic": "y"}
+    typed |= {"probe_interval": "5", "failures_before_failover": "3"}
+
+    page = text(post(admin, f"{PAGE}/primary", typed))
+    spanish = text(post(admin, f"{PAGE}/primary", typed, headers=SPANISH))
+
+    assert field_error(page, "primary-host") == (
+        "“999.999.999.999” is not a valid IP address (four numbers from 0 to 255, or IPv6)."
+    )
+    assert field_error(page, "primary-port") == ("The port must be a whole number from 1 to 65535.")
+    assert field_error(page, "primary-probe-interval") == (
+        "The seconds between probes must be a whole number from 10 to 3600."
+    )
+    assert 'id="primary-failures-error"' not in page
+    notice = re.search(r'<p class="flash error" role="alert" id="primary-notice">([^<]+)</p>', page)
+    assert notice and notice.group(1) == "3 fields need correcting: see the message under each."
+    # The form is sent to the section's own anchor: the browser shows it, not the top.
+    assert f'action="{PAGE}/primary#primary"' in page
+    assert f'formaction="{PAGE}/primary/test#primary"' in page
+    assert "3 campos necesitan corrección" in spanish
+    assert "no es una dirección IP válida" in field_error(spanish, "primary-host")
+    assert domain_row(panel).primary_host is None
+
+
 def test_test_connection_against_a_real_server_and_a_closed_port(panel: Portal) -> None:
     # The test servers run on this host: a primary here is allowed only when configured.
     admin = admin_of(panel, app=panel.build(gateway={"allow_local_primary": True}))
@@ -793,7 +844,9 @@ def test_test_connection_against_a_real_server_and_a_closed_port(panel: Portal) 
     page = text(closed)
     assert "The connection failed." in page
     assert '<dd id="probe-stage">connecting</dd>' in page
-    assert re.search(r'<dd id="probe-error">[^<]+</dd>', page)
+    # Regression: the reason was the system's English ("Connection refused") in Spanish too.
+    assert re.search(r'<dd id="probe-error">Connection refused: nothing listens on that port', page)
+    assert "Conexión rechazada" in text(spanish) and "Connection refused" not in text(spanish)
     assert wrong.status_code == 400 and 'id="probe"' not in text(wrong)
     assert "La conexión ha fallado." in text(spanish)
 
@@ -801,46 +854,69 @@ def test_test_connection_against_a_real_server_and_a_closed_port(panel: Portal) 
 # The audit trail.
 
 
-def test_the_audit_page_lists_the_changes_with_before_and_after(panel: Portal) -> None:
+def test_the_audit_page_says_each_change_in_sentences(panel: Portal) -> None:
+    """Regression: the audit trail showed raw keys (`coverage_mode: selected`,
+    `listed: true`, "4 listed user(s) removed") in English whatever the reader's
+    language, in a table 1,545 px wide."""
     panel.add_staff("admin@other.test", "admin", OTHER_DOMAIN)
     admin = admin_of(panel)
     post(admin, f"{PAGE}/activate")
     post(admin, f"{PAGE}/coverage", {"mode": "selected", "confirmed": "1"})
     post(admin, f"{PAGE}/add", {"address": "bo@acme.test"})
+    post(admin, f"{PAGE}/add", {"address": "ana@acme.test"})
+    post(admin, f"{PAGE}/coverage", {"mode": "all", "confirmed": "1"})
+    form = {"host": "mx.acme.test", "port": "2525", "tls": "tls", "automatic": "y"}
+    form |= {"probe_interval": "60", "failures_before_failover": "3"}
+    post(admin, f"{PAGE}/primary", form)
     other = admin_of(panel, OTHER_DOMAIN)
     post(other, f"/admin/domains/{OTHER_DOMAIN}/activate")
 
     page = text(admin.get(f"{PAGE}/audit"))
     spanish = text(admin.get(f"{PAGE}/audit", headers=SPANISH))
 
-    rows = re.findall(
-        r"<tr>\s*<td>[^<]+</td>\s*<td>([^<]*)</td>\s*<td title=\"([^\"]+)\">([^<]*)</td>"
-        r"\s*<td>([^<]*)</td>\s*<td class=\"state\">(.*?)</td>\s*<td class=\"state\">(.*?)</td>",
-        page,
-        re.DOTALL,
-    )
-    assert [(actor, action, what, person) for actor, action, what, person, *_ in rows][:3] == [
+    def rows(shown: str) -> list[tuple[str, str, str]]:
+        found = re.findall(
+            r"<tr>\s*<td class=\"nowrap\">[^<]+</td>\s*<td class=\"address\">([^<]*)</td>"
+            r"\s*<td>(.*?)</td>\s*<td class=\"address\">([^<]*)</td>",
+            shown,
+            re.DOTALL,
+        )
+        return [(who, re.sub(r"<[^>]+>", "|", what), person) for who, what, person in found]
+
+    assert rows(page)[:6] == [
         (
             "admin@acme.test",
-            "coverage.added",
-            "Added to the Continuity Service users",
-            "bo@acme.test",
-        ),
-        (
-            "admin@acme.test",
-            "coverage.mode_changed",
-            "Coverage changed between all users and only selected users",
+            "|Primary mail server settings changed|||Host name or IP address: from none to"
+            " mx.acme.test.|||Port: from 25 to 2525.|||Encryption: from STARTTLS to TLS from"
+            " the start.|",
             "",
         ),
-        ("admin@acme.test", "service.activated", "Continuity Service activated", ""),
+        (
+            "admin@acme.test",
+            "|Coverage changed between all users and only selected users|||Who is covered:"
+            " from only selected users to all users.|||2 individually added users were"
+            " removed from the list.|",
+            "",
+        ),
+        ("admin@acme.test", "|Added to the Continuity Service users|", "ana@acme.test"),
+        ("admin@acme.test", "|Added to the Continuity Service users|", "bo@acme.test"),
+        (
+            "admin@acme.test",
+            "|Coverage changed between all users and only selected users|||Who is covered:"
+            " from all users to only selected users.|",
+            "",
+        ),
+        ("admin@acme.test", "|Continuity Service activated|", ""),
     ]
-    assert [row[1] for row in rows[3:]] == ["staff.added", "domain.added"]
-    assert rows[3][1:3] == ("staff.added", "Staff account added")
-    assert [(before, after) for *_, before, after in rows][:4] == [
-        ("listed: false<br>", "listed: true<br>"),
-        ("coverage_mode: all<br>", "coverage_mode: selected<br>"),
-        ("continuity_active: false<br>", "continuity_active: true<br>"),
-        ("", "address: admin@acme.test<br>role: admin<br>"),
+    assert [row[1] for row in rows(page)[6:]] == [
+        "|Staff account added|||Address: admin@acme.test.|||Role: domain admin.|",
+        "|Domain added|",
     ]
+    tables = [re.search(r"<table.*</table>", shown, re.DOTALL) for shown in (page, spanish)]
+    for raw in ("coverage_mode", "listed:", "true", "false", "user(s)", "primary_port"):
+        assert all(table and raw not in table.group(0) for table in tables), raw
     assert "Continuity Service activado" in spanish
+    assert "Quién está cubierto: de todos los usuarios a solo los usuarios seleccionados." in (
+        spanish
+    )
     assert admin.get(f"/admin/domains/{OTHER_DOMAIN}/audit").status_code == 404

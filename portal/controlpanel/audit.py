@@ -8,8 +8,8 @@ from flask import render_template
 from sqlalchemy import func, select
 
 from portal.access import staff
+from portal.audit_texts import actor_text, audit_sentences
 from portal.controlpanel.scope import PAGE, bp, domain_or_404, page_number
-from portal.controlpanel.wording import state_lines
 from portal.request_scope import db
 from roster.identity import ROLE_ADMIN
 from roster.models import AuditEvent, Person
@@ -45,5 +45,6 @@ def audit_page(name: str) -> Any:
         events=events,
         page=page,
         pages=pages,
-        state_lines=state_lines,
+        actor_text=actor_text,
+        audit_sentences=audit_sentences,
     )

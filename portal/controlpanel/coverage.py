@@ -9,6 +9,7 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 
 from portal.access import staff
+from portal.controlpanel.promises import important, losing_coverage
 from portal.controlpanel.scope import actor, bp, changing, confirm, domain_or_404, to_domain
 from portal.controlpanel.wording import refusal_text
 from portal.request_scope import db
@@ -36,7 +37,7 @@ def coverage(name: str) -> Any:
         if refused.code == "confirm_selected_users":
             return _confirm_selected_users(domain, int(refused.params.get("count", 0)))
         flash(refusal_text(refused.code, refused.params), "error")
-        return to_domain(domain.name, "coverage")
+        return to_domain(domain.name)
     if unchanged:
         flash(_("Nothing changed."), "notice")
     else:
@@ -55,7 +56,7 @@ def coverage(name: str) -> Any:
                 ),
                 "notice",
             )
-    return to_domain(domain.name, "coverage")
+    return to_domain(domain.name)
 
 
 def _confirm_all_users(domain: Domain, listed: int) -> Any:
@@ -83,17 +84,12 @@ def _confirm_selected_users(domain: Domain, uncovered: int) -> Any:
     return confirm(
         domain,
         _("Cover only selected users of %(domain)s?", domain=domain.name),
-        [
-            _("Only the users you add to the list will be covered."),
-            _(
-                "Whoever is not on the list loses coverage at once: no standby copies of"
-                " their mail, no standby webmail, no emergency password sign-in."
-            ),
-        ],
+        [_("Only the users you add to the list will be covered."), losing_coverage()],
         warning=ngettext(
             "%(num)d user covered now is not on the list and will no longer be covered.",
             "%(num)d users covered now are not on the list and will no longer be covered.",
             uncovered,
         ),
         fields={"mode": COVERAGE_SELECTED, "confirmed": "1"},
+        important=important(),
     )

@@ -81,7 +81,7 @@ def remind(name: str) -> Any:
             "emergency_password.reminders_sent",
             domain_id=found.id,
             client=client_address(),
-            detail=f"{sent} sent, {failed} failed",
+            after={"sent": sent, "failed": failed},
         )
     flash(
         ngettext("%(num)d reminder sent.", "%(num)d reminders sent.", sent),

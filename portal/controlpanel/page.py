@@ -8,7 +8,7 @@ from flask import abort, current_app, render_template, request
 
 from portal.access import staff
 from portal.controlpanel.scope import PAGE, admin_scope, bp, domain_or_404, page_number
-from portal.controlpanel.wording import PROBE_STAGES, SYNC_OUTCOMES, sync_counts
+from portal.controlpanel.wording import PROBE_STAGES, SYNC_OUTCOMES, probe_error_text, sync_counts
 from portal.forms import CoverageForm, EmergencySwitchForm, PrimaryForm
 from portal.notify import relay_configured
 from portal.request_scope import db
@@ -96,6 +96,7 @@ def domain_view(
             primary_errors=primary_errors or {},
             probe=probe,
             probe_stages=PROBE_STAGES,
+            probe_error_text=probe_error_text,
             relay_configured=relay_configured(config),
         ),
         status,

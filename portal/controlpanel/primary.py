@@ -14,7 +14,7 @@ from portal.controlpanel.scope import actor, bp, changing, domain_or_404, to_dom
 from portal.controlpanel.wording import PRIMARY_FIELDS, probe_refusal_text, refusal_text
 from portal.forms import PrimaryForm
 from portal.request_scope import db, writing
-from roster.domains import PrimarySettings, Refused, check_primary
+from roster.domains import PrimaryRefused, PrimarySettings, check_primary
 from roster.identity import ROLE_ADMIN
 from roster.models import utcnow
 from roster.primary_address import PrimaryAddressRefused
@@ -30,7 +30,7 @@ from roster.service import set_primary
 
 
 def _checked_primary(form: PrimaryForm) -> tuple[PrimarySettings | None, dict[str, str]]:
-    """The settings typed in ``form``, checked; or the message for the wrong field."""
+    """The settings typed in ``form``, checked; or a message for every wrong field."""
     try:
         return (
             check_primary(
@@ -43,9 +43,12 @@ def _checked_primary(form: PrimaryForm) -> tuple[PrimarySettings | None, dict[st
             ),
             {},
         )
-    except Refused as refused:
-        field = PRIMARY_FIELDS.get(refused.code, "host")
-        return None, {field: refusal_text(refused.code, refused.params)}
+    except PrimaryRefused as refused:
+        errors: dict[str, str] = {}
+        for each in refused.refusals:
+            field = PRIMARY_FIELDS.get(each.code, "host")
+            errors.setdefault(field, refusal_text(each.code, each.params))
+        return None, errors
 
 
 @bp.post("/domains/<name>/primary")

@@ -56,9 +56,9 @@ def page_number() -> int:
     return min(max(request.args.get("page", 1, type=int) or 1, 1), 1_000_000)
 
 
-def to_domain(name: str, anchor: str | None = None) -> Any:
-    """Back to the domain's page (at ``anchor``, the section the change was made in)."""
-    return redirect(url_for("controlpanel.domain_page", name=name, _anchor=anchor))
+def to_domain(name: str) -> Any:
+    """Back to the domain's page (its notices at the top, in view)."""
+    return redirect(url_for("controlpanel.domain_page", name=name))
 
 
 def confirm(
@@ -68,8 +68,10 @@ def confirm(
     *,
     warning: str | None = None,
     fields: dict[str, str] | None = None,
+    important: list[str] | None = None,
 ) -> Any:
-    """A confirmation step: what will happen, "Confirm" (POST here again) and "Cancel"."""
+    """A confirmation step: what will happen, "Confirm" (POST here again) and "Cancel";
+    the manual's "Important" note where the decision needs it."""
     return render_template(
         "controlpanel/confirm.html",
         domain=domain,
@@ -78,4 +80,5 @@ def confirm(
         warning=warning,
         action=request.path,
         fields=fields or {},
+        important=important or [],
     )

@@ -8,6 +8,7 @@ from flask import flash, request
 from flask_babel import gettext as _
 
 from portal.access import staff
+from portal.controlpanel.promises import important, on_activation, on_deactivation
 from portal.controlpanel.scope import actor, bp, changing, confirm, domain_or_404, to_domain
 from portal.request_scope import db
 from roster.identity import ROLE_ADMIN
@@ -34,33 +35,11 @@ def _switch_service(name: str, *, on: bool) -> Any:
     if request.method == "GET":
         if on:
             heading = _("Activate Continuity Service for %(domain)s?", domain=domain.name)
-            points = [
-                _("From now on a standby copy of incoming mail is kept for the covered users."),
-                _(
-                    "During an outage of the primary mail server, covered users can read and"
-                    " send mail in the standby webmail, signing in with their emergency"
-                    " password if it is switched on."
-                ),
-                _("The change takes effect at once."),
-            ]
+            points = on_activation()
         else:
             heading = _("Deactivate Continuity Service for %(domain)s?", domain=domain.name)
-            points = [
-                _("No more standby copies of incoming mail are kept."),
-                _(
-                    "Nobody can sign in to the standby webmail or with an emergency password"
-                    " any more; such sessions end at once."
-                ),
-                _(
-                    "Mail already held is not lost: it is still handed back to the primary"
-                    " mail server."
-                ),
-                _(
-                    "The list of selected users and the settings are kept for when you"
-                    " activate it again."
-                ),
-            ]
-        return confirm(domain, heading, points)
+            points = on_deactivation()
+        return confirm(domain, heading, points, important=important())
     with changing(name) as (write, found):
         changed = (activate if on else deactivate)(write, found, **actor())
     if on:

@@ -10,6 +10,7 @@ from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 
 from portal.access import background, staff
+from portal.controlpanel.promises import losing_coverage
 from portal.controlpanel.scope import (
     PEOPLE_INDEX,
     actor,
@@ -180,12 +181,7 @@ def remove(name: str, person_id: int) -> Any:
         return confirm(
             domain,
             _("Remove %(address)s from the Continuity Service users?", address=person.mail),
-            [
-                _(
-                    "They will no longer be covered: no standby copies of their mail, no"
-                    " standby webmail, no emergency password sign-in."
-                )
-            ],
+            [losing_coverage()],
         )
     try:
         with changing(name) as (write, found):

@@ -5,8 +5,10 @@ settings > Continuity Service and, step by step as the manual tells: activates t
 service, covers all users, then only selected users, adds a person with "Select user"
 and its suggestions, removes them with the cross, adds two people and meets the warning
 when switching back to all users (cancels, then confirms), and switches the emergency
-password on. Each step is checked on the page as the admin sees it and saved as a
-screenshot.
+password on. Then the review's steps: the warning before only selected users uncovers
+everyone, the primary server form with every error at once, Test connection's result in
+view and in the admin's language, and the audit trail in sentences within 1280 px.
+Each step is checked on the page as the admin sees it and saved as a screenshot.
 
 Everything is real: Debian's Chromium driven by Playwright, a slapd of this module's own
 with an admin group, the roster database, `continuity sync`, the portal behind a WSGI
@@ -34,7 +36,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from continuity.localslapd import Slapd
+from continuity.localslapd import Slapd, free_port
 from tests.directory import DirectoryTree, source_toml
 from tests.portal_support import (
     DOMAIN,
@@ -104,6 +106,25 @@ TEXTS: dict[str, dict[str, str]] = {
         "emergency_switch": "Activate the emergency password",
         "emergency_on": "The emergency password is now switched on for this domain.",
         "without_three": "3 covered people have not set an emergency password yet.",
+        "keep_active": "Keep Continuity Service permanently active.",
+        "not_checked": "Not checked yet: nothing has checked the primary mail server so far.",
+        "emergency_unavailable": (
+            "Continuity Service is not active for this domain: activate it to use the"
+            " emergency password."
+        ),
+        "selected_heading": f"Cover only selected users of {DOMAIN}?",
+        "warning_four": ("4 users covered now are not on the list and will no longer be covered."),
+        "fields_notice": "2 fields need correcting: see the message under each.",
+        "bad_ip": (
+            "“999.999.999.999” is not a valid IP address (four numbers from 0 to 255, or IPv6)."
+        ),
+        "port_range": "The port must be a whole number from 1 to 65535.",
+        "test_connection": "Test connection",
+        "probe_failed": "The connection failed.",
+        "refused": "Connection refused: nothing listens on that port, or a firewall refuses.",
+        "audit_trail": "Audit trail",
+        "audit_activated": "Continuity Service activated",
+        "audit_to_selected": "Who is covered: from all users to only selected users.",
     },
     "es": {
         "language": "Español",
@@ -148,6 +169,31 @@ TEXTS: dict[str, dict[str, str]] = {
         "emergency_on": "La contraseña de emergencia está ahora activada para este dominio.",
         "without_three": (
             "3 personas cubiertas aún no han establecido una contraseña de emergencia."
+        ),
+        "keep_active": "Mantenga Continuity Service activo de forma permanente.",
+        "not_checked": (
+            "Aún sin comprobar: nada ha comprobado todavía el servidor de correo principal."
+        ),
+        "emergency_unavailable": (
+            "Continuity Service no está activo para este dominio: actívelo para usar la"
+            " contraseña de emergencia."
+        ),
+        "selected_heading": f"¿Cubrir solo a los usuarios seleccionados de {DOMAIN}?",
+        "warning_four": (
+            "4 usuarios cubiertos ahora no están en la lista y dejarán de estar cubiertos."
+        ),
+        "fields_notice": "2 campos necesitan corrección: vea el mensaje debajo de cada uno.",
+        "bad_ip": (
+            "«999.999.999.999» no es una dirección IP válida (cuatro números de 0 a 255, o IPv6)."
+        ),
+        "port_range": "El puerto debe ser un número entero entre 1 y 65535.",
+        "test_connection": "Probar la conexión",
+        "probe_failed": "La conexión ha fallado.",
+        "refused": ("Conexión rechazada: nada escucha en ese puerto, o un cortafuegos la rechaza."),
+        "audit_trail": "Registro de auditoría",
+        "audit_activated": "Continuity Service activado",
+        "audit_to_selected": (
+            "Quién está cubierto: de todos los usuarios a solo los usuarios seleccionados."
         ),
     },
 }
@@ -318,7 +364,8 @@ def test_control_panel_manual_in_chromium(
     executable = chromium_path()  # first: a missing browser fails before the walk's set-up
     t = TEXTS[walk.lang]
     portal = build_portal(tmp_path, database_url, panel_slapd)
-    site.app = portal.app
+    # Test connection tries a closed port of this host: allowed here as in the demo.
+    site.app = portal.build(gateway={"allow_local_primary": True})
     base = site.base_url
     problems: list[str] = []  # console errors, page errors, CSP violations
 
@@ -327,7 +374,10 @@ def test_control_panel_manual_in_chromium(
             problems.append(f"console: {message.location.get('url', '')}: {message.text}")
 
     try:
-        context = chromium.browser(executable).new_context(locale="en-GB")
+        # A 1280 px window, as the review measured the pages in.
+        context = chromium.browser(executable).new_context(
+            locale="en-GB", viewport={"width": 1280, "height": 800}
+        )
         context.expose_binding(
             "reportCspViolation", lambda source, text: problems.append(f"CSP: {text}")
         )
@@ -351,11 +401,14 @@ def test_control_panel_manual_in_chromium(
         portal.close()
 
     print(f"screenshots: {shots.folder}")
-    assert len(shots.files) >= 17
+    assert len(shots.files) >= 23
     for path in shots.files:
         data = path.read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 1000, path
-    assert problems == [], problems
+    # The primary form's errors come with status 400, which Chromium logs: that one only.
+    refused_form = [p for p in problems if "/primary#primary" in p and "status of 400" in p]
+    assert len(refused_form) == 1, problems
+    assert [p for p in problems if p not in refused_form] == [], problems
 
 
 def walk_the_manual(page: Page, base: str, walk: Walk, t: dict[str, str], shots: Shots) -> None:
@@ -401,14 +454,24 @@ def walk_the_manual(page: Page, base: str, walk: Walk, t: dict[str, str], shots:
     expect(page.locator("#domain-name")).to_have_text(DOMAIN)
     expect(page.locator("#service-state")).to_have_text(t["not_active"])
     expect(page.get_by_text(t["users"], exact=True)).to_have_count(0)
+    # Nothing has checked the primary: the overview does not say "normal".
+    expect(page.locator("#continuity-state")).to_have_text(t["not_checked"])
+    # The service is off: the emergency password is greyed out with the reason, and
+    # nobody is counted as lacking one.
+    expect(page.locator("#emergency-enabled")).to_be_disabled()
+    expect(page.locator("#emergency-unavailable")).to_have_text(t["emergency_unavailable"])
+    expect(page.locator("#without-emergency-password")).to_have_count(0)
+    expect(page.locator("#reminder-count")).to_have_count(0)
+    check_language_button_contrast(page)
     shots.take("continuity-service")
 
-    # Activate: the confirmation page, Confirm; the page says it is active.
-    page.get_by_role("button", name=t["activate"], exact=True).click()
-    # A GET form of no fields: the browser asks for ".../activate?".
-    expect(page).to_have_url(re.compile(re.escape(f"{base}{DOMAIN_PAGE}/activate") + r"\??$"))
+    # Activate: the confirmation page with the manual's "Important", Confirm; the page
+    # says it is active. The address ends without "?".
+    page.get_by_role("link", name=t["activate"], exact=True).click()
+    expect(page).to_have_url(f"{base}{DOMAIN_PAGE}/activate")
     expect(page.locator("h1")).to_have_text(t["activate_heading"])
-    expect(page.locator("ul.points li")).to_have_count(3)
+    expect(page.locator("ul.points li")).to_have_count(2)
+    expect(page.locator("#important li").last).to_have_text(t["keep_active"])
     shots.take("activate-confirmation")
     page.get_by_role("button", name=t["confirm"], exact=True).click()
     expect(page).to_have_url(f"{base}{DOMAIN_PAGE}")
@@ -430,9 +493,16 @@ def walk_the_manual(page: Page, base: str, walk: Walk, t: dict[str, str], shots:
     expect(page.get_by_role("heading", name=t["users"], exact=True)).to_have_count(0)
     shots.take("all-users")
 
-    # Only selected users: choose, save; the empty "Continuity Service users" table.
+    # Only selected users: choose, save; the warning says all 4 covered people lose
+    # their coverage (nobody is listed yet); Confirm; the empty table.
     only_selected.check()
     coverage_form.get_by_role("button", name=t["save"], exact=True).click()
+    expect(page.locator("h1")).to_have_text(t["selected_heading"])
+    expect(page.get_by_role("alert")).to_have_text(t["warning_four"])
+    expect(page.locator("#important li").last).to_have_text(t["keep_active"])
+    shots.take("only-selected-warning")
+    page.get_by_role("button", name=t["confirm"], exact=True).click()
+    expect(page).to_have_url(f"{base}{DOMAIN_PAGE}")
     expect_status(page, t["covers_selected"])
     expect(only_selected).to_be_checked()
     expect(page.get_by_role("heading", name=t["users"], exact=True)).to_be_visible()
@@ -454,10 +524,11 @@ def walk_the_manual(page: Page, base: str, walk: Walk, t: dict[str, str], shots:
     # Remove with the cross in the "Remove user" column, confirm: gone from the table.
     headers = page.locator("#listed thead th").all_inner_texts()
     assert t["remove_user"] in headers, headers
-    cross = row.locator("td").nth(headers.index(t["remove_user"])).get_by_role("button")
+    cross = row.locator("td").nth(headers.index(t["remove_user"])).get_by_role("link")
     expect(cross).to_have_text("×")
     expect(cross).to_have_accessible_name(t["remove_button"].format(address=first))
     cross.click()
+    expect(page).to_have_url(re.compile(re.escape(f"{base}{DOMAIN_PAGE}/people/") + r"\d+/remove$"))
     expect(page.locator("h1")).to_have_text(t["remove_heading"].format(address=first))
     shots.take("remove-confirmation")
     page.get_by_role("button", name=t["confirm"], exact=True).click()
@@ -473,6 +544,7 @@ def walk_the_manual(page: Page, base: str, walk: Walk, t: dict[str, str], shots:
     add_with_suggestion(page, base, t, second_typed, second, None)
     expect(page.locator("#listed-count")).to_have_text(t["two_listed"])
     assert listed_addresses(page) == sorted([first, second])
+    check_no_wrapping(page)
     shots.take("two-added")
 
     # All users: the warning names the 2 who will go; Cancel changes nothing.
@@ -502,9 +574,12 @@ def walk_the_manual(page: Page, base: str, walk: Walk, t: dict[str, str], shots:
     expect(page.locator("#covered")).to_have_text(str(len(PEOPLE)))
     shots.take("all-users-confirmed")
 
-    # The emergency password switch: on; the count of covered people without one.
+    # The emergency password switch: on; the count of covered people without one
+    # (none while it is off).
     switch = page.get_by_label(t["emergency_switch"], exact=True)
     expect(switch).not_to_be_checked()
+    expect(page.locator("#reminder-count")).to_have_count(0)
+    expect(page.locator("#without-emergency-password")).to_have_count(0)
     switch.check()
     page.locator("form", has=switch).get_by_role("button", name=t["save"], exact=True).click()
     expect_status(page, t["emergency_on"])
@@ -512,6 +587,83 @@ def walk_the_manual(page: Page, base: str, walk: Walk, t: dict[str, str], shots:
     expect(page.locator("#reminder-count")).to_have_text(t["without_three"])
     expect(page.locator("#without-emergency-password")).to_have_text("3")
     shots.take("emergency-password-on")
+
+    # The primary mail server: an impossible address and port; every field's error
+    # at once, and the notice in view (the page scrolls to the section).
+    page.locator("#primary-host").fill("999.999.999.999")
+    page.locator("#primary-port").fill("0")
+    primary_form = page.locator("form", has=page.locator("#primary-host"))
+    primary_form.get_by_role("button", name=t["save"], exact=True).click()
+    notice = page.locator("#primary-notice")
+    expect(notice).to_have_text(t["fields_notice"])
+    expect(notice).to_be_in_viewport()
+    expect(page.locator("#primary-host-error")).to_have_text(t["bad_ip"])
+    expect(page.locator("#primary-port-error")).to_have_text(t["port_range"])
+    shots.take("primary-errors")
+
+    # Test connection against a closed port: the result in view, in the admin's language.
+    page.locator("#primary-host").fill("127.0.0.1")
+    page.locator("#primary-port").fill(str(free_port()))
+    primary_form.get_by_role("button", name=t["test_connection"], exact=True).click()
+    probe = page.locator("#probe")
+    expect(probe.locator("h3")).to_have_text(t["probe_failed"])
+    expect(probe).to_be_in_viewport()
+    expect(page.locator("#probe-error")).to_have_text(t["refused"])
+    shots.take("test-connection")
+
+    # The audit trail: sentences in the admin's language, within a 1280 px window.
+    page.goto(f"{base}{DOMAIN_PAGE}")
+    page.get_by_role("link", name=t["audit_trail"], exact=True).first.click()
+    expect(page).to_have_url(f"{base}{DOMAIN_PAGE}/audit")
+    trail = page.locator("#audit")
+    expect(trail).to_contain_text(t["audit_activated"])
+    expect(trail).to_contain_text(t["audit_to_selected"])
+    for raw in ("coverage_mode", "listed:", "true", "false", "user(s)"):
+        expect(trail).not_to_contain_text(raw)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1280, width
+    shots.take("audit-trail")
+
+
+def check_language_button_contrast(page: Page) -> None:
+    """The selected language button meets WCAG AA (4.5:1) against its own background."""
+    ratio = page.evaluate(
+        """() => {
+        const button = document.querySelector('.language button[aria-current="true"]');
+        const style = getComputedStyle(button);
+        const rgb = (text) => text.match(/[0-9.]+/g).slice(0, 3).map(Number);
+        const lum = ([r, g, b]) => {
+          const c = [r, g, b].map((v) => {
+            v /= 255;
+            return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+          });
+          return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+        };
+        const opacity = Number(style.opacity);
+        const fg = lum(rgb(style.color));
+        const bg = lum(rgb(style.backgroundColor));
+        const [hi, lo] = fg > bg ? [fg, bg] : [bg, fg];
+        return opacity < 1 ? 0 : (hi + 0.05) / (lo + 0.05);
+    }"""
+    )
+    assert ratio >= 4.5, ratio
+
+
+def check_no_wrapping(page: Page) -> None:
+    """At 1280 px, no address, name or date of the users table breaks over two lines,
+    and the table fits the window."""
+    wrapped = page.evaluate(
+        """() => [...document.querySelectorAll('#listed td.nowrap')].filter((cell) => {
+        const style = getComputedStyle(cell);
+        const line = parseFloat(style.lineHeight) || parseFloat(style.fontSize) * 1.2;
+        const inner = cell.clientHeight - parseFloat(style.paddingTop)
+          - parseFloat(style.paddingBottom);
+        return inner > line * 1.5;
+    }).map((cell) => cell.textContent.trim())"""
+    )
+    assert wrapped == [], wrapped
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1280, width
 
 
 def add_with_suggestion(

@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import or_, select
@@ -17,11 +27,19 @@ from portal.request_scope import client_address, db, writing
 from roster import throttle
 from roster.addresses import printable
 from roster.domains import audit
-from roster.identity import ROLE_ADMIN, covered, emergency_credential, issue_reset_code, roles_of
+from roster.identity import (
+    ROLE_ADMIN,
+    covered,
+    emergency_credential,
+    issue_reset_code,
+    roles_of,
+    valid_reset_code,
+)
 from roster.models import Alias, AuditEvent, Domain, Person, utcnow
 
 bp = Blueprint("helpdesk", __name__, url_prefix="/helpdesk")
 PAGE = 50
+
 
 def _served() -> set[int] | None:
     """The domains this helpdesk member serves (None: all)."""
@@ -102,15 +120,23 @@ def person_page(person_id: int) -> Any:
         is_covered=covered(roster, person),
         credential=emergency_credential(roster, person),
         locked=any(throttle.is_locked(roster, key, now) for key in _lock_keys(person)),
+        valid_code=valid_reset_code(roster, person, now),
         events=events,
         form=ActionForm(),
     )
 
 
+# The code shown once is kept in the helpdesk member's session between the POST that
+# issues it and the page that shows it (then dropped): the roster stores codes hashed
+# only, and a reload of the page must neither show the code again nor issue another.
+SHOWN_CODE = "reset_code_to_show"
+
+
 @bp.post("/people/<int(max=2147483647):person_id>/reset-code")
 @staff(*HELPDESK_ROLES)
 def reset_code(person_id: int) -> Any:
-    """Issue a single-use reset code, shown this once."""
+    """Issue a single-use reset code, after asking if one still works; then show it once
+    (POST, then a redirect to the page that shows it)."""
     person = _person_or_404(person_id)
     if person.disabled:
         flash(_("This person is disabled in the directory: no reset code."), "error")
@@ -122,17 +148,43 @@ def reset_code(person_id: int) -> Any:
         # be able to take over a colleague's (or a manager's) account.
         flash(_("Reset codes for staff members are issued by an administrator."), "error")
         return redirect(url_for("helpdesk.person_page", person_id=person.id))
+    replacing = request.form.get("replacing", "")
     db().rollback()
     hours = current_app.config["CONTINUITY_RESET_CODE_HOURS"]
     with writing() as write:
-        row = write.get(Person, person.id)
+        # The person's row is locked: two helpdesk members cannot both find no code.
+        row = write.get(Person, person.id, with_for_update=True)
         if row is None:
             abort(404)
+        current = valid_reset_code(write, row, utcnow())
+        if current is not None and replacing != str(current.id):
+            # A code that still works may be in the person's hands: a new one would void
+            # it without a word (a reload of the code page did that). Ask first.
+            return render_template(
+                "helpdesk/replace_code.html", person=person, current=current, form=ActionForm()
+            )
         code = issue_reset_code(
             write, row, current_user.address, timedelta(hours=hours), client_address()
         )
+    session[SHOWN_CODE] = {"person": person.id, "code": code}
+    return redirect(url_for("helpdesk.show_reset_code", person_id=person.id), 303)
+
+
+@bp.get("/people/<int(max=2147483647):person_id>/reset-code")
+@staff(*HELPDESK_ROLES)
+def show_reset_code(person_id: int) -> Any:
+    """Show the code just issued, this once; a reload says it was shown already."""
+    person = _person_or_404(person_id)
+    waiting = session.get(SHOWN_CODE)
+    code = None
+    if isinstance(waiting, dict) and waiting.get("person") == person.id:
+        code = session.pop(SHOWN_CODE)["code"]
+    hours = current_app.config["CONTINUITY_RESET_CODE_HOURS"]
+    still_valid = None if code else valid_reset_code(db(), person, utcnow())
     response = current_app.make_response(
-        render_template("helpdesk/code.html", person=person, code=code, hours=hours)
+        render_template(
+            "helpdesk/code.html", person=person, code=code, hours=hours, valid_code=still_valid
+        )
     )
     response.headers["Cache-Control"] = "no-store"
     return response

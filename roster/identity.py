@@ -355,6 +355,21 @@ def issue_reset_code(
     return format_code(code)
 
 
+def valid_reset_code(session: Session, person: Person, now: datetime) -> ResetCode | None:
+    """The person's reset code that still works, if any (the newest: issuing voids the
+    others)."""
+    return session.scalar(
+        select(ResetCode)
+        .where(
+            ResetCode.person_id == person.id,
+            ResetCode.used_at.is_(None),
+            ResetCode.expires_at > now,
+        )
+        .order_by(ResetCode.id.desc())
+        .limit(1)
+    )
+
+
 def redeem_reset_code(
     session: Session, person: Person, code: str, now: datetime, *, use: bool = True
 ) -> bool:

@@ -17,6 +17,7 @@ from tests.directory import DirectoryTree
 from tests.portal_support import (
     OTHER_DOMAIN,
     PASSWORD,
+    RESET_CODE,
     STAFF_PASSWORD,
     WRONG,
     Portal,
@@ -137,7 +138,7 @@ def test_each_code_is_new_and_the_earlier_one_stops_working(staffed: Portal) -> 
     ana_id = staffed.person_id("ana@acme.test")
     helpdesk = helpdesk_of(staffed)
     first = shown_code(issue_reset_code(helpdesk, ana_id))
-    second = shown_code(issue_reset_code(helpdesk, ana_id))
+    second = shown_code(issue_reset_code(helpdesk, ana_id, replacing=current_code_id(staffed)))
     assert first != second
 
     def redeem(code: str) -> int:
@@ -147,6 +148,55 @@ def test_each_code_is_new_and_the_earlier_one_stops_working(staffed: Portal) -> 
 
     assert redeem(first) == 401
     assert redeem(second) == 302
+
+
+def current_code_id(portal: Portal) -> str:
+    """The id of the newest reset code (the one a "replace" button names)."""
+    with Session(portal.engine) as session:
+        return str(session.scalar(select(func.max(ResetCode.id))))
+
+
+def test_a_reload_neither_shows_the_code_again_nor_issues_another(staffed: Portal) -> None:
+    """Regression (issue #8 B9): reloading the code page silently issued a new code and
+    voided the one just read to the caller. A code is issued by a POST and shown by the
+    page it redirects to, once; a new POST while a code still works asks first."""
+    ana_id = staffed.person_id("ana@acme.test")
+    helpdesk = helpdesk_of(staffed)
+    page = f"/helpdesk/people/{ana_id}"
+
+    issued = submit(helpdesk, page, {}, action=f"{page}/reset-code")
+    assert issued.status_code == 303 and location_path(issued) == f"{page}/reset-code"
+    shown = helpdesk.get(location_path(issued))
+    code = shown_code(shown)
+    assert "no-store" in shown.headers["Cache-Control"]
+    reload = helpdesk.get(location_path(issued))
+    resent = submit(helpdesk, page, {}, action=f"{page}/reset-code")  # the POST again
+
+    assert reload.status_code == 200 and not RESET_CODE.search(text(reload))
+    assert "The code has been shown already" in text(reload)
+    assert resent.status_code == 200 and not RESET_CODE.search(text(resent))
+    assert "still works" in text(resent)
+    assert "Replace it with a new code" in text(resent)
+    issued_events = [a for a, _ in staffed.audit_actions("ana@acme.test")]
+    assert issued_events.count("reset_code.issued") == 1
+    assert redeem(staffed, code) == 302  # the code read to the caller works
+
+    # Replacing needs the question's answer, naming the code it replaces: a stale
+    # answer (the form sent again after the replacement) asks again.
+    second = shown_code(issue_reset_code(helpdesk, ana_id))
+    replaced_id = current_code_id(staffed)
+    third = shown_code(issue_reset_code(helpdesk, ana_id, replacing=replaced_id))
+    stale = issue_reset_code(helpdesk, ana_id, replacing=replaced_id)
+    assert second != third and not RESET_CODE.search(text(stale))
+    assert "Replace it with a new code" in text(stale)
+    assert redeem(staffed, second) == 401 and redeem(staffed, third) == 302
+
+
+def redeem(portal: Portal, code: str) -> int:
+    """The answer to Ana's new emergency password with ``code``."""
+    data = {"address": "ana@acme.test", "code": code}
+    data |= {"password": "New-Lantern-7702", "confirmation": "New-Lantern-7702"}
+    return submit(portal.client(), "/reset", data).status_code
 
 
 def test_helpdesk_of_another_domain_gets_404(staffed: Portal) -> None:

@@ -3,6 +3,9 @@ reset code for the emergency password, lift a lock. Never sees or chooses a pass
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -126,10 +129,32 @@ def person_page(person_id: int) -> Any:
     )
 
 
-# The code shown once is kept in the helpdesk member's session between the POST that
+# The code shown once waits in the helpdesk member's session between the POST that
 # issues it and the page that shows it (then dropped): the roster stores codes hashed
 # only, and a reload of the page must neither show the code again nor issue another.
+# The session cookie is signed, not encrypted, so the code travels in it sealed with a
+# one-time pad drawn from the secret key (its integrity is the signature's).
 SHOWN_CODE = "reset_code_to_show"
+
+
+def _pad(nonce: bytes) -> bytes:
+    """32 bytes only the portal can draw: HMAC-SHA256 of a fresh nonce, by the secret key."""
+    key = str(current_app.config["SECRET_KEY"]).encode("utf-8")
+    return hmac.new(key, b"continuity reset code shown once:" + nonce, hashlib.sha256).digest()
+
+
+def _seal(code: str) -> str:
+    """``code`` (19 ASCII characters) made unreadable without the secret key."""
+    nonce = secrets.token_bytes(16)
+    sealed = bytes(a ^ b for a, b in zip(code.encode("ascii"), _pad(nonce), strict=False))
+    return (nonce + sealed).hex()
+
+
+def _unseal(sealed: str) -> str:
+    """The code ``_seal`` sealed."""
+    raw = bytes.fromhex(sealed)
+    nonce, body = raw[:16], raw[16:]
+    return bytes(a ^ b for a, b in zip(body, _pad(nonce), strict=False)).decode("ascii")
 
 
 @bp.post("/people/<int(max=2147483647):person_id>/reset-code")
@@ -166,7 +191,7 @@ def reset_code(person_id: int) -> Any:
         code = issue_reset_code(
             write, row, current_user.address, timedelta(hours=hours), client_address()
         )
-    session[SHOWN_CODE] = {"person": person.id, "code": code}
+    session[SHOWN_CODE] = {"person": person.id, "code": _seal(code)}
     return redirect(url_for("helpdesk.show_reset_code", person_id=person.id), 303)
 
 
@@ -178,7 +203,7 @@ def show_reset_code(person_id: int) -> Any:
     waiting = session.get(SHOWN_CODE)
     code = None
     if isinstance(waiting, dict) and waiting.get("person") == person.id:
-        code = session.pop(SHOWN_CODE)["code"]
+        code = _unseal(session.pop(SHOWN_CODE)["code"])
     hours = current_app.config["CONTINUITY_RESET_CODE_HOURS"]
     still_valid = None if code else valid_reset_code(db(), person, utcnow())
     response = current_app.make_response(

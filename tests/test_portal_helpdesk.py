@@ -3,7 +3,9 @@ lifting locks, each only over the domains served."""
 
 from __future__ import annotations
 
+import base64
 import re
+import zlib
 from pathlib import Path
 
 import ldap3
@@ -166,8 +168,17 @@ def test_a_reload_neither_shows_the_code_again_nor_issues_another(staffed: Porta
 
     issued = submit(helpdesk, page, {}, action=f"{page}/reset-code")
     assert issued.status_code == 303 and location_path(issued) == f"{page}/reset-code"
+    cookie = helpdesk.get_cookie("continuity_session")
+    assert cookie is not None
     shown = helpdesk.get(location_path(issued))
     code = shown_code(shown)
+    # Between the two the code waits in the (signed, readable) session cookie, sealed.
+    payload = cookie.value.lstrip(".").split(".")[0]
+    readable = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    if cookie.value.startswith("."):  # compressed
+        readable = zlib.decompress(readable)
+    assert b"reset_code_to_show" in readable
+    assert code.encode() not in readable and code.replace("-", "").encode() not in readable
     assert "no-store" in shown.headers["Cache-Control"]
     reload = helpdesk.get(location_path(issued))
     resent = submit(helpdesk, page, {}, action=f"{page}/reset-code")  # the POST again

@@ -2,7 +2,9 @@
 
 A person signs in with their directory password, sets an emergency password, signs out;
 the directory stops; the directory password is then refused with a notice that the
-directory cannot be reached, and the emergency password lets them in. Everything is
+directory cannot be reached, and the emergency password lets them in. A helpdesk
+member issues a reset code, reloads its page and asks for another (shown once, asked
+before replacing), and the person sets a new emergency password with it. Everything is
 real: a slapd of the test's own, the roster database, `continuity sync`, the portal
 behind a WSGI server on loopback. Chromium is a required component (scripts/bootstrap
 installs it): when it is missing the test fails, it does not skip.
@@ -282,3 +284,79 @@ def test_emergency_password_in_chromium_after_the_directory_stops(
         if not any(url == where and text.endswith(status) for where, status in expected)
     ]
     assert unexpected == [], unexpected
+
+
+def test_a_helpdesk_reset_code_in_chromium_is_shown_once(
+    tmp_path: Path, database_url: str, engine: Engine, own_slapd: Slapd
+) -> None:
+    """Regression (issue #8 B9), the way a helpdesk member meets it: reloading the code
+    page issued a new code and voided the one just read to the caller. In Chromium the
+    code is shown once, a reload shows no code and issues none, pressing the button
+    again asks first, and the code read out works on the reset page."""
+    executable = chromium_path()
+    tool = configure(tmp_path, database_url, own_slapd)
+    switch_on_continuity(engine)
+    status, summary = tool.sync()
+    assert status == 0, summary
+    secret = tmp_path / "helpdesk.txt"
+    secret.write_text("Helpdesk-Key-5520-Amber\n", encoding="utf-8")
+    added = tool.run(
+        "staff", "add", "helpdesk@acme.test", "--role", "helpdesk", "--domain", "acme.test",
+        "--password-file", str(secret),
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    app = create_app(config=load_config(tool.path, environ={}))
+    folder = tmp_path / "screenshots-helpdesk"
+    try:
+        with serve(app) as base_url, chromium(executable) as browser:
+            context = browser.new_context(locale="en-GB")
+            try:
+                page = context.new_page()
+                page.set_default_timeout(TIMEOUT_MS)
+                shots = Screenshots(folder, page)
+                page.goto(f"{base_url}/sign-in")
+                page.fill("#address", "helpdesk@acme.test")
+                page.fill("#password", "Helpdesk-Key-5520-Amber")
+                with page.expect_navigation():
+                    page.get_by_role("button", name="Sign in").click()
+                page.goto(f"{base_url}/helpdesk?q=ana")
+                page.get_by_role("link", name=ADDRESS).click()
+                expect(page.locator("#reset-code")).to_have_text("none that works")
+
+                page.get_by_role("button", name="Issue a reset code").click()
+                expect(page.locator("#code")).to_be_visible()
+                code = page.locator("#code").inner_text()
+                shots.take("reset-code-shown")
+
+                page.reload()
+                expect(page.locator("#code")).to_have_count(0)
+                expect(page.locator("#code-shown-already")).to_contain_text(
+                    "The code has been shown already"
+                )
+                shots.take("reset-code-reloaded")
+
+                page.get_by_role("link", name="Back").click()
+                expect(page.locator("#reset-code")).to_contain_text("One works until")
+                page.get_by_role("button", name="Issue a reset code").click()
+                expect(page.locator("#code-still-valid")).to_contain_text("still works")
+                shots.take("reset-code-replace-asked")
+                page.get_by_role("link", name="Keep it").click()
+                expect(page.locator("h1")).to_have_text("Ana Torres")
+
+                person = context.new_page()
+                person.set_default_timeout(TIMEOUT_MS)
+                person.goto(f"{base_url}/reset")
+                person.fill("#address", ADDRESS)
+                person.fill("#code", code.lower().replace("-", " "))
+                person.fill("#new_password", EMERGENCY_PASSWORD)
+                person.fill("#confirmation", EMERGENCY_PASSWORD)
+                person.get_by_role("button", name="Save emergency password").click()
+                expect(person).to_have_url(f"{base_url}/sign-in")
+                expect(person.get_by_role("status")).to_contain_text(
+                    "Your new emergency password is set."
+                )
+            finally:
+                context.close()
+    finally:
+        app.extensions["roster_engine"].dispose()
+    assert len(shots.files) == 3

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -21,7 +22,7 @@ from imapclient.exceptions import LoginError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.standby import CopyStatus, StandbyStore
+from gateway.standby import MAX_RECIPIENTS, CopyStatus, StandbyStore
 from gateway.standby_users import refresh_users_file, users_file_content, write_users_file
 from roster.db import session_factory, transaction
 from roster.domains import add_domain
@@ -182,6 +183,60 @@ def test_a_store_that_is_down_is_a_temporary_failure_and_the_same_client_recover
     assert after.copied, after.reply
     subjects = [message_from_bytes(m)["Subject"] for m in inbox(standby_store, person)]
     assert subjects == ["Before", "After"]
+
+
+def _lmtp_processes(server: DovecotServer) -> list[int]:
+    """The pids of the LMTP processes of ``server``'s Dovecot (its process group)."""
+    group = server.master_pid
+    assert group is not None
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[2]) == group and title.endswith(b"/lmtp\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_pooled_connection_that_died_is_replaced_without_a_failure(
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    person = fresh("steady")
+    cover(standby_store, [person])
+    store = StandbyStore(*standby_store.lmtp, connections=1, timeout=10)
+    try:
+        assert store.deliver(message("First"), [person])[person].copied
+        killed = _lmtp_processes(standby_store)
+        assert killed
+        for pid in killed:  # the processes serving the pooled connection, and no others
+            os.kill(pid, signal.SIGKILL)
+
+        result = store.deliver(message("Second"), [person])[person]
+    finally:
+        store.close()
+
+    assert result.copied, result.reply
+    subjects = [message_from_bytes(m)["Subject"] for m in inbox(standby_store, person)]
+    assert subjects == ["First", "Second"]
+
+
+def test_a_message_to_more_mailboxes_than_one_transaction_takes_reaches_all(
+    standby_store: DovecotServer,  # noqa: F811
+    store: StandbyStore,
+) -> None:
+    people = [fresh(f"team{n}") for n in range(MAX_RECIPIENTS + 7)]
+    cover(standby_store, people)
+
+    results = store.deliver(message("To everyone"), people + people[:3], sender=SENDER)
+
+    assert sorted(results) == sorted(people)
+    assert all(result.copied for result in results.values())
+    assert all(len(list((standby_store.maildir(p) / "new").iterdir())) == 1 for p in people)
 
 
 def test_copies_from_eight_threads_all_land(

@@ -131,6 +131,11 @@ class DovecotServer:
         """Whether the Dovecot started by this object is alive."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def master_pid(self) -> int | None:
+        """The pid of Dovecot's master process (its children share its process group)."""
+        return self._process.pid if self.running and self._process else None
+
     def start(self) -> None:
         """Start Dovecot in the foreground of a child process; wait until both ports answer."""
         if self.running:

@@ -6,6 +6,7 @@ temporary failures and the same client recovers when it is back."""
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import signal
 import socket
@@ -129,6 +130,32 @@ def test_an_address_not_in_the_users_file_is_refused_for_good_and_gets_no_mailbo
     assert store.deliver(message("Plus"), [f"{local}+news@{domain}"])[
         f"{local}+news@{domain}"
     ].permanent
+
+
+def test_a_mailbox_the_store_cannot_write_fails_for_now_and_for_that_person_only(
+    standby_store: DovecotServer,  # noqa: F811
+    store: StandbyStore,
+) -> None:
+    tag = secrets.token_hex(4)
+    fine, stuck = f"fine-{tag}@acme.test", f"stuck@blocked-{tag}.test"
+    cover(standby_store, [fine, stuck])
+    # The domain's directory belongs to root and is read-only: Dovecot cannot make
+    # the mailbox and answers 4xx after DATA for that recipient alone.
+    blocked = standby_store.mail_dir / f"blocked-{tag}.test"
+    blocked.mkdir(mode=0o500)
+
+    results = store.deliver(message("Mixed"), [fine, stuck], sender=SENDER)
+
+    assert results[fine].copied
+    assert results[stuck].temporary
+    assert results[stuck].code is not None and 400 <= results[stuck].code < 500
+    # Repaired: trying again copies it, and the other person got it once.
+    mail = pwd.getpwnam("mail")
+    os.chown(blocked, mail.pw_uid, mail.pw_gid)
+    blocked.chmod(0o700)
+    assert store.deliver(message("Mixed"), [stuck], sender=SENDER)[stuck].copied
+    assert len(inbox(standby_store, stuck)) == 1
+    assert len(inbox(standby_store, fine)) == 1
 
 
 def test_nothing_unchecked_reaches_the_lmtp_command_line(

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.standby_users import is_mailbox_address
+from roster.addresses import printable
 from roster.logs import log_event
 
 log = logging.getLogger("continuity.gateway")
@@ -85,7 +86,8 @@ def _status(code: int) -> CopyStatus:
 
 
 def _text(reply: bytes) -> str:
-    return reply.decode("utf-8", errors="replace").replace("\n", " ")[:500]
+    """A reply's text on one line, printable only: safe to store, log and show."""
+    return printable(reply.decode("utf-8", errors="replace").replace("\n", " "), 500)
 
 
 class _Lost(Exception):
@@ -186,7 +188,9 @@ class StandbyStore:
     def _connect(self) -> _Connection:
         lmtp = smtplib.LMTP(local_hostname=self._local_hostname, timeout=self.timeout)
         try:
-            lmtp.connect(self.host, self.port)
+            code, reply = lmtp.connect(self.host, self.port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, reply)
             code, reply = lmtp.ehlo()
             if code != 250:
                 raise smtplib.SMTPResponseException(code, reply)

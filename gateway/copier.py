@@ -2,25 +2,33 @@
 person's standby mailbox, whatever the primary does.
 
 A standby store that is down delays copies (retried with back-off, tracked on each
-copy), never the delivery to the primary: copies are rows of their own.
+copy), never the delivery to the primary: copies are rows of their own. The store knows
+only the people in its users file, which the gateway keeps current from the roster; a
+copy refused as unknown makes the copier write the file again and try once more, so a
+person covered a moment ago is not missed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
+from gateway.standby import CopyResult, StandbyStore
+from gateway.standby_users import refresh_users_file
 from roster.logs import log_event
 from roster.models import COPY_DONE, COPY_FAILED, COPY_PENDING, utcnow
-from roster.queue import claim_copies, record_copy, writing
+from roster.queue import Copy, claim_copies, copies_due, record_copy, writing
 
 log = logging.getLogger("continuity.gateway")
 
 COPY_BACKOFF_SECONDS = (10, 30, 60, 300, 900)
 BATCH = 50
+USERS_FILE_SETTLE_SECONDS = 2
 
 
 def next_copy_attempt(attempts: int, now: datetime) -> datetime:
@@ -29,67 +37,101 @@ def next_copy_attempt(attempts: int, now: datetime) -> datetime:
     return now + timedelta(seconds=step)
 
 
+class UsersFile:
+    """The standby store's users file, written from the roster when asked (one writer
+    at a time in this process)."""
+
+    def __init__(self, engine: Engine, path: str | os.PathLike[str] | None) -> None:
+        self.engine = engine
+        self.path = path
+        self._lock = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Write the covered addresses; True when the file changed."""
+        if self.path is None:
+            return False
+        with self._lock, Session(self.engine) as session:
+            changed = refresh_users_file(session, self.path)
+        if changed:
+            log_event(log, logging.INFO, "standby_users_written")
+        return changed
+
+
 class Copier:
-    """One copy loop over one LMTP connection; a gateway runs a few of them."""
+    """One copy loop; the gateway's copiers share one pool of LMTP connections."""
 
     def __init__(
-        self, engine: Engine, lmtp: tuple[str, int] | None, worker: str, *, lease: timedelta
+        self,
+        engine: Engine,
+        store: StandbyStore,
+        users: UsersFile,
+        worker: str,
+        *,
+        lease: timedelta,
     ) -> None:
         self.engine = engine
+        self.store = store
+        self.users = users
         self.worker = worker
         self.lease = lease
-        from gateway.standby import StandbyStore
-
-        self.store = StandbyStore(lmtp[0], lmtp[1], connections=1) if lmtp else None
         self.stopping = threading.Event()
         self.wake = threading.Event()
 
     def run(self, idle: float = 1.0) -> None:
         """Copy until stopped; sleep ``idle`` when nothing is due."""
-        try:
-            while not self.stopping.is_set():
-                try:
-                    worked = self.run_once()
-                except Exception as error:  # a database hiccup must not end the loop
-                    log_event(
-                        log,
-                        logging.ERROR,
-                        "copier_failed",
-                        error=type(error).__name__,
-                        detail=str(error)[:200],
-                    )
-                    worked = 0
-                if not worked:
-                    self.wake.wait(idle)
-                    self.wake.clear()
-        finally:
-            if self.store is not None:
-                self.store.close()
+        while not self.stopping.is_set():
+            try:
+                worked = self.run_once()
+            except Exception as error:  # a database hiccup must not end the loop
+                log_event(
+                    log,
+                    logging.ERROR,
+                    "copier_failed",
+                    error=type(error).__name__,
+                    detail=str(error)[:200],
+                )
+                worked = 0
+            if not worked:
+                self.wake.wait(idle)
+                self.wake.clear()
 
     def run_once(self) -> int:
         """Claim due copies and deliver them; how many were tried."""
-        if self.store is None:
-            return 0
+        with self.engine.connect() as connection:
+            if not copies_due(connection):
+                return 0
         with writing(self.engine) as connection:
             copies = claim_copies(connection, self.worker, limit=BATCH, lease=self.lease)
         for copy in copies:
-            result = self.store.deliver(copy.body, [copy.mailbox])[copy.mailbox]
-            now = utcnow()
-            if result.copied:
-                status, retry = COPY_DONE, None
-            elif result.permanent:
-                status, retry = COPY_FAILED, None
-            else:
-                status, retry = COPY_PENDING, next_copy_attempt(copy.attempts + 1, now)
-            with writing(self.engine) as connection:
-                record_copy(connection, copy.id, status, result.reply, retry)
-            log_event(
-                log,
-                logging.INFO if status != COPY_FAILED else logging.WARNING,
-                "standby_copy",
-                queue_id=copy.queue_id,
-                status=status,
-                attempt=copy.attempts + 1,
-                reply=result.reply[:200],
-            )
+            result = self._copy(copy)
+            # Refused as unknown, but the person may have been covered a moment ago: when
+            # writing the users file changes it, try again once Dovecot has read it (it
+            # looks at the file at most once a second).
+            again = result.permanent and self.users.refresh()
+            self._record(copy, result, retry_soon=again)
         return len(copies)
+
+    def _copy(self, copy: Copy) -> CopyResult:
+        return self.store.deliver(copy.body, [copy.mailbox], sender=copy.sender)[copy.mailbox]
+
+    def _record(self, copy: Copy, result: CopyResult, *, retry_soon: bool = False) -> None:
+        now = utcnow()
+        if result.copied:
+            status, retry = COPY_DONE, None
+        elif retry_soon:
+            status, retry = COPY_PENDING, now + timedelta(seconds=USERS_FILE_SETTLE_SECONDS)
+        elif result.permanent:
+            status, retry = COPY_FAILED, None
+        else:
+            status, retry = COPY_PENDING, next_copy_attempt(copy.attempts + 1, now)
+        with writing(self.engine) as connection:
+            record_copy(connection, copy.id, status, f"{result.code or ''} {result.reply}", retry)
+        log_event(
+            log,
+            logging.INFO if status != COPY_FAILED else logging.WARNING,
+            "standby_copy",
+            queue_id=copy.queue_id,
+            status=status,
+            attempt=copy.attempts + 1,
+            reply=result.reply[:200],
+        )

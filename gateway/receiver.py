@@ -75,6 +75,19 @@ class GatewayHandler:
         self.limits = limits
         self._lookups: dict[str, _Lookup] = {}
 
+    # -- EHLO ------------------------------------------------------------------
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """Say PIPELINING too: aiosmtpd reads pipelined commands in order (RFC 2920)."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     # -- MAIL ------------------------------------------------------------------
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

@@ -37,6 +37,7 @@ from roster.queue import (
     Recipient,
     claim_deliveries,
     delay_notified,
+    deliveries_due,
     mark_delay_notified,
     new_queue_id,
     record_outcomes,
@@ -108,6 +109,9 @@ class QueueRunner:
 
     def run_once(self) -> int:
         """One round: claim what is due and deliver it; how many messages were tried."""
+        with self.engine.connect() as connection:
+            if not deliveries_due(connection):
+                return 0
         with writing(self.engine) as connection:
             deliveries = claim_deliveries(
                 connection, self.worker, limit=self.settings.batch, lease=self.settings.lease

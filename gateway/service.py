@@ -17,10 +17,11 @@ from sqlalchemy import Engine, select
 
 from gateway.callout import Callout
 from gateway.commit import GroupCommitter, make_durable
-from gateway.copier import Copier
+from gateway.copier import Copier, UsersFile
 from gateway.limits import ClientLimits, GatewayLimits
 from gateway.receiver import GatewayHandler, GatewaySMTP, ReceiverSettings
 from gateway.runner import QueueRunner, RunnerSettings
+from gateway.standby import StandbyStore
 from roster.config import Config, ConfigError
 from roster.db import make_engine
 from roster.logs import log_event
@@ -34,6 +35,8 @@ from roster.primary_address import (
 from roster.queue import worker_name
 
 log = logging.getLogger("continuity.gateway")
+
+USERS_REFRESH_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class GatewaySettings:
     relay_username: str | None
     relay_password: str | None
     lmtp: tuple[str, int] | None
+    copy_connections: int
     users_file: str | None
 
 
@@ -105,6 +109,7 @@ def settings_from(config: Config) -> GatewaySettings:
         relay_username=config.outbound.get("username"),
         relay_password=config.outbound.get("password"),
         lmtp=_split(lmtp) if lmtp else None,
+        copy_connections=config.standby.get("copy_connections", 8),
         users_file=config.standby.get("users_file"),
     )
 
@@ -183,15 +188,18 @@ class Gateway:
             if deliver
             else []
         )
-        self.copiers = (
-            [
-                Copier(self.engine, self.settings.lmtp, self.worker, lease=self.settings.lease)
+        self.users = UsersFile(self.engine, self.settings.users_file)
+        self.store: StandbyStore | None = None
+        self.copiers: list[Copier] = []
+        if copy and self.settings.lmtp:
+            host, port = self.settings.lmtp
+            self.store = StandbyStore(host, port, connections=self.settings.copy_connections)
+            self.copiers = [
+                Copier(self.engine, self.store, self.users, self.worker, lease=self.settings.lease)
                 for _ in range(self.settings.copy_workers)
             ]
-            if copy and self.settings.lmtp
-            else []
-        )
         self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
 
     # -- the callout -------------------------------------------------------------
     def ask_primary(self, domain_name: str, address: str) -> str | None:
@@ -235,7 +243,10 @@ class Gateway:
     # -- start and stop ----------------------------------------------------------
     def start(self) -> None:
         """Start every part; the receiver last, once there is somewhere to store mail."""
+        self.users.refresh()
         self.committer.start()
+        if self.settings.users_file:
+            self._thread("standby-users", self._keep_users_current)
         for index, runner in enumerate(self.runners):
             self._thread(f"runner-{index}", runner.run, self.idle)
         for index, copier in enumerate(self.copiers):
@@ -262,6 +273,15 @@ class Gateway:
         for event in self._wakes():
             event.set()
 
+    def _keep_users_current(self) -> None:
+        """Write the standby store's users file again every few seconds when the roster's
+        covered people changed (a copy refused as unknown also writes it at once)."""
+        while not self._stopping.wait(USERS_REFRESH_SECONDS):
+            try:
+                self.users.refresh()
+            except Exception as error:  # the next round tries again
+                log_event(log, logging.ERROR, "standby_users_failed", error=type(error).__name__)
+
     def _wakes(self) -> list[threading.Event]:
         return [*(r.wake for r in self.runners), *(c.wake for c in self.copiers)]
 
@@ -270,6 +290,7 @@ class Gateway:
         if self.controller is not None:
             self.controller.stop()
         self.committer.stop()
+        self._stopping.set()
         for stopping in [*(r.stopping for r in self.runners), *(c.stopping for c in self.copiers)]:
             stopping.set()
         for event in self._wakes():
@@ -277,4 +298,6 @@ class Gateway:
         deadline = time.monotonic() + 30
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
+        if self.store is not None:
+            self.store.close()
         log_event(log, logging.INFO, "gateway_stopped", worker=self.worker)

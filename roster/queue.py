@@ -185,6 +185,33 @@ def _claimable(table: Any, now: datetime) -> Any:
     return or_(table.claimed_until.is_(None), table.claimed_until < now)
 
 
+def deliveries_due(connection: Connection, now: datetime | None = None) -> bool:
+    """True when some recipient is due and unclaimed: a read that takes no write lock, so
+    idle gateways do not queue on SQLite's one writer just to find nothing."""
+    now = now or utcnow()
+    table = MailRecipient
+    found = connection.scalar(
+        select(table.id)
+        .where(
+            table.status.in_(PENDING_STATES), table.next_attempt_at <= now, _claimable(table, now)
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+def copies_due(connection: Connection, now: datetime | None = None) -> bool:
+    """True when some standby copy is due and unclaimed (a read, no write lock)."""
+    now = now or utcnow()
+    table = StandbyCopy
+    found = connection.scalar(
+        select(table.id)
+        .where(table.status == COPY_PENDING, table.next_attempt_at <= now, _claimable(table, now))
+        .limit(1)
+    )
+    return found is not None
+
+
 @dataclass
 class Delivery:
     """Recipients of one message on one route (and domain), claimed for one attempt."""
@@ -361,6 +388,7 @@ class Copy:
     queue_id: str
     mailbox: str
     attempts: int
+    sender: str = ""
     body: bytes = b""
 
 
@@ -394,12 +422,19 @@ def claim_copies(
         .values(claimed_by=worker, claimed_until=now + lease)
     )
     rows = connection.execute(
-        select(table.id, table.queue_id, table.mailbox, table.attempts, MailMessage.body)
+        select(
+            table.id,
+            table.queue_id,
+            table.mailbox,
+            table.attempts,
+            MailMessage.sender,
+            MailMessage.body,
+        )
         .join(MailMessage, MailMessage.queue_id == table.queue_id)
         .where(table.id.in_(ids), table.claimed_by == worker)
         .order_by(table.id)
     ).all()
-    return [Copy(r.id, r.queue_id, r.mailbox, r.attempts, r.body) for r in rows]
+    return [Copy(r.id, r.queue_id, r.mailbox, r.attempts, r.sender, r.body) for r in rows]
 
 
 def record_copy(

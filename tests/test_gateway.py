@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import secrets
 import smtplib
 import socket
 import time
@@ -13,14 +14,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from imapclient import IMAPClient
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gateway.service import Gateway
 from roster.config import Config
+from roster.db import session_factory, transaction
 from roster.domains import add_domain, parse_primary
 from roster.models import (
     BOUNCED,
+    COPY_DONE,
+    COPY_PENDING,
     DEFERRED,
     DELIVERED,
     Alias,
@@ -31,7 +36,9 @@ from roster.models import (
     StandbyCopy,
 )
 from roster.queue import retry_now
+from tests.servers.dovecot import DovecotServer
 from tests.servers.primary import Primary, free_port
+from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
 
 
 @dataclass
@@ -87,7 +94,7 @@ class Mail:
 
     def retry(self) -> None:
         """What `continuity queue retry --domain` does: everything due now."""
-        with Session(self.engine) as session, session.begin():
+        with transaction(session_factory(self.engine), writing=True) as session:
             retry_now(session, domain_id=None)
         self.gateway.wake()
 
@@ -222,7 +229,7 @@ def test_unknown_recipients_are_checked_with_the_primary(mail: Mail) -> None:
         client.mail("someone@sender.test")
         assert client.rcpt("ghost@acme.test")[0] == 450
         assert client.rcpt("ana@acme.test")[0] == 250  # known people need no primary
-    with Session(mail.engine) as session, session.begin():
+    with transaction(session_factory(mail.engine), writing=True) as session:
         session.scalars(
             select(Domain).where(Domain.name == "acme.test")
         ).one().verify_recipients = False
@@ -379,3 +386,119 @@ def test_standby_copies_wait_for_covered_people(mail: Mail) -> None:
     with Session(mail.engine) as session:
         copies = list(session.scalars(select(StandbyCopy)))
     assert [c.mailbox for c in copies] == ["ana@acme.test"]
+
+
+@pytest.fixture
+def mail_with_standby(
+    engine: Engine,
+    database_url: str,
+    standby_store: DovecotServer,  # noqa: F811
+) -> Iterator[Mail]:
+    """A gateway that also copies covered people's mail into a real Dovecot."""
+    primary, relay = Primary().start(), Primary().start()
+    people(engine, primary.port)
+    config = gateway_config(database_url, relay.port, copy_workers=2)
+    config = Config(
+        database_url=config.database_url,
+        gateway=config.gateway,
+        outbound=config.outbound,
+        standby={
+            "lmtp": f"{standby_store.lmtp[0]}:{standby_store.lmtp[1]}",
+            "users_file": str(standby_store.users_file),
+        },
+    )
+    running = Gateway(config, engine=engine, idle=0.05)
+    running.start()
+    try:
+        yield Mail(engine, running, primary, relay)
+    finally:
+        running.stop()
+        primary.stop()
+        relay.stop()
+        if not standby_store.running:
+            standby_store.start()
+
+
+def standby_subjects(server: DovecotServer, address: str) -> list[str]:
+    """The subjects in ``address``'s standby INBOX, read as the portal reads them."""
+    with IMAPClient(server.imap[0], port=server.imap[1], ssl=False, timeout=20) as client:
+        client.plain_login(
+            server.master_user, server.master_password, authorization_identity=address
+        )
+        if client.select_folder("INBOX", readonly=True)[b"EXISTS"] == 0:
+            return []
+        fetched = client.fetch(client.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+        return [
+            fetched[uid][b"BODY[HEADER.FIELDS (SUBJECT)]"]
+            .decode()
+            .strip()
+            .removeprefix("Subject: ")
+            for uid in sorted(fetched)
+        ]
+
+
+def copies(engine: Engine) -> list[StandbyCopy]:
+    """Every standby copy row."""
+    with Session(engine) as session:
+        return list(session.scalars(select(StandbyCopy).order_by(StandbyCopy.id)))
+
+
+def test_covered_people_find_their_mail_in_the_standby_store(
+    mail_with_standby: Mail,
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    """A message to Ana (and her alias), disabled Bob and Carla of an inactive domain:
+    one copy in Ana's standby INBOX, none for the others; all reach the primary."""
+    mail = mail_with_standby
+    subject = f"standby {secrets.token_hex(4)}"
+    mail.send(
+        ["ana@acme.test", "sales@acme.test", "bob@acme.test", "carla@beta.test"], subject=subject
+    )
+    mail.wait(lambda: [c.status for c in copies(mail.engine)] == [COPY_DONE])
+    assert standby_subjects(standby_store, "ana@acme.test").count(subject) == 1
+    assert [c.mailbox for c in copies(mail.engine)] == ["ana@acme.test"]
+    assert not standby_store.maildir("bob@acme.test").exists()
+    assert not standby_store.maildir("carla@beta.test").exists()
+    # One delivery per domain (each domain has its own primary; here the same server).
+    arrived = mail.primary.handler.wait_for(2)
+    assert sorted(r for m in arrived for r in m.recipients) == [
+        "ana@acme.test",
+        "bob@acme.test",
+        "carla@beta.test",
+        "sales@acme.test",
+    ]
+
+
+def test_a_standby_store_that_is_down_delays_the_copy_never_the_primary(
+    mail_with_standby: Mail,
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    """Dovecot stopped: the primary still gets the message at once, the copy waits with
+    the reason; Dovecot back: the copy lands."""
+    mail = mail_with_standby
+    standby_store.stop()
+    subject = f"while the store is down {secrets.token_hex(4)}"
+    mail.send(["ana@acme.test"], subject=subject)
+    assert len(mail.primary.handler.wait_for(1)) == 1
+    mail.wait(lambda: copies(mail.engine)[0].attempts >= 1)
+    waiting = copies(mail.engine)[0]
+    assert waiting.status == COPY_PENDING and waiting.last_reply.strip()
+    standby_store.start()
+    mail.retry()
+    mail.wait(lambda: copies(mail.engine)[0].status == COPY_DONE)
+    assert standby_subjects(standby_store, "ana@acme.test").count(subject) == 1
+
+
+def test_a_person_covered_a_moment_ago_gets_a_copy(
+    mail_with_standby: Mail,
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    """Bob is re-enabled just before a message arrives: the store learns of him when
+    his copy is first refused, and the copy lands."""
+    mail = mail_with_standby
+    with transaction(session_factory(mail.engine), writing=True) as session:
+        session.scalars(select(Person).where(Person.mail == "bob@acme.test")).one().disabled = False
+    subject = f"welcome back {secrets.token_hex(4)}"
+    mail.send(["bob@acme.test"], subject=subject)
+    mail.wait(lambda: [c.status for c in copies(mail.engine)] == [COPY_DONE])
+    assert standby_subjects(standby_store, "bob@acme.test").count(subject) == 1

@@ -395,6 +395,30 @@ def test_the_users_file_is_replaced_whole_and_only_when_it_changes(tmp_path: Pat
     assert left_out == ["bad:colon@acme.test", "\x00@x.test"]
 
 
+def test_a_reader_of_the_users_file_sees_one_whole_list_or_the_other(tmp_path: Path) -> None:
+    path = tmp_path / "continuity-users"
+    lists = [[f"a{n}@acme.test" for n in range(1000)], [f"b{n}@acme.test" for n in range(1500)]]
+    wholes = {users_file_content(addresses)[0] for addresses in lists}
+    write_users_file(path, lists[0])
+    seen: set[bytes] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.add(path.read_bytes())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for turn in range(40):
+            assert write_users_file(path, lists[(turn + 1) % 2])
+    finally:
+        done.set()
+        reader.join()
+    assert seen
+    assert seen <= wholes
+
+
 def test_a_same_size_rewrite_within_one_second_reaches_dovecot(
     standby_store: DovecotServer,  # noqa: F811
     store: StandbyStore,

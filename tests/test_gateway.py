@@ -9,15 +9,19 @@ import email.policy
 import secrets
 import smtplib
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from continuity.localslapd import make_test_ca
 from gateway.service import Gateway
 from roster.config import Config
 from roster.db import session_factory, transaction
@@ -502,3 +506,85 @@ def test_a_person_covered_a_moment_ago_gets_a_copy(
     mail.send(["bob@acme.test"], subject=subject)
     mail.wait(lambda: [c.status for c in copies(mail.engine)] == [COPY_DONE])
     assert standby_subjects(standby_store, "bob@acme.test").count(subject) == 1
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for 127.0.0.1 (and localhost)."""
+    return make_test_ca(tmp_path_factory.mktemp("gateway-tls"))
+
+
+def test_starttls_in_and_a_verified_primary_out(
+    engine: Engine, database_url: str, certificates: tuple[Path, Path, Path]
+) -> None:
+    """The gateway offers STARTTLS with its configured certificate; to a primary that
+    offers STARTTLS it delivers over TLS, checking the certificate with [gateway] ca_file,
+    and refuses to deliver in clear or to a certificate it cannot check."""
+    ca, cert, key = certificates
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    primary, relay = Primary(tls_context=server_side).start(), Primary().start()
+    people(engine, primary.port)
+    with transaction(session_factory(engine), writing=True) as session:
+        acme = session.scalars(select(Domain).where(Domain.name == "acme.test")).one()
+        acme.primary_tls = "starttls"
+    config = gateway_config(
+        database_url,
+        relay.port,
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
+        ca_file=str(ca),
+    )
+    running = Gateway(config, engine=engine, idle=0.05)
+    running.start()
+    mail = Mail(engine, running, primary, relay)
+    try:
+        with smtplib.SMTP("127.0.0.1", running.settings.port) as client:
+            client.ehlo("client.test")
+            assert client.has_extn("starttls")
+            client.starttls(context=ssl.create_default_context(cafile=str(ca)))
+            client.ehlo("client.test")
+            client.sendmail("someone@sender.test", ["ana@acme.test"], b"Subject: tls\r\n\r\nx\r\n")
+        got = primary.handler.wait_for(1)
+        assert b"with ESMTPS" in got[0].content.split(b"\r\n\r\n")[0]
+        mail.wait(lambda: mail.recipients()[0].status == DELIVERED)
+    finally:
+        running.stop()
+    # Without the CA the primary's certificate cannot be checked: nothing is delivered.
+    untrusting = Gateway(gateway_config(database_url, relay.port), engine=engine, idle=0.05)
+    untrusting.start()
+    mail = Mail(engine, untrusting, primary, relay)
+    try:
+        mail.send(["ana@acme.test"])
+        mail.wait(lambda: mail.recipients()[-1].status == DEFERRED)
+        assert "TLS" in mail.recipients()[-1].last_reply
+        assert len(primary.messages) == 1
+    finally:
+        untrusting.stop()
+        primary.stop()
+        relay.stop()
+
+
+def test_the_sender_is_told_of_a_delay_once_and_of_the_end(mail: Mail) -> None:
+    """A message waiting past the warning time gets one delay notice; past its lifetime
+    it is given up with a failure notice (both through the relay, from the null sender)."""
+    mail.primary.handler.rcpt_reply = "451 4.3.0 Mailbox busy"
+    mail.send(["ana@acme.test"], sender="writer@sender.test")
+    mail.wait(lambda: mail.recipients()[0].status == DEFERRED)
+    with transaction(session_factory(mail.engine), writing=True) as session:
+        message = session.scalars(select(MailMessage)).one()
+        message.received_at = message.received_at - timedelta(hours=5)
+    mail.retry()
+    notices = mail.relay.handler.wait_for(1)
+    assert b"Action: delayed" in notices[0].content
+    mail.retry()
+    mail.wait(lambda: mail.recipients()[0].attempts >= 3)
+    assert len(mail.relay.messages) == 1  # told once
+    with transaction(session_factory(mail.engine), writing=True) as session:
+        message = session.scalars(select(MailMessage).where(MailMessage.origin == "smtp")).one()
+        message.received_at = message.received_at - timedelta(days=5)
+    mail.retry()
+    mail.wait(lambda: mail.recipients()[0].status == BOUNCED)
+    notices = mail.relay.handler.wait_for(2)
+    assert b"Action: failed" in notices[1].content
+    assert b"Mailbox busy" in notices[1].content

@@ -37,9 +37,7 @@ def gateway(state: State) -> None:
         running.start()
     except OSError as error:
         fail(f"the gateway cannot listen: {error}", 1)
-    click.echo(
-        f"gateway: listening on {running.settings.host}:{running.settings.port}", err=True
-    )
+    click.echo(f"gateway: listening on {running.settings.host}:{running.settings.port}", err=True)
     stop.wait()
     running.stop()
 

@@ -93,6 +93,9 @@ class GatewayHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         """Count the message against the client's rate, then take the sender."""
+        bad = recipients.check_sender(address)
+        if bad:
+            return bad.reply
         refusal = self.limits.allow_message(_peer(session))
         if refusal:
             return refusal

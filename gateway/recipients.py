@@ -107,3 +107,21 @@ def _shown(address: str) -> str:
     text = printable(address.strip().strip("<>"), 100)
     text = text.encode("ascii", "replace").decode("ascii")
     return f"<{text}>"
+
+
+def check_sender(address: str) -> Refusal | None:
+    """The refusal of a MAIL FROM address that could not be passed on as it came (control
+    characters such as NUL, angle brackets, no domain, too long), or None. The null
+    sender ("" or "<>") is fine."""
+    if address in ("", "<>"):
+        return None
+    shown = _shown(address)
+    local, at, domain = address.rpartition("@")
+    if (
+        len(address) > MAX_ADDRESS
+        or not address.isprintable()
+        or any(c in address for c in "<> ")
+        or not (at and local and domain)
+    ):
+        return Refusal(f"553 5.1.7 {shown}: malformed sender address", "malformed sender")
+    return None

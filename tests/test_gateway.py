@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import secrets
 import smtplib
 import socket
@@ -40,6 +41,7 @@ from roster.models import (
     StandbyCopy,
 )
 from roster.queue import retry_now
+from tests.directory import Continuity
 from tests.servers.dovecot import DovecotServer
 from tests.servers.primary import Primary, free_port
 from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
@@ -300,21 +302,6 @@ def test_no_notice_for_a_notice(mail: Mail) -> None:
     assert len(mail.recipients()) == 1
 
 
-def _raw_session(port: int, lines: list[bytes]) -> list[bytes]:
-    """Talk to the gateway byte by byte; every reply line it sent."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        reader = raw.makefile("rb")
-        replies = [reader.readline()]
-        for line in lines:
-            raw.sendall(line)
-            if line.endswith(b"\r\n") and not line.startswith(b"DATA-BODY"):
-                reply = reader.readline()
-                while reply[3:4] == b"-":
-                    reply = reader.readline()
-                replies.append(reply)
-        return replies
-
-
 def test_bad_messages_get_the_right_reply_and_nothing_is_stored(mail: Mail) -> None:
     """NUL bytes, a mail loop and an 8-bit header without SMTPUTF8 are refused; a
     message declared larger than the limit is refused at MAIL; nothing is queued."""
@@ -347,8 +334,10 @@ def test_bare_line_feeds_never_pass_on(mail: Mail) -> None:
 
 def test_a_client_that_disconnects_in_data_leaves_nothing(mail: Mail) -> None:
     """Half a message stores nothing and the server keeps serving."""
-    with socket.create_connection(("127.0.0.1", mail.gateway.settings.port), timeout=10) as raw:
-        reader = raw.makefile("rb")
+    with (
+        socket.create_connection(("127.0.0.1", mail.gateway.settings.port), timeout=10) as raw,
+        raw.makefile("rb") as reader,
+    ):
         reader.readline()
         for line in (
             b"EHLO client.test\r\n",
@@ -588,3 +577,63 @@ def test_the_sender_is_told_of_a_delay_once_and_of_the_end(mail: Mail) -> None:
     notices = mail.relay.handler.wait_for(2)
     assert b"Action: failed" in notices[1].content
     assert b"Mailbox busy" in notices[1].content
+
+
+def test_an_operator_reads_and_retries_the_queue_from_the_command_line(
+    mail: Mail, tmp_path: Path, database_url: str
+) -> None:
+    """`continuity queue list|show|retry`: the waiting message with its reason, one
+    message's recipients, and a retry that delivers at once once the primary is back."""
+    mail.primary.stop()
+    reply = mail.send(["ana@acme.test"], sender="writer@sender.test")
+    queue_id = reply.rsplit(" ", 1)[-1]
+    mail.wait(lambda: mail.recipients()[0].status == DEFERRED)
+    command = Continuity(tmp_path, database_url)
+    command.configure()
+    listed = command.run("queue", "list", "--domain", "acme.test", "--json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert [(r["queue_id"], r["sender"], r["pending"]) for r in rows] == [
+        (queue_id, "writer@sender.test", 1)
+    ]
+    assert "refused" in rows[0]["last_reply"]
+    shown = command.run("queue", "show", queue_id.lower())
+    assert (
+        shown.exit_code == 0 and "recipient ana@acme.test: deferred, 1 attempt(s)" in shown.stdout
+    )
+    assert command.run("queue", "show", "NOSUCHID").exit_code == 1
+    assert command.run("queue", "retry").exit_code == 2
+    mail.primary.start()
+    retried = command.run("queue", "retry", queue_id)
+    assert retried.exit_code == 0 and "1 recipient(s) due now" in retried.stdout
+    mail.gateway.wake()
+    mail.wait(lambda: mail.recipients()[0].status == DELIVERED)
+    assert command.run("queue", "list").stdout.strip() == "the queue is empty"
+
+
+def test_malformed_commands_and_long_lines_get_replies_and_the_server_goes_on(mail: Mail) -> None:
+    """Garbage, NUL in a command, an over-long line and a bad address are answered with
+    errors; the same connection can still send a message."""
+    with (
+        socket.create_connection(("127.0.0.1", mail.gateway.settings.port), timeout=10) as raw,
+        raw.makefile("rb") as reader,
+    ):
+
+        def say(line: bytes) -> bytes:
+            raw.sendall(line + b"\r\n")
+            reply = reader.readline()
+            while reply[3:4] == b"-":
+                reply = reader.readline()
+            return reply
+
+        assert reader.readline().startswith(b"220")
+        assert say(b"EHLO client.test").startswith(b"250")
+        assert say(b"FROBNICATE").startswith(b"500")
+        assert say(b"MAIL FROM:<a\x00b@sender.test>")[:1] == b"5"
+        assert say(b"MAIL FROM:<" + b"a" * 2000 + b"@sender.test>").startswith(b"500")
+        assert say(b"MAIL FROM:<not an address>")[:1] == b"5"
+        assert say(b"MAIL FROM:<a@sender.test>").startswith(b"250")
+        assert say(b"RCPT TO:<ana@acme.test>").startswith(b"250")
+        assert say(b"DATA").startswith(b"354")
+        assert say(b"Subject: still here\r\n\r\nyes\r\n.").startswith(b"250")
+    assert len(mail.primary.handler.wait_for(1)) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import secrets
 import signal
 import smtplib
 import socket
@@ -19,11 +20,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from imapclient import IMAPClient
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from roster.models import PENDING_STATES, MailRecipient
+from roster.models import COPY_PENDING, PENDING_STATES, MailRecipient, StandbyCopy
+from tests.servers.dovecot import DovecotServer
 from tests.servers.primary import Primary, free_port
+from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
 from tests.test_gateway import people
 
 CLIENTS = 20
@@ -31,8 +35,23 @@ PER_CLIENT = 100
 FAILURES: Counter[str] = Counter()  # why sessions failed, for the report
 
 
-def write_config(path: Path, database_url: str, port: int, relay_port: int) -> Path:
-    """The TOML a gateway process runs with."""
+def write_config(
+    path: Path,
+    database_url: str,
+    port: int,
+    relay_port: int,
+    standby: DovecotServer | None = None,
+) -> Path:
+    """The TOML a gateway process runs with (copying to ``standby`` when given)."""
+    store = (
+        f"""
+[standby]
+lmtp = "{standby.lmtp[0]}:{standby.lmtp[1]}"
+users_file = "{standby.users_file}"
+"""
+        if standby
+        else ""
+    )
     path.write_text(
         f"""
 [database]
@@ -47,7 +66,8 @@ delivery_workers = 4
 
 [outbound]
 relay = "127.0.0.1:{relay_port}"
-""",
+"""
+        + store,
         encoding="utf-8",
     )
     return path
@@ -93,7 +113,7 @@ class GatewayProcess:
             self.process.wait(timeout=60)
 
 
-def send_load(port: int, acknowledged: list[str], stop_after: float = 120.0) -> None:
+def send_load(port: int, acknowledged: list[str], run: str, stop_after: float = 120.0) -> None:
     """CLIENTS threads, PER_CLIENT messages each; a message whose session broke is sent
     again (as a real sender would); ``acknowledged`` gets each Message-ID that got 250."""
     lock = threading.Lock()
@@ -101,7 +121,7 @@ def send_load(port: int, acknowledged: list[str], stop_after: float = 120.0) -> 
 
     def client(number: int) -> None:
         for index in range(PER_CLIENT):
-            message_id = f"<load-{number}-{index}@sender.test>"
+            message_id = f"<load-{run}-{number}-{index}@sender.test>"
             data = (
                 f"From: s{number}@sender.test\r\nTo: ana@acme.test\r\n"
                 f"Subject: load {number}/{index}\r\nMessage-ID: {message_id}\r\n\r\n"
@@ -128,17 +148,27 @@ def send_load(port: int, acknowledged: list[str], stop_after: float = 120.0) -> 
 
 
 def wait_until_delivered(engine: Engine, timeout: float = 180.0) -> None:
-    """Until no recipient waits any more."""
+    """Until no recipient and no standby copy waits any more."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with Session(engine) as session:
-            waiting = session.scalar(
-                select(func.count(MailRecipient.id)).where(MailRecipient.status.in_(PENDING_STATES))
+            waiting = (
+                session.scalar(
+                    select(func.count(MailRecipient.id)).where(
+                        MailRecipient.status.in_(PENDING_STATES)
+                    )
+                )
+                or 0
+            ) + (
+                session.scalar(
+                    select(func.count(StandbyCopy.id)).where(StandbyCopy.status == COPY_PENDING)
+                )
+                or 0
             )
         if not waiting:
             return
         time.sleep(0.2)
-    raise AssertionError(f"{waiting} recipients still waiting")
+    raise AssertionError(f"{waiting} recipients or standby copies still waiting")
 
 
 def ids_at(primary: Primary) -> Counter[str]:
@@ -151,21 +181,41 @@ def ids_at(primary: Primary) -> Counter[str]:
     return found
 
 
+def standby_ids(server: DovecotServer, address: str, run: str) -> Counter[str]:
+    """How often each Message-ID of this run is in ``address``'s standby INBOX."""
+    found: Counter[str] = Counter()
+    with IMAPClient(server.imap[0], port=server.imap[1], ssl=False, timeout=60) as client:
+        client.plain_login(
+            server.master_user, server.master_password, authorization_identity=address
+        )
+        client.select_folder("INBOX", readonly=True)
+        fetched = client.fetch(client.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+    for item in fetched.values():
+        value = item[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"].decode().split(":", 1)[-1].strip()
+        if f"-{run}-" in value:
+            found[value] += 1
+    return found
+
+
 @pytest.mark.timeout(600)
 def test_sigkill_under_load_loses_nothing_acknowledged(
-    engine: Engine, database_url: str, tmp_path: Path
+    engine: Engine,
+    database_url: str,
+    tmp_path: Path,
+    standby_store: DovecotServer,  # noqa: F811
 ) -> None:
     """2,000 messages from 20 clients while the gateway is killed (SIGKILL) four times:
-    every acknowledged message reaches the primary; duplicates are counted and bounded by
-    what can be in flight at a kill."""
+    every acknowledged message reaches the primary and Ana's standby mailbox; duplicates
+    are counted and bounded by what can be in flight at a kill."""
     primary, relay = Primary().start(), Primary().start()
     people(engine, primary.port)
     port = free_port()
-    config = write_config(tmp_path / "gateway.toml", database_url, port, relay.port)
+    run = secrets.token_hex(4)
+    config = write_config(tmp_path / "gateway.toml", database_url, port, relay.port, standby_store)
     gateway = GatewayProcess(config, port, tmp_path / "gateway.log")
     gateway.start()
     acknowledged: list[str] = []
-    load = threading.Thread(target=send_load, args=(port, acknowledged))
+    load = threading.Thread(target=send_load, args=(port, acknowledged, run))
     load.start()
     kills = 0
     rng = random.Random(os.getpid())  # noqa: S311 - kill timing, not secrets
@@ -187,7 +237,18 @@ def test_sigkill_under_load_loses_nothing_acknowledged(
     missing = [m for m in acknowledged if m not in at_primary]
     assert missing == [], f"{len(missing)} acknowledged messages lost"
     duplicates = sum(count - 1 for count in at_primary.values() if count > 1)
-    print(f"\nkills={kills} acknowledged={len(acknowledged)} duplicates={duplicates}")
+    in_standby = standby_ids(standby_store, "ana@acme.test", run)
+    missing_copies = [m for m in acknowledged if m not in in_standby]
+    with Session(engine) as session:
+        states = Counter(
+            (c.status, c.last_reply[:80]) for c in session.scalars(select(StandbyCopy))
+        )
+    assert missing_copies == [], f"{len(missing_copies)} acknowledged messages not copied: {states}"
+    copy_duplicates = sum(count - 1 for count in in_standby.values() if count > 1)
+    print(
+        f"\nkills={kills} acknowledged={len(acknowledged)} duplicates at the primary="
+        f"{duplicates} in the standby store={copy_duplicates} failures={dict(FAILURES)}"
+    )
     # In flight at a kill: a delivery batch per runner (4 x 100), or a commit group whose
     # 250s were not read yet (one per client): far below this bound, or something is wrong.
     assert duplicates <= kills * (4 * 100 + CLIENTS)
@@ -213,10 +274,11 @@ def test_two_gateways_share_the_queue_and_one_finishes_the_others_work(
     ]
     for gateway in gateways:
         gateway.start()
+    run = secrets.token_hex(4)
     try:
         sent: list[str] = []
         for index in range(300):
-            message_id = f"<two-{index}@sender.test>"
+            message_id = f"<two-{run}-{index}@sender.test>"
             with smtplib.SMTP("127.0.0.1", ports[index % 2], timeout=20) as smtp:
                 smtp.sendmail(
                     "s@sender.test",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import threading
 import unicodedata
+from array import array
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -29,6 +30,8 @@ LIMIT = 10
 
 def fold(text: str) -> str:
     """``text`` for matching: lower case, accents and controls gone."""
+    if text.isascii() and text.isprintable():
+        return text.lower()  # most addresses and many names: ten times faster
     decomposed = unicodedata.normalize("NFKD", text)
     kept = (c for c in decomposed if not unicodedata.combining(c))
     return "".join(c if c.isprintable() else " " for c in kept).casefold()
@@ -48,25 +51,31 @@ class Suggestion:
 @dataclass
 class _DomainPeople:
     version: int
-    text: str  # one line per person: folded address, a tab, folded name
-    starts: list[int]  # where each line starts in ``text``
-    ids: list[int]
+    text: bytes  # one line per person: folded address, a tab, folded name; UTF-8
+    starts: array[int]  # where each line starts in ``text``
+    ids: array[int]
 
 
 def _load(session: Session, domain_id: int, version: int) -> _DomainPeople:
+    # Plain machine integers (8 bytes each, not a 36-byte object behind a list slot),
+    # and UTF-8 (one byte a character, where one "ø" would make a str two bytes a
+    # character throughout): a domain of a million people costs each worker about
+    # 60 MB, not 150 MB. A UTF-8 needle matches exactly where its text does.
     rows = session.execute(
         select(Person.id, Person.mail, Person.display_name)
         .where(Person.domain_id == domain_id, Person.removed_at.is_(None))
         .order_by(Person.mail)
+        .execution_options(yield_per=10_000)
     )
-    parts, starts, ids, offset = [], [], [], 0
+    parts: list[bytes] = []
+    starts, ids, offset = array("q"), array("q"), 0
     for person_id, mail, name in rows:
-        line = f"{fold(mail)}\t{fold(name or '')}\n"
+        line = f"{fold(mail)}\t{fold(name or '')}\n".encode()
         starts.append(offset)
         ids.append(person_id)
         parts.append(line)
         offset += len(line)
-    return _DomainPeople(version, "".join(parts), starts, ids)
+    return _DomainPeople(version, b"".join(parts), starts, ids)
 
 
 class PeopleIndex:
@@ -92,9 +101,10 @@ class PeopleIndex:
 
     def matching_ids(self, session: Session, domain_id: int, typed: str, limit: int) -> list[int]:
         """Ids of up to ``limit`` live people of the domain matching ``typed``."""
-        needle = fold(typed).strip()
-        if len(needle) < MIN_TYPED or "\t" in needle or "\n" in needle:
+        folded = fold(typed).strip()
+        if len(folded) < MIN_TYPED or "\t" in folded or "\n" in folded:
             return []
+        needle = folded.encode()
         people = self._people(session, domain_id)
         if people is None:
             return []

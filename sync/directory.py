@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +13,7 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
+from roster.addresses import domain_of
 from roster.config import DirectoryConfig
 from roster.ldap import discard, server_pool
 from sync.plan import DirectoryEntry
@@ -436,6 +437,38 @@ class DirectoryRead:
         finally:
             self.close()
         self.next_mark = str(self.next_usn) if profile.ad else self._timestamp_mark(newest)
+
+    def claimants(
+        self, addresses: Collection[str], domains: Collection[str]
+    ) -> dict[str, set[str]]:
+        """The stable ids of the entries in scope that claim each of ``addresses`` (as
+        their address or an alias), for an incremental run's plan (sync.plan)."""
+        config, profile = self.config, self.profile
+        found: dict[str, set[str]] = {}
+        connection = connect(config)
+        try:
+            wanted = sorted(set(addresses))
+            for start in range(0, len(wanted), 50):
+                part = wanted[start : start + 50]
+                terms = []
+                for address in part:
+                    value = escape_filter_chars(address)
+                    terms.append(f"({config.mail_attribute}={value})")
+                    if config.alias_attribute:
+                        prefix = "smtp:" if profile.proxy else ""
+                        terms.append(f"({config.alias_attribute}={prefix}{value})")
+                search = user_filter(config, "(|" + "".join(terms) + ")")
+                for dn, raw in paged(connection, config, search, profile.attributes):
+                    if self.scope is not None and normalise_dn(dn) not in self.scope:
+                        continue
+                    entry = profile.entry(dn, raw, set())
+                    if not entry.external_id or domain_of(entry.mail) not in domains:
+                        continue  # a full run would skip it: it claims nothing
+                    for address in {entry.mail, *entry.aliases} & set(part):
+                        found.setdefault(address, set()).add(entry.external_id)
+        finally:
+            discard(connection)
+        return found
 
     def _timestamp_mark(self, newest: str) -> str:
         """Where the next OpenLDAP read starts.

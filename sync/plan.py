@@ -6,9 +6,14 @@ disables, removals, address conflicts) is tested with plain values.
 
 from __future__ import annotations
 
+import os
+import pickle
+import tempfile
+import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import IO, Any, Protocol, cast
 
 from roster.addresses import domain_of
 
@@ -76,13 +81,87 @@ class Remove:
     mail: str
 
 
+class Creates:
+    """The creates of a plan, in order: a list that keeps at most ``limit`` of them in
+    memory and the rest pickled in a temporary file, so that a first sync of a million
+    people does not hold a million entries as Python objects at once.
+
+    Iterating gives Create values; entries taken back for a closer look (``exclude``)
+    are skipped.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self._limit = limit
+        self._memory: list[tuple[Any, ...]] = []
+        self._file: IO[bytes] | None = None
+        self._spilled = 0
+        self._excluded: set[int] = set()
+
+    def append(self, create: Create) -> None:
+        """Add a create at the end."""
+        e = create.entry
+        self._memory.append(
+            (e.external_id, e.dn, e.mail, e.aliases, e.display_name, e.disabled,
+             e.alternate_contact, create.domain)
+        )  # fmt: skip
+        if len(self._memory) >= self._limit:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="continuity-plan-")  # noqa: SIM115
+                weakref.finalize(self, self._file.close)
+            self._file.seek(0, os.SEEK_END)
+            pickle.dump(self._memory, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+            self._spilled += len(self._memory)
+            self._memory = []
+
+    def indexed(self) -> Iterator[tuple[int, Create]]:
+        """(position, create) of every create not excluded."""
+        index = 0
+        if self._file is not None:
+            self._file.seek(0)
+            while index < self._spilled:
+                for row in pickle.load(self._file):  # noqa: S301 - our own file
+                    if index not in self._excluded:
+                        yield index, Create(DirectoryEntry(*row[:7]), row[7])
+                    index += 1
+        for row in self._memory:
+            if index not in self._excluded:
+                yield index, Create(DirectoryEntry(*row[:7]), row[7])
+            index += 1
+
+    def exclude(self, positions: Iterable[int]) -> None:
+        """Leave the creates at ``positions`` out from now on."""
+        self._excluded.update(positions)
+
+    def __iter__(self) -> Iterator[Create]:
+        return (create for _, create in self.indexed())
+
+    def __len__(self) -> int:
+        return self._spilled + len(self._memory) - len(self._excluded)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __getitem__(self, position: int) -> Create:
+        return list(self)[position]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Creates | list):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Creates({list(self)!r})" if len(self) < 20 else f"<Creates of {len(self)}>"
+
+
 @dataclass(slots=True)
 class Plan:
     """Everything one run would change, and what it refused."""
 
     source: str
     mode: str
-    creates: list[Create] = field(default_factory=list)
+    creates: Creates = field(default_factory=Creates)
     updates: list[Update] = field(default_factory=list)
     removals: list[Remove] = field(default_factory=list)
     unchanged: int = 0
@@ -129,13 +208,109 @@ def _valid_address(address: str) -> bool:
     )
 
 
+class KnownRoster(Protocol):
+    """What a plan needs to know of the roster, asked for as it goes.
+
+    The sync answers from the database (sync.apply.DatabaseRoster), so that a full run
+    holds one small fingerprint per person, not every roster row; tests give a list.
+    """
+
+    def snapshot(self, source: str) -> tuple[dict[str, int], int]:
+        """(stable id -> packed fingerprint of every person of ``source``, live count)."""
+        ...
+
+    def people(self, ids: Collection[int]) -> dict[int, RosterPerson]:
+        """The full rows of these people, by id."""
+        ...
+
+    def holders(self, addresses: Collection[str]) -> dict[str, int]:
+        """The live person holding each of ``addresses`` that someone holds, any source."""
+        ...
+
+    def anyone_live(self) -> bool:
+        """True when some live person holds an address."""
+        ...
+
+
+ID_BITS = 40
+ID_MASK = (1 << ID_BITS) - 1
+SEEN = -1
+
+
+def _fingerprint(values: tuple[Any, ...]) -> int:
+    """Python's 64-bit hash of what a person looks like, never 0 (0 marks the removed).
+
+    Two different values share a fingerprint with a chance of 1 in 2**64: a change
+    missed that way would wait for the person's next change.
+    """
+    return (hash(values) & 0xFFFF_FFFF_FFFF_FFFF) | 1
+
+
+def packed_fingerprint(
+    person_id: int,
+    removed: bool,
+    mail: str,
+    display_name: str,
+    dn: str,
+    disabled: bool,
+    alternate_contact: str | None,
+    aliases: Iterable[str],
+    domain: str,
+) -> int:
+    """A roster person's fingerprint and id in one integer (a third of a tuple's size)."""
+    if removed:
+        return person_id
+    values = (mail, display_name, dn, disabled, alternate_contact, tuple(sorted(aliases)), domain)
+    return _fingerprint(values) << ID_BITS | person_id
+
+
+class ListRoster:
+    """A KnownRoster over a list of rows (tests, and the few rows of incremental runs)."""
+
+    def __init__(self, rows: Iterable[RosterPerson]) -> None:
+        self.rows = list(rows)
+        self.by_id = {p.id: p for p in self.rows}
+        self.holder: dict[str, int] = {}
+        for person in self.rows:
+            if not person.removed:
+                self.holder[person.mail] = person.id
+                for alias in person.aliases:
+                    self.holder[alias] = person.id
+
+    def snapshot(self, source: str) -> tuple[dict[str, int], int]:
+        """See KnownRoster."""
+        mine = {
+            p.external_id: packed_fingerprint(
+                p.id, p.removed, p.mail, p.display_name, p.dn, p.disabled,
+                p.alternate_contact, p.aliases, p.domain,
+            )
+            for p in self.rows
+            if p.source == source
+        }  # fmt: skip
+        return mine, sum(1 for p in self.rows if p.source == source and not p.removed)
+
+    def people(self, ids: Collection[int]) -> dict[int, RosterPerson]:
+        """See KnownRoster."""
+        return {i: self.by_id[i] for i in ids}
+
+    def holders(self, addresses: Collection[str]) -> dict[str, int]:
+        """See KnownRoster."""
+        return {a: self.holder[a] for a in addresses if a in self.holder}
+
+    def anyone_live(self) -> bool:
+        """See KnownRoster."""
+        return bool(self.holder)
+
+
 def plan_sync(
     source: str,
     mode: str,
     entries: Iterable[DirectoryEntry],
-    roster: Iterable[RosterPerson],
+    roster: Iterable[RosterPerson] | KnownRoster,
     domains: Iterable[str],
     departed: Iterable[str] = (),
+    keep_in_memory: int = 20_000,
+    claimants: Callable[[Collection[str]], Mapping[str, set[str]]] | None = None,
 ) -> Plan:
     """Decide what the roster must do to match the directory.
 
@@ -145,82 +320,146 @@ def plan_sync(
             INCREMENTAL (``entries`` are only what changed; only the people who no
             longer qualify are removed, see ``departed``).
         entries: what the directory holds (all of it for FULL).
-        roster: the roster rows that matter: every person of ``source`` for FULL, and
-            for any mode every live person holding an address that ``entries`` use.
+        roster: the roster (rows, or a KnownRoster to ask): for FULL every person of
+            ``source``; for INCREMENTAL at least the people of ``entries`` and
+            ``departed`` and the live holders of every address ``entries`` use.
         domains: the domains the roster holds; entries of other domains are skipped.
         departed: INCREMENTAL only: stable ids of entries still in the directory that
             no longer qualify (out of the filter or the scope group). They are removed
             at once, as are people whose changed entry lost its address or left the
             held domains: a full run would remove them all.
+        keep_in_memory: creates beyond this many wait in a temporary file.
+        claimants: INCREMENTAL only: asks the directory which entries (stable ids) that
+            qualify claim each of some addresses. An incremental run grants an address
+            someone does not hold yet only when no entry it did not read claims it too:
+            such an entry may have been refused before and would win it in a full run.
     """
-    plan = Plan(source=source, mode=mode)
+    known = cast(KnownRoster, roster) if hasattr(roster, "snapshot") else ListRoster(roster)
+    plan = Plan(source=source, mode=mode, creates=Creates(keep_in_memory))
     known_domains = set(domains)
-    mine: dict[str, RosterPerson] = {}
-    holder: dict[str, int] = {}  # live address -> person id, across all sources
-    for person in roster:
-        if person.source == source:
-            mine[person.external_id] = person
-            if not person.removed:
-                plan.live_in_source += 1
-        if not person.removed:
-            holder[person.mail] = person.id
-            for alias in person.aliases:
-                holder[alias] = person.id
+    mine, plan.live_in_source = known.snapshot(source)
 
-    accepted: list[tuple[DirectoryEntry, RosterPerson | None]] = []
-    read_ids: set[str] = set()
-    seen_ids: set[str] = set()  # people still in the directory, in a domain we hold
+    # 1. Read the entries as they come. An unchanged person is settled at once and not
+    #    kept; a new one with addresses nobody else claims goes straight into the
+    #    plan's creates (the common case of a first sync); every other entry waits for
+    #    the careful claim of step 3.
+    changed: list[tuple[DirectoryEntry, int]] = []  # (entry, person id)
+    careful_new: list[DirectoryEntry] = []
+    new_ids: set[int] = set()  # hashes of new stable ids, for ids read twice
+    claims: dict[str, int] = {}  # address -> 1 if one new entry claims it, 2 if more
     gone_ids: set[str] = set(departed)  # read, but no longer someone the roster holds
     for entry in entries:
         plan.entries_read += 1
-        if not entry.external_id or not entry.mail or not _valid_address(entry.mail):
+        external_id = entry.external_id
+        if not external_id or not entry.mail or not _valid_address(entry.mail):
             plan.skipped["invalid"] += 1
             plan.problems.append(f"skipped {entry.dn!r}: no stable id or no valid mail address")
-            if entry.external_id:
-                gone_ids.add(entry.external_id)
+            if external_id:
+                gone_ids.add(external_id)
             continue
-        if entry.external_id in read_ids:
+        packed = mine.get(external_id)
+        if packed == SEEN or (packed is None and hash(external_id) in new_ids):
             plan.skipped["invalid"] += 1
             plan.problems.append(f"skipped {entry.dn!r}: stable id seen twice in one read")
             continue
-        read_ids.add(entry.external_id)
-        if domain_of(entry.mail) not in known_domains:
+        domain = domain_of(entry.mail)
+        if domain not in known_domains:
             plan.skipped["unknown_domain"] += 1
-            gone_ids.add(entry.external_id)
+            gone_ids.add(external_id)
             continue
-        seen_ids.add(entry.external_id)
-        existing = mine.get(entry.external_id)
-        if existing is not None and _unchanged(entry, existing):
-            # The common case of a full run, settled here so that the entry need not be
-            # kept: its addresses are its own already, so no one else can claim them.
-            plan.unchanged += 1
-            continue
-        accepted.append((entry, existing))
+        addresses = {entry.mail, *entry.aliases}
+        if packed is not None:
+            mine[external_id] = SEEN
+            values = (
+                entry.mail, entry.display_name, entry.dn, entry.disabled,
+                entry.alternate_contact, tuple(sorted(entry.aliases)), domain,
+            )  # fmt: skip
+            if packed >> ID_BITS == _fingerprint(values):
+                plan.unchanged += 1
+                continue
+            changed.append((entry, packed & ID_MASK))
+            careful = True
+        else:
+            new_ids.add(hash(external_id))
+            careful = (
+                mode != FULL
+                or len(addresses) != 1 + len(entry.aliases)
+                or not all(map(_valid_address, entry.aliases))
+            )
+        careful = careful or any(a in claims for a in addresses)
+        for address in addresses:
+            claims[address] = 2 if careful or address in claims else 1
+        if packed is None and careful:
+            careful_new.append(entry)
+        elif packed is None:
+            plan.creates.append(Create(entry, domain))
+    del new_ids
 
-    # Addresses are claimed in a fixed order so that a conflict always resolves the same
-    # way: people already in the roster keep what they hold, then the rest by stable id.
-    accepted.sort(key=lambda pair: (pair[1] is None, pair[0].external_id))
+    # 2. New entries that went straight to the creates need the careful claim after all
+    #    when another entry claims one of their addresses too, or someone holds it.
+    contested = {address for address, count in claims.items() if count > 1}
+    del claims
+    anyone = known.anyone_live()
+    if plan.creates and (contested or anyone):
+        taken_back = _take_back(plan.creates, contested, known if anyone else None)
+        careful_new += [create.entry for create in taken_back.values()]
+        plan.creates.exclude(taken_back)
+
+    # 3. The careful claim, on few entries: people already in the roster keep what they
+    #    hold, then the rest by stable id, so a conflict always resolves the same way.
     if mode == FULL:
-        leavers = [p for i, p in mine.items() if not p.removed and i not in seen_ids]
+        leaver_ids = [p & ID_MASK for p in mine.values() if p != SEEN and p >> ID_BITS]
     else:
-        leavers = [mine[i] for i in gone_ids - seen_ids if i in mine and not mine[i].removed]
+        found = (mine.get(i) for i in gone_ids)
+        leaver_ids = [p & ID_MASK for p in found if p is not None and p != SEEN and p >> ID_BITS]
+    del mine
+    people = known.people([person_id for _, person_id in changed] + leaver_ids)
+    leavers = [people[i] for i in leaver_ids if not people[i].removed]
+    accepted: list[tuple[DirectoryEntry, RosterPerson | None]] = [
+        (entry, people[i]) for entry, i in changed
+    ]
+    accepted += [(entry, None) for entry in careful_new]
+    accepted.sort(key=lambda pair: (pair[1] is None, pair[0].external_id))
+    wanted = {a for entry, existing in accepted for a in (entry.mail, *entry.aliases)}
+    holder = known.holders(wanted)
     leaving: set[str] = set()  # addresses of the people this run removes
     for person in leavers:
         leaving.update((person.mail, *person.aliases))
     # Someone whose change is refused keeps every address they hold, so addresses they
     # would have given up are not free after all: claim again until nothing moves.
+    # Only a full run hands an address on from one person to another: an incremental
+    # run does not see the entries refused before that may claim it too (a full run
+    # gives it to the first of them by the rule above), so what it frees stays free.
+    # An incremental run also keeps what a refused entry asks for from everyone else:
+    # a full run might grant that entry (with an address this run does not hand on).
     stuck: set[str] = set()
+    reserved: set[str] = set()
+    if mode != FULL and claimants is not None:
+        read_ids = {entry.external_id for entry, _ in accepted}
+        asked = {
+            address
+            for entry, existing in accepted
+            for address in (entry.mail, *entry.aliases)
+            if existing is None or holder.get(address) != existing.id
+        }
+        if asked:
+            reserved = {a for a, ids in claimants(asked).items() if ids - read_ids}
     while True:
         released = _addresses_released(accepted, stuck) | leaving
-        granted, refused = _claim(accepted, holder, released)
+        granted, refused = _claim(accepted, holder, released, reserved)
         newly_stuck = {
             entry.external_id
             for entry, existing in refused
             if existing is not None and not existing.removed
         } - stuck
-        if not newly_stuck:
+        newly_reserved: set[str] = set()
+        if mode != FULL:
+            newly_reserved = {a for entry, _ in refused for a in (entry.mail, *entry.aliases)}
+            newly_reserved -= reserved
+        if not newly_stuck and not newly_reserved:
             break
         stuck |= newly_stuck
+        reserved |= newly_reserved
 
     for entry, existing in refused:
         plan.skipped["conflict"] += 1
@@ -245,6 +484,30 @@ def plan_sync(
     return plan
 
 
+def _take_back(
+    creates: Creates, contested: set[str], known: KnownRoster | None
+) -> dict[int, Create]:
+    """The creates (by position) whose addresses are contested or held by someone."""
+    found: dict[int, Create] = {}
+    batch: list[tuple[int, Create]] = []
+
+    def check(batch: list[tuple[int, Create]]) -> None:
+        addresses = [a for _, c in batch for a in (c.entry.mail, *c.entry.aliases)]
+        held = known.holders(addresses) if known and addresses else {}
+        for position, create in batch:
+            mine = (create.entry.mail, *create.entry.aliases)
+            if any(a in held or a in contested for a in mine):
+                found[position] = create
+
+    for item in creates.indexed():
+        batch.append(item)
+        if len(batch) == 5000:
+            check(batch)
+            batch = []
+    check(batch)
+    return found
+
+
 def _disable_only(person: RosterPerson) -> Update:
     """An update that disables ``person`` and changes nothing else."""
     kept = DirectoryEntry(
@@ -259,35 +522,32 @@ def _disable_only(person: RosterPerson) -> Update:
     return Update(person.id, kept, person.domain, ("disabled",), disabled_now=True)
 
 
-def _unchanged(entry: DirectoryEntry, person: RosterPerson) -> bool:
-    """True when the roster already holds exactly what the entry says."""
-    return (
-        not person.removed
-        and entry.mail == person.mail
-        and entry.display_name == person.display_name
-        and entry.dn == person.dn
-        and entry.disabled == person.disabled
-        and entry.alternate_contact == person.alternate_contact
-        and tuple(sorted(entry.aliases)) == tuple(sorted(person.aliases))
-        and domain_of(entry.mail) == person.domain
-    )
-
-
 def _claim(
     accepted: list[tuple[DirectoryEntry, RosterPerson | None]],
     holder: Mapping[str, int],
     released: set[str],
+    reserved: set[str],
 ) -> tuple[
     list[tuple[DirectoryEntry, RosterPerson | None, list[str]]],
     list[tuple[DirectoryEntry, RosterPerson | None]],
 ]:
-    """Hand out addresses in order: (granted entries with dropped aliases, refused entries)."""
+    """Hand out addresses in order: (granted entries with dropped aliases, refused entries).
+
+    A ``reserved`` address goes to nobody but the person who holds it now."""
     claimed: set[str] = set()
     granted: list[tuple[DirectoryEntry, RosterPerson | None, list[str]]] = []
     refused: list[tuple[DirectoryEntry, RosterPerson | None]] = []
     for entry, existing in accepted:
         own_id = existing.id if existing else None
-        if _taken(entry.mail, own_id, holder, released) or entry.mail in claimed:
+
+        def free(address: str, own_id: int | None = own_id) -> bool:
+            if address in claimed:
+                return False
+            if address in reserved and (own_id is None or holder.get(address) != own_id):
+                return False
+            return not _taken(address, own_id, holder, released)
+
+        if not free(entry.mail):
             refused.append((entry, existing))
             continue
         claimed.add(entry.mail)
@@ -296,11 +556,7 @@ def _claim(
         for alias in entry.aliases:
             if alias == entry.mail or alias in aliases:
                 continue
-            if (
-                not _valid_address(alias)
-                or _taken(alias, own_id, holder, released)
-                or alias in claimed
-            ):
+            if not _valid_address(alias) or not free(alias):
                 dropped.append(alias)
                 continue
             claimed.add(alias)

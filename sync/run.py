@@ -21,6 +21,7 @@ from roster.logs import log_event
 from roster.models import Person, SyncRun, utcnow
 from roster.syncruns import LEASE, abandon_lapsed
 from sync.apply import (
+    DatabaseRoster,
     apply_plan,
     apply_roles,
     domain_ids,
@@ -141,8 +142,9 @@ def _guard(plan: Plan, entries_read: int, source: DirectoryConfig, allow_mass: b
 def _plan(factory: sessionmaker[Session], source: DirectoryConfig, read: DirectoryRead) -> Plan:
     """Plan one run from the directory read and a snapshot of the roster.
 
-    A full run loads the roster first and plans while the pages arrive, so an entry
-    that changes nothing is never kept. An incremental run reads its (few) entries
+    A full run loads a fingerprint of each person first and plans while the pages
+    arrive, so an entry that changes nothing is never kept, and new people wait in a
+    file past the first 20,000 (sync.plan.Creates). An incremental run reads its (few) entries
     first and loads only the roster rows they touch. The snapshot is taken outside the
     write transaction: only the sync, under its lease, changes what the plan reads, and
     the write lock is not held while the directory is slow to answer.
@@ -150,9 +152,8 @@ def _plan(factory: sessionmaker[Session], source: DirectoryConfig, read: Directo
     with factory() as session:
         domains = domain_ids(session)
         if read.full:
-            roster = load_roster(session, source.name, None, [])
-            session.rollback()
-            return plan_sync(source.name, FULL, read.entries(), roster, domains)
+            known = DatabaseRoster(session, source.name)
+            return plan_sync(source.name, FULL, read.entries(), known, domains)
         entries = list(read.entries())
         departed = set(read.departed)
         if read.scope is not None:
@@ -160,7 +161,15 @@ def _plan(factory: sessionmaker[Session], source: DirectoryConfig, read: Directo
         addresses = [a for e in entries for a in (e.mail, *e.aliases)]
         wanted = [e.external_id for e in entries] + sorted(departed)
         roster = load_roster(session, source.name, wanted, addresses)
-        plan = plan_sync(source.name, INCREMENTAL, entries, roster, domains, departed)
+        plan = plan_sync(
+            source.name,
+            INCREMENTAL,
+            entries,
+            roster,
+            domains,
+            departed,
+            claimants=lambda addresses: read.claimants(addresses, domains),
+        )
         if plan.removals:
             # The guard's share is of the whole source, not of the rows this run loaded.
             plan.live_in_source = (

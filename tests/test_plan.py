@@ -258,10 +258,24 @@ def test_an_incremental_run_removes_people_who_no_longer_qualify() -> None:
     assert plan.unchanged == 1
 
 
-def test_an_address_given_up_by_a_departed_person_is_free_in_the_same_run() -> None:
+def test_an_incremental_run_hands_on_an_address_only_its_entries_claim() -> None:
+    """An incremental run does not see the entries refused before: an address that one
+    of them claims too waits for a full run, which gives it to the first claimer."""
     roster = [person(1, "a", "desk@acme.test")]
-    plan = plan_sync(
-        "corp", INCREMENTAL, [entry("n", "desk@acme.test")], roster, DOMAINS, departed=["a"]
-    )
+    entries = [entry("n", "desk@acme.test")]
+
+    def only_n(addresses: object) -> dict[str, set[str]]:
+        return {"desk@acme.test": {"n"}}
+
+    def also_m(addresses: object) -> dict[str, set[str]]:
+        return {"desk@acme.test": {"m", "n"}}
+
+    plan = plan_sync("corp", INCREMENTAL, entries, roster, DOMAINS, ["a"], claimants=only_n)
     assert [r.person_id for r in plan.removals] == [1]
     assert [c.entry.mail for c in plan.creates] == ["desk@acme.test"]
+    plan = plan_sync("corp", INCREMENTAL, entries, roster, DOMAINS, ["a"], claimants=also_m)
+    assert [r.person_id for r in plan.removals] == [1]
+    assert plan.creates == [] and plan.skipped["conflict"] == 1
+    both = [entry("n", "desk@acme.test"), entry("m", "desk@acme.test")]
+    later = plan_sync("corp", FULL, both, [], DOMAINS)
+    assert [c.entry.external_id for c in later.creates] == ["m"]

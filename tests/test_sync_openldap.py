@@ -534,3 +534,35 @@ def test_an_incremental_run_removes_people_who_no_longer_qualify(
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(EmergencyCredential)) == 0
     assert continuity.sync("--full")[1]["counts"].get("removed", 0) == 0
+
+
+def test_an_incremental_run_leaves_an_address_another_entry_claims_to_a_full_run(
+    continuity: Continuity, directory: DirectoryTree
+) -> None:
+    """An entry refused before is not read again by incremental runs: an address it
+    claims too must not go to a newcomer in one (a full run gives it to the first)."""
+    for n in range(20):
+        directory.add_person(f"p{n}", f"p{n}@acme.test")
+    directory.add_person("ana", "desk@acme.test")
+    configure(continuity, directory, clock_skew_seconds=0)
+    assert continuity.sync()[0] == 0
+    time.sleep(1.1)
+    directory.add_person("zed", "zed@acme.test", aliases=("desk@acme.test",))
+    status, summary = continuity.sync()
+    assert summary["warnings"] == [
+        "dropped alias desk@acme.test of zed@acme.test: invalid or taken"
+    ]
+    time.sleep(1.1)
+    directory.replace("ana", mail="ana@elsewhere.test")  # leaves the held domains
+    directory.add_person("bea", "desk@acme.test")
+
+    status, summary = continuity.sync()
+    assert (status, summary["mode"], summary["counts"]["removed"]) == (0, "incremental", 1)
+    assert summary["counts"]["skipped_conflict"] == 1  # bea waits
+    people = continuity.people()
+    assert "desk@acme.test" not in people and people["zed@acme.test"]["aliases"] == []
+
+    assert continuity.sync("--full")[0] == 0
+    people = continuity.people()
+    assert people["zed@acme.test"]["aliases"] == ["desk@acme.test"]  # people first
+    assert "desk@acme.test" not in people

@@ -536,6 +536,9 @@ class Slapd(LocalServer):
             "index objectClass eq",
             "index uid,mail eq,sub",
             "index mailAlternateAddress eq,sub",
+            # What an incremental sync asks for (modifyTimestamp>=mark): without it
+            # slapd reads every entry, 1.5 s a million on this machine, for each run.
+            "index modifyTimestamp eq",
         ]
         self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
         os.chmod(self.config_file, 0o600)

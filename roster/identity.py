@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from roster.addresses import plausible
-from roster.coverage import is_covered, person_is_covered
+from roster.coverage import is_covered, lists_person, person_is_covered
 from roster.db import connection_of
 from roster.domains import audit
 from roster.models import (
@@ -122,11 +122,7 @@ class SignInFacts:
 def _sign_in_facts_query() -> Any:
     """The statement, built once: building and keying it cost more than running it."""
     address: Any = bindparam("address")
-    listed = exists(
-        select(CoverageEntry.id).where(
-            CoverageEntry.person_id == Person.id, CoverageEntry.domain_id == Person.domain_id
-        )
-    )
+    listed = exists(select(CoverageEntry.id).where(lists_person()))
     return (
         select(
             Person.id,
@@ -186,9 +182,7 @@ def sign_in_facts(session: Session | Connection, address: str) -> SignInFacts | 
 def is_listed(session: Session, person: Person) -> bool:
     """True when the person is on their domain's "only selected users" list."""
     found = session.scalar(
-        select(CoverageEntry.id).where(
-            CoverageEntry.person_id == person.id, CoverageEntry.domain_id == person.domain_id
-        )
+        select(CoverageEntry.id).join(Person, lists_person()).where(Person.id == person.id)
     )
     return found is not None
 

@@ -332,16 +332,6 @@ def _unlist(
     return person
 
 
-def is_listed(session: Session, domain: Domain, person_id: int) -> bool:
-    """Whether the person ``person_id`` of ``domain`` is on its list."""
-    found = session.scalar(
-        select(Person.id)
-        .join(CoverageEntry, lists_person())
-        .where(Person.id == person_id, Person.domain_id == domain.id)
-    )
-    return found is not None
-
-
 @dataclass(frozen=True)
 class ListedRow:
     """One row of the "Continuity Service users" table."""

@@ -26,10 +26,10 @@ from portal.request_scope import body_limit, db
 from roster.addresses import printable
 from roster.bulk import ADD, REMOVE, BulkLine, bulk
 from roster.domains import Refused
-from roster.identity import ROLE_ADMIN
+from roster.identity import ROLE_ADMIN, is_listed
 from roster.models import COVERAGE_SELECTED, Domain, Person
 from roster.search import PeopleIndex
-from roster.service import add_person, is_listed, remove_person_by_id
+from roster.service import add_person, remove_person_by_id
 
 CSV_LIMIT = 1024 * 1024
 
@@ -176,7 +176,7 @@ def remove(name: str, person_id: int) -> Any:
     domain = domain_or_404(db(), name)
     if request.method == "GET":
         person = db().get(Person, person_id)
-        if person is None or not is_listed(db(), domain, person_id):
+        if person is None or person.domain_id != domain.id or not is_listed(db(), person):
             abort(404)
         return confirm(
             domain,

@@ -920,3 +920,26 @@ def test_the_audit_page_says_each_change_in_sentences(panel: Portal) -> None:
         spanish
     )
     assert admin.get(f"/admin/domains/{OTHER_DOMAIN}/audit").status_code == 404
+
+
+def test_spanish_pages_keep_registro_for_the_audit_trail_and_name_no_configuration(
+    panel: Portal,
+) -> None:
+    """Regression: in Spanish the roster was "el registro", the same word as the audit
+    trail's "Registro de auditoría"; and a domain admin was told about the
+    configuration's [outbound] table, which only the operator can change."""
+    panel.set_domain(active=True, mode="selected", emergency=True)
+    admin = admin_of(panel)
+    refused = text(post(admin, f"{PAGE}/add", {"address": "nobody@acme.test"}, headers=SPANISH))
+    pages = [
+        text(admin.get(PAGE, headers=SPANISH)),
+        text(admin.get(f"{PAGE}/audit", headers=SPANISH)),
+        refused,
+    ]
+
+    assert "nobody@acme.test no está en el censo de Continuity" in refused
+    assert "Pídaselo a su operador de Continuity." in pages[0]
+    for page in pages:
+        words = re.findall(r"\bregistro\b.{0,14}", page, re.IGNORECASE)
+        assert all(found.startswith("Registro de auditoría") for found in words), words
+        assert "[outbound]" not in page and "tabla" not in page

@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     text,
+    false,
     true,
 )
 from sqlalchemy.engine import Dialect
@@ -95,6 +96,19 @@ class Domain(Base):
     # Ask the primary about unknown recipients at RCPT time (no backscatter); off means
     # accept them and send a DSN if the primary refuses later.
     verify_recipients: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Failover: checks in a row that end recovery, reply codes that count as a failure
+    # of the whole server even for one recipient (a full disk: 452, 552), the language
+    # of the mail the product writes to the domain's people.
+    recover_after: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    failover_codes: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    language: Mapped[str] = mapped_column(String(8), default="en", server_default="en")
+    # What the monitor knows of the primary: the last check, and the failures or
+    # successes in a row (the gateway's own delivery failures count too).
+    last_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_check_ok: Mapped[bool | None] = mapped_column(Boolean)
+    last_check_reply: Mapped[str] = mapped_column(String(300), default="", server_default="")
+    failures_in_a_row: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    successes_in_a_row: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Moved on by the sync whenever the domain's people change, so that what is kept
     # of them elsewhere (the Control Panel's suggestion index) knows when to read again.
     people_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -277,7 +291,15 @@ class ContinuityEvent(Base):
     domain_id: Mapped[int] = mapped_column(ForeignKey("domain.id"), index=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    reason: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")  # the cause, in words
+    started_by: Mapped[str] = mapped_column(
+        String(320), default="monitor", server_default="monitor"
+    )
+    ended_by: Mapped[str | None] = mapped_column(String(320))
+    # The hand-back: set when the primary answered again; cleared if it fails again.
+    recovery_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    held: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    handed_back: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class AuditEvent(Base):
@@ -393,6 +415,9 @@ class MailRecipient(Base):
     last_reply: Mapped[str] = mapped_column(String(1000), default="")
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delay_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Received or held during a continuity event of its domain: Email Live Tracking
+    # shows it "Deferred" even after the hand-back, as the manual says.
+    via_continuity: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from alembic.script import ScriptDirectory
 from flask.testing import FlaskClient
 
 from portal import create_app
 from roster.config import load_config
+from roster.db import MIGRATIONS
 from tests.directory import Continuity
 
 
@@ -33,7 +35,7 @@ def test_health_reports_the_roster_and_the_last_sync(tmp_path: Path, database_ur
     assert response.json == {
         "status": "ok",
         "database": "ok",
-        "schema_revision": "0004",
+        "schema_revision": ScriptDirectory(str(MIGRATIONS)).get_current_head(),
         "last_sync": [],
     }
     assert page.status_code == 200 and b"No sync has run yet." in page.data

@@ -443,16 +443,17 @@ class PrimaryCheck:
     ok: bool
 
 
-def last_primary_check(session: Session, domain: Domain) -> PrimaryCheck | None:
+def last_primary_check(domain: Domain) -> PrimaryCheck | None:
     """The last check of ``domain``'s primary server, or None when none is known.
 
-    The gateway's monitor, still to come with the mail path, is what checks the primary
-    and will record it here; until it does, no check is known (a "Test connection" in
-    the Control Panel tries settings that may not be saved, so it is no check of the
-    primary). The overview then says "not checked yet", never "normal".
+    The gateway's monitor checks the primary and records the outcome on the domain
+    (``last_check_at``, ``last_check_ok``); until it has, no check is known (a "Test
+    connection" in the Control Panel tries settings that may not be saved, so it is no
+    check of the primary) and the overview says "not checked yet", never "normal".
     """
-    del session, domain  # read by the monitor's record once there is one
-    return None
+    if domain.last_check_at is None or domain.last_check_ok is None:
+        return None
+    return PrimaryCheck(domain.last_check_at, domain.last_check_ok)
 
 
 def without_emergency_password(domain: Domain) -> Any:
@@ -503,7 +504,7 @@ def overview(session: Session, domain: Domain, sources: Sequence[str]) -> Overvi
         listed=listed_count(session, domain),
         last_sync=last_sync,
         outage_since=outage,
-        primary_check=last_primary_check(session, domain),
+        primary_check=last_primary_check(domain),
     )
 
 

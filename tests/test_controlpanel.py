@@ -9,6 +9,7 @@ import io
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from typing import Any
@@ -943,3 +944,28 @@ def test_spanish_pages_keep_registro_for_the_audit_trail_and_name_no_configurati
         words = re.findall(r"\bregistro\b.{0,14}", page, re.IGNORECASE)
         assert all(found.startswith("Registro de auditoría") for found in words), words
         assert "[outbound]" not in page and "tabla" not in page
+
+
+def test_the_continuity_state_says_only_what_is_known(panel: Portal) -> None:
+    """Regression: the overview said "Normal: the primary mail server is working" though
+    nothing had ever checked the primary."""
+    panel.set_domain(active=True, mode="all")
+    admin = admin_of(panel)
+
+    def state() -> str:
+        found = re.search(r'<dd id="continuity-state">(.*?)</dd>', text(admin.get(PAGE)), re.S)
+        assert found
+        return found.group(1).strip()
+
+    assert state() == "Not checked yet: nothing has checked the primary mail server so far."
+    with Session(panel.engine) as session, session.begin():
+        domain = session.scalars(select(Domain).where(Domain.name == DOMAIN)).one()
+        domain.last_check_at = datetime(2026, 11, 30, 4, 5, tzinfo=UTC)
+        domain.last_check_ok = True
+    assert state() == (
+        "Normal: the last check of the primary mail server succeeded (2026-11-30 04:05 UTC)."
+    )
+    with Session(panel.engine) as session, session.begin():
+        domain = session.scalars(select(Domain).where(Domain.name == DOMAIN)).one()
+        domain.last_check_ok = False
+    assert state() == "The last check of the primary mail server failed (2026-11-30 04:05 UTC)."

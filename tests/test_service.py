@@ -968,6 +968,17 @@ def test_overview_counts_last_sync_and_outage(factory: sessionmaker[Session]) ->
         # Regression: with no outage the overview said "normal" though nothing had ever
         # checked the primary; no monitor records checks yet, so nothing is known.
         assert seen.primary_check is None and seen.continuity_state == "not_checked"
+        # What the gateway's monitor records on the domain is what the overview says.
+        acme = get_domain(session, ACME)
+        acme.last_check_at, acme.last_check_ok = now - timedelta(seconds=30), True
+        seen = overview(session, acme, [])
+        assert seen.primary_check is not None
+        assert (seen.primary_check.at, seen.continuity_state) == (
+            now - timedelta(seconds=30),
+            "normal",
+        )
+        acme.last_check_ok = False
+        assert overview(session, acme, []).continuity_state == "failing"
 
 
 def test_domains_visible_to_an_admin(factory: sessionmaker[Session]) -> None:

@@ -383,8 +383,8 @@ class LocalServer:
 
 MIN_MAP_SIZE = 1 << 30
 MAP_SIZE_PER_LDIF_BYTE = 16
-"""LMDB map size for a load, in bytes per byte of LDIF: a million benchmark people
-(270 MB of LDIF) take about 2.3 GB with the uid and mail substring indexes."""
+"""LMDB map size for a load, in bytes per byte of LDIF: room for the entries, their
+substring indexes and later changes (a million benchmark people load into it)."""
 
 
 class Slapd(LocalServer):

@@ -389,20 +389,22 @@ class _Writer:
         self.created_aliases: list[tuple[str, tuple[str, ...]]] = []
 
         def rows() -> Iterator[dict[str, Any]]:
-            for c in self.plan.creates:
-                domain_id = self.domains[c.domain]
+            # Plain rows, not Create values: a million of them costs seconds less.
+            for _, row in self.plan.creates.rows():
+                external_id, dn, mail, aliases, name, disabled, alternate, domain = row
+                domain_id = self.domains[domain]
                 self.created_domains.add(domain_id)
-                if c.entry.aliases:
-                    self.created_aliases.append((c.entry.external_id, c.entry.aliases))
+                if aliases:
+                    self.created_aliases.append((external_id, aliases))
                 yield {
                     "domain_id": domain_id,
                     "source": self.plan.source,
-                    "external_id": c.entry.external_id,
-                    "dn": c.entry.dn,
-                    "mail": c.entry.mail,
-                    "display_name": c.entry.display_name,
-                    "alternate_contact": c.entry.alternate_contact,
-                    "disabled": c.entry.disabled,
+                    "external_id": external_id,
+                    "dn": dn,
+                    "mail": mail,
+                    "display_name": name,
+                    "alternate_contact": alternate,
+                    "disabled": disabled,
                     "session_generation": 0,
                     "created_at": self.now,
                     "updated_at": self.now,

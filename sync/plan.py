@@ -113,20 +113,26 @@ class Creates:
             self._spilled += len(self._memory)
             self._memory = []
 
-    def indexed(self) -> Iterator[tuple[int, Create]]:
-        """(position, create) of every create not excluded."""
+    def rows(self) -> Iterator[tuple[int, tuple[Any, ...]]]:
+        """(position, row) of every create not excluded; a row holds an entry's fields
+        in DirectoryEntry's order, then the domain (what apply reads, with no objects)."""
         index = 0
         if self._file is not None:
             self._file.seek(0)
             while index < self._spilled:
                 for row in pickle.load(self._file):  # noqa: S301 - our own file
                     if index not in self._excluded:
-                        yield index, Create(DirectoryEntry(*row[:7]), row[7])
+                        yield index, row
                     index += 1
         for row in self._memory:
             if index not in self._excluded:
-                yield index, Create(DirectoryEntry(*row[:7]), row[7])
+                yield index, row
             index += 1
+
+    def indexed(self) -> Iterator[tuple[int, Create]]:
+        """(position, create) of every create not excluded."""
+        for index, row in self.rows():
+            yield index, Create(DirectoryEntry(*row[:7]), row[7])
 
     def exclude(self, positions: Iterable[int]) -> None:
         """Leave the creates at ``positions`` out from now on."""
@@ -345,7 +351,9 @@ def plan_sync(
     #    the careful claim of step 3.
     changed: list[tuple[DirectoryEntry, int]] = []  # (entry, person id)
     careful_new: list[DirectoryEntry] = []
-    new_ids: set[int] = set()  # hashes of new stable ids, for ids read twice
+    # Hashes of new stable ids, to refuse an id read twice: two ids sharing a 64-bit
+    # hash (a chance in 2**64 a pair) would only make the second wait for the next run.
+    new_ids: set[int] = set()
     claims: dict[str, int] = {}  # address -> 1 if one new entry claims it, 2 if more
     gone_ids: set[str] = set(departed)  # read, but no longer someone the roster holds
     for entry in entries:

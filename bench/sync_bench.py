@@ -8,6 +8,7 @@ default) into a local slapd and measures, in the same run:
 2. a full sync into an empty roster;
 3. a full sync with nothing changed;
 4. an incremental sync after 1,000 modifications;
+5. the bare read again (the faster of the two reads is the limit);
 
 each in a process of its own so that its peak memory (max RSS) is its own. Figures are
 printed as ratios against the bare read measured here, on this machine, in this run.
@@ -224,6 +225,11 @@ def main() -> None:
             time.sleep(1)
             modify(slapd.url, slapd.root_dn, slapd.root_password, args.changes, args.people)
             incremental = _phase(["--phase", "sync", "--config", config])
+            # The limit is read again after the syncs and the faster read kept: on a
+            # machine whose load changes, a slow first read would flatter the sync.
+            bare_again = _phase(["--phase", "bare", "--config", config])
+            bare_reads = [bare["seconds"], bare_again["seconds"]]
+            bare = min(bare, bare_again, key=lambda result: result["seconds"])
         finally:
             slapd.stop()
             if args.postgres:
@@ -238,11 +244,12 @@ def main() -> None:
 
     print(f"# sync benchmark: {args.people:,} people, {os.cpu_count()} cores, {url.split(':')[0]}")
     print(f"slapadd load: {load_seconds:.1f} s")
+    print("bare reads, before and after the syncs: " + ", ".join(f"{s:.2f} s" for s in bare_reads))
     print("| run | entries read | time | vs bare read | peak memory | target |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     print(line("bare ldap3 paged read (the limit)", bare, "-"))
-    print(line("full sync into an empty roster", first, "<= 1.25x, < 200 MB"))
-    print(line("full sync, nothing changed", again, "-"))
+    print(line("full sync into an empty roster", first, "<= 1.0x, < 500 MB"))
+    print(line("full sync, nothing changed", again, "< 500 MB"))
     print(line(f"incremental sync after {args.changes:,} changes", incremental, "< 1 s"))
     for name, result in (("full/empty", first), ("full/same", again), ("incremental", incremental)):
         phases = ", ".join(f"{k} {v:.2f} s" for k, v in result["phases"].items())

@@ -17,6 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from roster.addresses import printable
+from roster.config import Config
+from roster.primary_address import (
+    PrimaryAddressRefused,
+    PrimaryUnresolved,
+    check_primary_address,
+    resolve_primary,
+)
 from roster.queue import Delivery
 
 # A server's reply as (code, text); code 0 when the connection failed before a reply.
@@ -58,6 +65,55 @@ class SessionFailed(Exception):
         self.reply = reply
 
 
+RESOLVE_TIMEOUT = 10.0
+
+
+def tls_context(ca_file: str | None, *, verify: bool) -> ssl.SSLContext:
+    """A client context checking certificates against ``ca_file`` (or the system's
+    authorities); with ``verify`` off (an admin's choice per domain) it checks nothing."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def primary_target(
+    config: Config,
+    host: str,
+    port: int,
+    tls: str,
+    verify: bool,
+    *,
+    helo: str,
+    ca_file: str | None,
+) -> Target:
+    """Where to reach a domain's primary: its name resolved, and the first address that
+    is allowed ([gateway] allow_local_primary, deny_primary_networks); SessionFailed when
+    none resolves or none is allowed."""
+    try:
+        addresses = resolve_primary(host, port, RESOLVE_TIMEOUT)
+    except PrimaryUnresolved as error:
+        raise SessionFailed((0, str(error))) from error
+    refusal: PrimaryAddressRefused | None = None
+    for address in addresses:
+        try:
+            check_primary_address(config, address, host)
+        except PrimaryAddressRefused as error:
+            refusal = refusal or error
+            continue
+        return Target(
+            host=host,
+            address=str(address),
+            port=port,
+            tls=tls,
+            tls_context=tls_context(ca_file, verify=verify),
+            require_tls=tls == "starttls" and verify,
+            helo=helo,
+        )
+    raise SessionFailed((0, f"refused: {refusal or host}"))
+
+
 def _text(reply: tuple[int, bytes | str]) -> Reply:
     code, message = reply
     if isinstance(message, bytes):
@@ -65,24 +121,26 @@ def _text(reply: tuple[int, bytes | str]) -> Reply:
     return code, printable(" ".join(message.split()), 500)
 
 
-def open_session(target: Target) -> smtplib.SMTP:
+def open_session(target: Target, timeout: float = CONNECT_TIMEOUT) -> smtplib.SMTP:
     """Connect, greet, secure and (for the relay) log in; raises SessionFailed."""
     try:
         if target.tls == "tls":
             client: smtplib.SMTP = smtplib.SMTP_SSL(
                 local_hostname=target.helo,
-                timeout=CONNECT_TIMEOUT,
+                timeout=timeout,
                 context=target.tls_context or ssl.create_default_context(),
             )
             client._host = target.host  # type: ignore[attr-defined]  # SNI and the cert check
         else:
-            client = smtplib.SMTP(local_hostname=target.helo, timeout=CONNECT_TIMEOUT)
+            client = smtplib.SMTP(local_hostname=target.helo, timeout=timeout)
             client._host = target.host  # type: ignore[attr-defined]
         code, message = client.connect(target.address, target.port)
         if code != 220:
             client.close()
             raise SessionFailed(_text((code, message)))
-        client.sock.settimeout(COMMAND_TIMEOUT)  # type: ignore[union-attr]
+        # Deliveries wait as long as RFC 5321 asks; a monitor's check keeps its short one.
+        if client.sock is not None:
+            client.sock.settimeout(COMMAND_TIMEOUT if timeout == CONNECT_TIMEOUT else timeout)
         code, message = client.ehlo()
         if code != 250:
             code, message = client.helo()

@@ -10,7 +10,6 @@ died are taken by another once their lease has lapsed.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,16 +19,18 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, select
 
 from gateway import dsn
-from gateway.delivery import Result, SessionFailed, Target, deliver_batch
-from roster.config import Config
-from roster.logs import log_event
-from roster.models import BOUNCED, DEFERRED, DELIVERED, ROUTE_RELAY, Domain, utcnow
-from roster.primary_address import (
-    PrimaryAddressRefused,
-    PrimaryUnresolved,
-    check_primary_address,
-    resolve_primary,
+from gateway.delivery import (
+    Result,
+    SessionFailed,
+    Target,
+    deliver_batch,
+    primary_target,
+    tls_context,
 )
+from roster.config import Config
+from roster.continuity import failure_counts, record_check
+from roster.logs import log_event
+from roster.models import BOUNCED, DEFERRED, DELIVERED, ROUTE_PRIMARY, ROUTE_RELAY, Domain, utcnow
 from roster.queue import (
     Delivery,
     Incoming,
@@ -50,7 +51,6 @@ log = logging.getLogger("continuity.gateway")
 # RFC 5321 4.5.4.1: retry after at least 30 minutes in general; start sooner for the
 # short hiccups a primary has (a restart), and grow to an hour.
 BACKOFF_SECONDS = (60, 300, 900, 1800, 3600)
-RESOLVE_TIMEOUT = 10.0
 
 
 def next_attempt(attempts: int, now: datetime) -> datetime:
@@ -67,6 +67,7 @@ class RunnerSettings:
     lease: timedelta = timedelta(minutes=5)
     delay_warning: timedelta = timedelta(hours=4)
     lifetime: timedelta = timedelta(days=5)
+    max_held: timedelta = timedelta(days=30)
     batch: int = 100
     ca_file: str | None = None
     relay: tuple[str, int] | None = None
@@ -146,7 +147,6 @@ class QueueRunner:
         with self.engine.connect() as connection:
             domain = connection.execute(
                 select(
-                    Domain.name,
                     Domain.primary_host,
                     Domain.primary_port,
                     Domain.primary_tls,
@@ -155,15 +155,14 @@ class QueueRunner:
             ).one_or_none()
         if domain is None or not domain.primary_host:
             raise SessionFailed((0, "no primary server is set for the domain"))
-        address = self._checked_address(domain.primary_host, domain.primary_port)
-        return Target(
-            host=domain.primary_host,
-            address=address,
-            port=domain.primary_port,
-            tls=domain.primary_tls,
-            tls_context=self._tls_context(domain.primary_tls_verify),
-            require_tls=domain.primary_tls == "starttls" and domain.primary_tls_verify,
+        return primary_target(
+            self.config,
+            domain.primary_host,
+            domain.primary_port,
+            domain.primary_tls,
+            domain.primary_tls_verify,
             helo=self.settings.hostname,
+            ca_file=self.settings.ca_file,
         )
 
     def _relay_target(self) -> Target:
@@ -175,34 +174,12 @@ class QueueRunner:
             address=host,
             port=port,
             tls="starttls",
-            tls_context=self._tls_context(True),
+            tls_context=tls_context(self.settings.ca_file, verify=True),
             require_tls=bool(self.settings.relay_username),
             username=self.settings.relay_username,
             password=self.settings.relay_password,
             helo=self.settings.hostname,
         )
-
-    def _checked_address(self, host: str, port: int) -> str:
-        try:
-            addresses = resolve_primary(host, port, RESOLVE_TIMEOUT)
-        except PrimaryUnresolved as error:
-            raise SessionFailed((0, str(error))) from error
-        refusal: PrimaryAddressRefused | None = None
-        for address in addresses:
-            try:
-                check_primary_address(self.config, address, host)
-            except PrimaryAddressRefused as error:
-                refusal = refusal or error
-                continue
-            return str(address)
-        raise SessionFailed((0, f"refused: {refusal or host}"))
-
-    def _tls_context(self, verify: bool) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.settings.ca_file)
-        if not verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
 
     # -- outcomes --------------------------------------------------------------
     def _record(self, delivery: Delivery, result: Result | SessionFailed, host: str) -> None:
@@ -217,7 +194,10 @@ class QueueRunner:
             accepted: list[int] = []
         else:
             refused, accepted = result.refused, result.accepted
-        expired = now - delivery.received_at >= self.settings.lifetime
+        # Mail held in a continuity event does not expire with the ordinary lifetime:
+        # outages after ransomware last weeks (up to [gateway] max_held_days).
+        lifetime = self.settings.max_held if delivery.via_continuity else self.settings.lifetime
+        expired = now - delivery.received_at >= lifetime
         for row in accepted:
             outcomes.append(Outcome(row, DELIVERED, "250 accepted"))
         for row, (code, text) in refused.items():
@@ -230,11 +210,28 @@ class QueueRunner:
                     Outcome(row, DEFERRED, reply, next_attempt(delivery.attempts + 1, now))
                 )
                 delayed.append((row, addresses[row], code, text))
+        transition = None
         with writing(self.engine) as connection:
             record_outcomes(connection, self.worker, outcomes, now)
             notices = self._notices(connection, delivery, failed, delayed, host, now)
             if notices:
                 store(connection, notices)
+            if delivery.route == ROUTE_PRIMARY and delivery.domain_id is not None:
+                verdict = self._server_verdict(connection, delivery, result, refused, accepted)
+                if verdict is not None:
+                    transition = record_check(
+                        connection, delivery.domain_id, verdict[0], verdict[1], by_monitor=False
+                    )
+        if transition is not None:
+            log_event(
+                log,
+                logging.WARNING,
+                "continuity_event",
+                change=transition.kind,
+                domain_id=transition.domain_id,
+                event_id=transition.event_id,
+                reason=transition.reason[:200] or None,
+            )
         for outcome in outcomes:
             log_event(
                 log,
@@ -246,6 +243,33 @@ class QueueRunner:
                 attempt=delivery.attempts + 1,
                 reply=outcome.reply[:200],
             )
+
+    @staticmethod
+    def _server_verdict(
+        connection: Connection,
+        delivery: Delivery,
+        result: Result | SessionFailed,
+        refused: dict[int, tuple[int, str]],
+        accepted: list[int],
+    ) -> tuple[bool, str] | None:
+        """What this attempt says of the primary as a whole, for failover: a failed
+        session, or every recipient of a transaction of several refused, or a reply code
+        the admin listed, is a failure; an accepted message a success; a single refused
+        recipient (a full mailbox, an unknown user) says nothing of the server."""
+        if isinstance(result, SessionFailed):
+            return False, f"{result.reply[0] or ''} {result.reply[1]}".strip()
+        codes = connection.scalar(
+            select(Domain.failover_codes).where(Domain.id == delivery.domain_id)
+        )
+        for code, text in refused.values():
+            if failure_counts(code, codes or ""):
+                return False, f"{code} {text}"
+        if not accepted and len(refused) > 1:
+            code, text = next(iter(refused.values()))
+            return False, f"every recipient refused: {code} {text}"
+        if accepted:
+            return True, "250 accepted"
+        return None
 
     def _notices(
         self,

@@ -19,6 +19,7 @@ from gateway.callout import Callout
 from gateway.commit import GroupCommitter, make_durable
 from gateway.copier import Copier, UsersFile
 from gateway.limits import ClientLimits, GatewayLimits
+from gateway.monitor import Monitor
 from gateway.receiver import GatewayHandler, GatewaySMTP, ReceiverSettings
 from gateway.runner import QueueRunner, RunnerSettings
 from gateway.standby import StandbyStore
@@ -54,6 +55,7 @@ class GatewaySettings:
     lease: timedelta
     delay_warning: timedelta
     lifetime: timedelta
+    max_held: timedelta
     ca_file: str | None
     relay: tuple[str, int] | None
     relay_username: str | None
@@ -104,6 +106,7 @@ def settings_from(config: Config) -> GatewaySettings:
         lease=timedelta(seconds=gateway.get("claim_seconds", 600)),
         delay_warning=timedelta(hours=gateway.get("delay_warning_hours", 4)),
         lifetime=timedelta(days=gateway.get("max_queue_days", 5)),
+        max_held=timedelta(days=gateway.get("max_held_days", 30)),
         ca_file=gateway.get("ca_file"),
         relay=_split(relay) if relay else None,
         relay_username=config.outbound.get("username"),
@@ -144,6 +147,7 @@ class Gateway:
         receive: bool = True,
         deliver: bool = True,
         copy: bool = True,
+        monitor: bool = True,
         idle: float = 1.0,
     ) -> None:
         self.config = config
@@ -175,6 +179,7 @@ class Gateway:
             lease=self.settings.lease,
             delay_warning=self.settings.delay_warning,
             lifetime=self.settings.lifetime,
+            max_held=self.settings.max_held,
             ca_file=self.settings.ca_file,
             relay=self.settings.relay,
             relay_username=self.settings.relay_username,
@@ -198,6 +203,17 @@ class Gateway:
                 Copier(self.engine, self.store, self.users, self.worker, lease=self.settings.lease)
                 for _ in range(self.settings.copy_workers)
             ]
+        self.monitor = (
+            Monitor(
+                self.engine,
+                config,
+                hostname=self.settings.hostname,
+                ca_file=self.settings.ca_file,
+                tick=min(idle, 1.0),
+            )
+            if monitor
+            else None
+        )
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
@@ -251,6 +267,8 @@ class Gateway:
             self._thread(f"runner-{index}", runner.run, self.idle)
         for index, copier in enumerate(self.copiers):
             self._thread(f"copier-{index}", copier.run, self.idle)
+        if self.monitor is not None:
+            self._thread("monitor", self.monitor.run)
         if self.controller is not None:
             self.controller.start()
         log_event(
@@ -293,6 +311,8 @@ class Gateway:
         self._stopping.set()
         for stopping in [*(r.stopping for r in self.runners), *(c.stopping for c in self.copiers)]:
             stopping.set()
+        if self.monitor is not None:
+            self.monitor.stopping.set()
         for event in self._wakes():
             event.set()
         deadline = time.monotonic() + 30

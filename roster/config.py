@@ -570,6 +570,7 @@ _TABLES: dict[str, dict[str, Check]] = {
         "claim_seconds": _whole(5),
         "delay_warning_hours": _whole(1),
         "max_queue_days": _whole(1),
+        "max_held_days": _whole(1),
     },
     "outbound": {
         "relay": host_port,

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from roster.continuity import held_domains_clause, mark_received_during_events
 from roster.identity import covered, find_person
 from roster.models import (
     BOUNCED,
@@ -171,6 +172,7 @@ def store(connection: Connection, messages: Sequence[Incoming]) -> None:
                 )
     if copies:
         connection.execute(insert(StandbyCopy), copies)
+    mark_received_during_events(connection, [m.queue_id for m in messages])
 
 
 # ---------------------------------------------------------------------------
@@ -193,11 +195,19 @@ def deliveries_due(connection: Connection, now: datetime | None = None) -> bool:
     found = connection.scalar(
         select(table.id)
         .where(
-            table.status.in_(PENDING_STATES), table.next_attempt_at <= now, _claimable(table, now)
+            table.status.in_(PENDING_STATES),
+            table.next_attempt_at <= now,
+            _claimable(table, now),
+            _not_held(table),
         )
         .limit(1)
     )
     return found is not None
+
+
+def _not_held(table: type[MailRecipient]) -> ColumnElement[bool]:
+    """Nothing goes to the primary of a domain in a continuity event (until recovery)."""
+    return or_(table.domain_id.is_(None), table.domain_id.not_in(held_domains_clause()))
 
 
 def copies_due(connection: Connection, now: datetime | None = None) -> bool:
@@ -227,6 +237,7 @@ class Delivery:
     client_name: str
     helo: str
     protocol: str
+    via_continuity: bool = False
     body: bytes = b""
 
 
@@ -256,6 +267,7 @@ def claim_deliveries(
     )
     if domain_ids is not None:
         query = query.where(or_(table.domain_id.in_(list(domain_ids)), table.domain_id.is_(None)))
+    query = query.where(_not_held(table))
     ids = list(connection.scalars(query))
     if not ids:
         return []
@@ -272,6 +284,7 @@ def claim_deliveries(
             table.route,
             table.domain_id,
             table.attempts,
+            table.via_continuity,
             MailMessage.sender,
             MailMessage.received_at,
             MailMessage.client_address,
@@ -303,6 +316,7 @@ def claim_deliveries(
             )
         found.recipients.append((row.id, row.address))
         found.attempts = max(found.attempts, row.attempts)
+        found.via_continuity = found.via_continuity or row.via_continuity
     deliveries = list(grouped.values())
     bodies = {
         queue_id: body

@@ -1,0 +1,268 @@
+"""Continuity events: when a domain's primary has failed, how the failure is counted, and
+how an event starts, enters recovery (the hand-back) and ends.
+
+The gateway's monitor and its delivery runners report what they see of a primary with
+``record_check``; the rules of when that starts or ends an event live here, so that an
+admin starting or ending one by hand (Control Panel, command line) goes through the same
+steps. While an event is open and not recovering, nothing is delivered to the domain's
+primary; in recovery the held mail goes back oldest first, and when none is left the
+event ends with its counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, func, insert, or_, select, update
+
+from roster.models import (
+    PENDING_STATES,
+    ROUTE_PRIMARY,
+    ContinuityEvent,
+    Domain,
+    MailMessage,
+    MailRecipient,
+    utcnow,
+)
+
+STARTED = "started"
+RECOVERING = "recovering"
+REOPENED = "reopened"
+ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a check (or an admin) changed: an event started, entered recovery, failed
+    again during recovery, or ended."""
+
+    kind: str
+    domain_id: int
+    event_id: int
+    reason: str = ""
+
+
+def open_event(connection: Connection, domain_id: int) -> Any:
+    """The domain's event that has not ended (a row of continuity_event), or None."""
+    return connection.execute(
+        select(ContinuityEvent)
+        .where(ContinuityEvent.domain_id == domain_id, ContinuityEvent.ended_at.is_(None))
+        .order_by(ContinuityEvent.id.desc())
+        .limit(1)
+    ).first()
+
+
+def held_domains_clause() -> Select[Any]:
+    """Domains whose primary gets nothing now: an event is open and not recovering."""
+    return select(ContinuityEvent.domain_id).where(
+        ContinuityEvent.ended_at.is_(None), ContinuityEvent.recovery_started_at.is_(None)
+    )
+
+
+def failure_counts(code: int, failover_codes: str) -> bool:
+    """True when a refused recipient's reply ``code`` counts as a failure of the whole
+    server for this domain (the admin listed it, e.g. 452 or 552 for a full disk)."""
+    listed = {part.strip() for part in failover_codes.split(",") if part.strip()}
+    return str(code) in listed
+
+
+def record_check(
+    connection: Connection,
+    domain_id: int,
+    ok: bool,
+    reply: str,
+    *,
+    by_monitor: bool = True,
+    now: datetime | None = None,
+) -> Transition | None:
+    """Record one check of a domain's primary (the monitor's, or a real delivery's) and
+    apply the failover rules; the transition it caused, if any (caller commits).
+
+    A real delivery (``by_monitor=False``) counts failures toward failover but its
+    successes do not end an event: only the monitor's checks (or an admin's retry) do.
+    """
+    now = now or utcnow()
+    domain = connection.execute(
+        select(
+            Domain.failover_automatic,
+            Domain.failures_before_failover,
+            Domain.recover_after,
+            Domain.failures_in_a_row,
+            Domain.successes_in_a_row,
+        ).where(Domain.id == domain_id)
+    ).one()
+    failures = 0 if ok else domain.failures_in_a_row + 1
+    successes = domain.successes_in_a_row + 1 if ok else 0
+    connection.execute(
+        update(Domain)
+        .where(Domain.id == domain_id)
+        .values(
+            last_check_at=now,
+            last_check_ok=ok,
+            last_check_reply=reply[:300],
+            failures_in_a_row=failures,
+            successes_in_a_row=successes,
+        )
+    )
+    if not domain.failover_automatic:
+        return None
+    event = open_event(connection, domain_id)
+    if not ok:
+        if event is None and failures >= domain.failures_before_failover:
+            return start_event(connection, domain_id, reason=reply, actor="monitor", now=now)
+        if event is not None and event.recovery_started_at is not None:
+            connection.execute(
+                update(ContinuityEvent)
+                .where(ContinuityEvent.id == event.id)
+                .values(recovery_started_at=None)
+            )
+            return Transition(REOPENED, domain_id, event.id, reply)
+        return None
+    if (
+        by_monitor
+        and event is not None
+        and event.recovery_started_at is None
+        and successes >= domain.recover_after
+    ):
+        return begin_recovery(connection, event.id, now=now)
+    return None
+
+
+def start_event(
+    connection: Connection,
+    domain_id: int,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime | None = None,
+) -> Transition:
+    """Open a continuity event (or return the open one): mail for the domain is held
+    from now on, and what already waits for its primary counts as held."""
+    now = now or utcnow()
+    found = open_event(connection, domain_id)
+    if found is not None:
+        return Transition(STARTED, domain_id, found.id, found.reason)
+    event_id = connection.execute(
+        insert(ContinuityEvent)
+        .values(domain_id=domain_id, started_at=now, reason=reason[:1000], started_by=actor)
+        .returning(ContinuityEvent.id)
+    ).scalar_one()
+    connection.execute(
+        update(MailRecipient)
+        .where(
+            MailRecipient.domain_id == domain_id,
+            MailRecipient.route == ROUTE_PRIMARY,
+            MailRecipient.status.in_(PENDING_STATES),
+        )
+        .values(via_continuity=True)
+    )
+    return Transition(STARTED, domain_id, event_id, reason)
+
+
+def begin_recovery(
+    connection: Connection, event_id: int, *, now: datetime | None = None
+) -> Transition:
+    """The primary answers again: hand the held mail back, oldest first."""
+    now = now or utcnow()
+    event = connection.execute(
+        select(ContinuityEvent).where(ContinuityEvent.id == event_id)
+    ).one()
+    connection.execute(
+        update(ContinuityEvent)
+        .where(ContinuityEvent.id == event_id, ContinuityEvent.recovery_started_at.is_(None))
+        .values(recovery_started_at=now)
+    )
+    # Due now, in the order they arrived: claims take the oldest first.
+    connection.execute(
+        update(MailRecipient)
+        .where(
+            MailRecipient.domain_id == event.domain_id,
+            MailRecipient.route == ROUTE_PRIMARY,
+            MailRecipient.status.in_(PENDING_STATES),
+        )
+        .values(next_attempt_at=now)
+    )
+    return Transition(RECOVERING, event.domain_id, event_id)
+
+
+def finish_recovery(
+    connection: Connection, event_id: int, *, actor: str = "monitor"
+) -> Transition | None:
+    """End an event in recovery once nothing of its domain waits for the primary."""
+    event = connection.execute(
+        select(ContinuityEvent).where(ContinuityEvent.id == event_id)
+    ).one()
+    if event.ended_at is not None or event.recovery_started_at is None:
+        return None
+    waiting = connection.scalar(
+        select(func.count(MailRecipient.id)).where(
+            MailRecipient.domain_id == event.domain_id,
+            MailRecipient.route == ROUTE_PRIMARY,
+            MailRecipient.status.in_(PENDING_STATES),
+        )
+    )
+    if waiting:
+        return None
+    return end_event(connection, event_id, actor=actor)
+
+
+def end_event(
+    connection: Connection, event_id: int, *, actor: str, now: datetime | None = None
+) -> Transition:
+    """Close an event with its counts: recipients held, and handed back to the primary."""
+    now = now or utcnow()
+    event = connection.execute(
+        select(ContinuityEvent).where(ContinuityEvent.id == event_id)
+    ).one()
+    # Held by this event: its domain's recipients via Continuity that arrived during it
+    # or were still waiting after it started (delivered, or given up, since then).
+    during = and_(
+        MailRecipient.domain_id == event.domain_id,
+        MailRecipient.via_continuity.is_(True),
+        or_(
+            MailMessage.received_at >= event.started_at,
+            MailRecipient.last_attempt_at >= event.started_at,
+        ),
+    )
+    counted = select(func.count(MailRecipient.id)).join(
+        MailMessage, MailMessage.queue_id == MailRecipient.queue_id
+    )
+    held = connection.scalar(counted.where(during)) or 0
+    handed_back = (
+        connection.scalar(counted.where(during, MailRecipient.delivered_at >= event.started_at))
+        or 0
+    )
+    connection.execute(
+        update(ContinuityEvent)
+        .where(ContinuityEvent.id == event_id)
+        .values(ended_at=now, ended_by=actor, held=held, handed_back=handed_back)
+    )
+    return Transition(ENDED, event.domain_id, event_id)
+
+
+def events_in_recovery(connection: Connection) -> list[int]:
+    """Ids of the events handing mail back now."""
+    return list(
+        connection.scalars(
+            select(ContinuityEvent.id).where(
+                ContinuityEvent.ended_at.is_(None),
+                ContinuityEvent.recovery_started_at.is_not(None),
+            )
+        )
+    )
+
+
+def mark_received_during_events(connection: Connection, queue_ids: list[str]) -> None:
+    """Recipients just stored for a domain in an open event were received via Continuity."""
+    connection.execute(
+        update(MailRecipient)
+        .where(
+            MailRecipient.queue_id.in_(queue_ids),
+            MailRecipient.domain_id.in_(
+                select(ContinuityEvent.domain_id).where(ContinuityEvent.ended_at.is_(None))
+            ),
+        )
+        .values(via_continuity=True)
+    )

@@ -14,6 +14,7 @@ them again; a small read of that number is all a suggestion costs the database.
 from __future__ import annotations
 
 import bisect
+import io
 import threading
 import unicodedata
 from array import array
@@ -67,15 +68,13 @@ def _load(session: Session, domain_id: int, version: int) -> _DomainPeople:
         .order_by(Person.mail)
         .execution_options(yield_per=10_000)
     )
-    parts: list[bytes] = []
-    starts, ids, offset = array("q"), array("q"), 0
+    text = io.BytesIO()  # not a list of a million small bytes objects to join
+    starts, ids = array("q"), array("q")
     for person_id, mail, name in rows:
-        line = f"{fold(mail)}\t{fold(name or '')}\n".encode()
-        starts.append(offset)
+        starts.append(text.tell())
         ids.append(person_id)
-        parts.append(line)
-        offset += len(line)
-    return _DomainPeople(version, b"".join(parts), starts, ids)
+        text.write(f"{fold(mail)}\t{fold(name or '')}\n".encode())
+    return _DomainPeople(version, text.getvalue(), starts, ids)
 
 
 class PeopleIndex:

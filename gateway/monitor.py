@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from gateway import event_notices
 from gateway.delivery import SessionFailed, open_session, primary_target
 from roster.config import Config
 from roster.continuity import (
@@ -61,6 +62,7 @@ class Monitor:
         self.lease = Lease(engine, LEASE_NAME, LEASE_SECONDS)
         self.holding = False
         self.transitions: list[Transition] = []
+        self.notices = event_notices.settings_from(config, hostname)
 
     def run(self) -> None:
         """Hold (or wait for) the lease, and check the primaries while holding it."""
@@ -121,11 +123,16 @@ class Monitor:
             )
             if due and not self.stopping.is_set():
                 self._check(domain)
+        ended: list[Transition] = []
         with writing(self.engine) as connection:
             for event_id in events_in_recovery(connection):
-                ended = finish_recovery(connection, event_id)
-                if ended is not None:
-                    self._note(ended)
+                finished = finish_recovery(connection, event_id)
+                if finished is not None:
+                    ended.append(finished)
+        for transition in ended:  # noted once committed
+            self._note(transition)
+        # Tell what others changed too: an admin by hand, another gateway's delivery.
+        event_notices.tell_logged(self.engine, self.notices)
 
     def _check(self, domain: Any) -> None:
         ok, reply = check_primary(
@@ -158,6 +165,8 @@ class Monitor:
             event_id=transition.event_id,
             reason=transition.reason[:200] or None,
         )
+        # The transition is committed: its notices go in a transaction of their own.
+        event_notices.tell_logged(self.engine, self.notices)
 
 
 def check_primary(

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, select
 
-from gateway import dsn
+from gateway import dsn, event_notices
 from gateway.delivery import (
     Result,
     SessionFailed,
@@ -231,6 +231,10 @@ class QueueRunner:
                 domain_id=transition.domain_id,
                 event_id=transition.event_id,
                 reason=transition.reason[:200] or None,
+            )
+            # After the transition's commit, in a transaction of their own.
+            event_notices.tell_logged(
+                self.engine, event_notices.settings_from(self.config, self.settings.hostname)
             )
         for outcome in outcomes:
             log_event(

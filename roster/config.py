@@ -581,6 +581,7 @@ _TABLES: dict[str, dict[str, Check]] = {
     "portal": {
         "secret_key": _secret(32),
         "base_url": _base_url,
+        "operator_address": _mail_address,
         "listen": host_port,
         "secure_cookies": _flag,
         "access_log": _flag,

@@ -302,6 +302,13 @@ class ContinuityEvent(Base):
     handed_back: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+    # Which changes the domain's admins (and people) were told of, whoever made them:
+    # the start, the recovery whose recovery_started_at is copied here (a recovery after
+    # a reopen is told again), the end. The gateway sets each in the transaction that
+    # queues the notices, so two gateways never tell one change twice.
+    notified_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    notified_recovery_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    notified_ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 class AuditEvent(Base):
     """Who did what, when, to whom, with the state before and after."""
 

@@ -378,7 +378,10 @@ class MailMessage(Base):
     """A message the gateway accepted with 250: durable from that reply on."""
 
     __tablename__ = "mail_message"
-    __table_args__ = (Index("ix_mail_message_received_at", "received_at"),)
+    # Email Live Tracking pages by key (received_at, queue_id), newest first.
+    __table_args__ = (
+        Index("ix_mail_message_received_at_queue_id", "received_at", "queue_id"),
+    )
 
     # Time-ordered and unique across gateways: it is in the 250 reply and every log line.
     queue_id: Mapped[str] = mapped_column(String(32), primary_key=True)

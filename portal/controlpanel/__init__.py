@@ -12,12 +12,21 @@ that reads the domain again, and words the outcome in the reader's language.
 One module a subject: ``page`` (the scope selector and the domain's page), ``service``
 (activate, deactivate), ``coverage`` (all or selected users), ``users`` (the list),
 ``emergency`` (the emergency password), ``primary`` (the primary server and its test),
-``audit`` (the audit trail); ``scope`` finds the admin's domain, ``wording`` words
+``audit`` (the audit trail), ``tracking`` (Email Live Tracking); ``scope`` finds the admin's domain, ``wording`` words
 outcomes.
 """
 
 # Each module registers its views on ``bp`` when imported.
-from portal.controlpanel import audit, coverage, emergency, page, primary, service, users
+from portal.controlpanel import (
+    audit,
+    coverage,
+    emergency,
+    page,
+    primary,
+    service,
+    tracking,
+    users,
+)
 from portal.controlpanel.scope import PEOPLE_INDEX, bp
 
 __all__ = [
@@ -29,5 +38,6 @@ __all__ = [
     "page",
     "primary",
     "service",
+    "tracking",
     "users",
 ]

@@ -1,4 +1,6 @@
-"""Email Live Tracking's indexes
+"""Email Live Tracking's indexes: the list is read newest first and paged by key
+(received_at, queue_id), so the messages' time index carries the queue id too and a
+page deep in the past is one range read, like the first
 
 Revision ID: 0007
 Revises: 0006
@@ -7,6 +9,8 @@ Create Date: 2026-11-30 04:20:00
 
 from collections.abc import Sequence
 
+from alembic import op
+
 revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
@@ -14,8 +18,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Apply this revision (its content comes with the work it serves)."""
+    """Apply this revision."""
+    op.create_index(
+        "ix_mail_message_received_at_queue_id", "mail_message", ["received_at", "queue_id"]
+    )
+    op.drop_index("ix_mail_message_received_at", table_name="mail_message")
 
 
 def downgrade() -> None:
     """Undo this revision."""
+    op.create_index("ix_mail_message_received_at", "mail_message", ["received_at"])
+    op.drop_index("ix_mail_message_received_at_queue_id", table_name="mail_message")

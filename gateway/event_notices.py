@@ -125,7 +125,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "Su correo de {domain}: el servidor de correo no funciona, no se pierde nada"
         ),
         "started": (
-            "Ha empezado un evento de Continuity para {domain} a las {when}: su servidor"
+            "Ha empezado un evento de Continuity para {domain} el {when}: su servidor"
             " de correo principal no acepta correo."
         ),
         "cause": "Causa: {reason}",
@@ -139,19 +139,19 @@ TEXTS: dict[str, dict[str, str]] = {
         "webmail": "El webmail de reserva: {url}",
         "told_next": "Se le avisará cuando empiece la devolución y cuando termine el evento.",
         "recovering": (
-            "El servidor de correo principal de {domain} vuelve a responder (desde las"
+            "El servidor de correo principal de {domain} vuelve a responder (desde el"
             " {when}). El correo guardado durante el evento de Continuity se le está"
             " devolviendo, del más antiguo al más reciente."
         ),
         "recovering_next": ("El evento termina cuando no quede nada por devolver; se le avisará."),
-        "ended": "El evento de Continuity de {domain} terminó a las {when}.",
-        "ended_times": "Empezó a las {started} y duró {duration}.",
+        "ended": "El evento de Continuity de {domain} terminó el {when}.",
+        "ended_times": "Empezó el {started} y duró {duration}.",
         "ended_counts": ("Mensajes guardados: {held}. Devueltos al servidor principal: {handed}."),
         "ended_by": "Terminado por: {actor}",
         "greeting": "Hola, {name}:",
         "greeting_plain": "Hola:",
         "person_what": (
-            "El servidor de correo de {domain} no funciona en este momento (desde las {when})."
+            "El servidor de correo de {domain} no funciona en este momento (desde el {when})."
         ),
         "person_kept": (
             "No se pierde nada: el correo que le llega ahora se guarda y se entregará en"

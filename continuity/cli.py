@@ -770,10 +770,11 @@ def demo(workdir: str, listen: str, no_serve: bool) -> None:
 
 
 # The mail path's commands live in a module of their own (it imports this one).
-from continuity.mail_commands import gateway, queue  # noqa: E402
+from continuity.mail_commands import gateway, queue, tracking  # noqa: E402
 
 cli.add_command(gateway)
 cli.add_command(queue)
+cli.add_command(tracking)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The mail path's commands: ``continuity gateway`` and ``continuity queue``.
+"""The mail path's commands: ``continuity gateway``, ``continuity queue`` and
+``continuity tracking``.
 
 Registered on the ``continuity`` group by continuity.cli; kept apart so that the command
 line stays one module a subject.
@@ -175,3 +176,201 @@ def queue_retry(state: State, queue_id: str | None, domain_name: str | None) -> 
                 fail(f"no message with queue id {queue_id}", 1)
             count = retry_now(session, queue_id=queue_id.strip().upper())
     click.echo(f"{count} recipient(s) due now")
+
+
+# ---------------------------------------------------------------------------
+# Email Live Tracking
+# ---------------------------------------------------------------------------
+@click.group()
+def tracking() -> None:
+    """Email Live Tracking: a domain's mail newest first, one message's timeline."""
+
+
+_SHOWN_WORDS = {
+    "delivered": "Delivered",
+    "deferred": "Deferred",
+    "bounced": "Bounced",
+    "refused": "Refused",
+    "queued": "Queued",
+}
+
+
+def _moment(value: str | None, option: str) -> Any:
+    """A time typed on the command line (ISO 8601 in UTC, or 2h / 3d ago)."""
+    from roster.tracking import parse_time
+
+    if not value:
+        return None
+    moment = parse_time(value)
+    if moment is None:
+        fail(f"{option}: give a time as 2026-11-30T14:05 (UTC) or 2h, 3d ago", EXIT_USAGE)
+    return moment
+
+
+@tracking.command("list")
+@click.argument("name")
+@click.option(
+    "--status",
+    type=click.Choice(["delivered", "deferred", "bounced", "refused", "queued"]),
+    help="Only messages with a recipient shown with this status.",
+)
+@click.option("--continuity", is_flag=True, help="Only mail delivered via Continuity Service.")
+@click.option("--since", help="Received at or after (2026-11-30T14:05 UTC, or 2h, 3d ago).")
+@click.option("--until", help="Received before.")
+@click.option("--sender", default="", help="Only this sender address.")
+@click.option("--recipient", default="", help="Only this recipient address.")
+@click.option("--older", help="The key an earlier page printed: the page after it.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def tracking_list(
+    state: State,
+    name: str,
+    status: str | None,
+    continuity: bool,
+    since: str | None,
+    until: str | None,
+    sender: str,
+    recipient: str,
+    older: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List a domain's messages, newest first, with each recipient's status."""
+    from roster.tracking import Filters, list_messages, parse_key
+
+    filters = Filters(
+        since=_moment(since, "--since"),
+        until=_moment(until, "--until"),
+        sender=sender,
+        recipient=recipient,
+        status=status or "",
+        continuity=continuity,
+    )
+    key = parse_key(older) if older else None
+    if older and key is None:
+        fail("--older: give the key a page printed (digits, a dash, a queue id)", EXIT_USAGE)
+    state.require_schema()
+    with state.session() as session:
+        found = get_domain(session, name)
+        page = list_messages(session, found.id, filters, older_than=key, limit=limit)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "messages": [
+                        {
+                            "queue_id": m.queue_id,
+                            "received_at": _when(m.received_at),
+                            "sender": m.sender,
+                            "size": m.size,
+                            "message_id": m.message_id,
+                            "recipients": [
+                                {
+                                    "address": r.address,
+                                    "status": r.shown,
+                                    "via_continuity": r.via_continuity,
+                                }
+                                for r in m.recipients
+                            ],
+                        }
+                        for m in page.messages
+                    ],
+                    "older": page.older.text() if page.older else None,
+                },
+                indent=2,
+            )
+        )
+        return
+    if not page.messages:
+        click.echo("no message matches")
+        return
+    for m in page.messages:
+        shown = ", ".join(
+            f"{r.address} {_SHOWN_WORDS[r.shown]}"
+            + (" (via Continuity Service)" if r.via_continuity else "")
+            for r in m.recipients
+        )
+        click.echo(f"{_when(m.received_at)}  {m.queue_id}  <{m.sender}>  {shown}")
+    if page.older:
+        click.echo(f"older messages: add --older {page.older.text()}")
+
+
+@tracking.command("show")
+@click.argument("queue_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def tracking_show(state: State, queue_id: str, as_json: bool) -> None:
+    """Show one message: each recipient's status and the message's timeline."""
+    from roster.tracking import as_json as plain
+    from roster.tracking import clean_queue_id, message_tracking
+
+    cleaned = clean_queue_id(queue_id)
+    state.require_schema()
+    with state.session() as session:
+        found = message_tracking(session, cleaned) if cleaned else None
+        if found is None:
+            fail(f"no message with queue id {queue_id}", 1)
+        shown = {
+            "queue_id": found.queue_id,
+            "received_at": plain(found.received_at),
+            "sender": found.sender,
+            "size": found.size,
+            "message_id": found.message_id,
+            "client": found.client_address,
+            "recipients": [
+                {
+                    "address": r.address,
+                    "status": r.shown,
+                    "queue_status": r.status,
+                    "via_continuity": r.via_continuity,
+                    "attempts": r.attempts,
+                    "last_reply": r.last_reply,
+                    "next_attempt_at": plain(r.next_attempt_at),
+                    "delivered_at": plain(r.delivered_at),
+                    "handed_back_at": plain(r.handed_back_at),
+                    "standby": r.standby_status,
+                    "standby_copied_at": plain(r.standby_copied_at),
+                }
+                for r in found.recipients
+            ],
+            "timeline": [
+                {"at": plain(s.at), "step": s.kind, "address": s.address, "detail": s.detail}
+                for s in found.timeline
+            ],
+            "continuity_events": [
+                {
+                    "id": e.id,
+                    "started_at": plain(e.started_at),
+                    "ended_at": plain(e.ended_at),
+                    "cause": e.reason,
+                }
+                for e in found.events
+            ],
+        }
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+        return
+    for key in ("queue_id", "received_at", "sender", "size", "message_id", "client"):
+        click.echo(f"{key}: {shown[key]}")
+    for r in shown["recipients"]:
+        click.echo(
+            f"recipient {r['address']}: {_SHOWN_WORDS[r['status']]}"
+            + (" via Continuity Service" if r["via_continuity"] else "")
+            + f", {r['attempts']} attempt(s)"
+            + (f", handed back {r['handed_back_at']}" if r["handed_back_at"] else "")
+            + (
+                f", delivered {r['delivered_at']}"
+                if r["delivered_at"] and not r["handed_back_at"]
+                else ""
+            )
+            + (f", standby copy {r['standby']}" if r["standby"] else ", not covered")
+            + (f" {r['standby_copied_at']}" if r["standby_copied_at"] else "")
+            + (f", last reply: {r['last_reply']}" if r["last_reply"] else "")
+        )
+    for s in shown["timeline"]:
+        click.echo(
+            f"  {s['at']}  {s['step']}"
+            + (f" {s['address']}" if s["address"] else "")
+            + (f" ({s['detail']})" if s["detail"] else "")
+        )

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +45,10 @@ FAILED = "failed"
 GUARD = "guard"
 DRY_RUN = "dry-run"
 
+
+ROOMY_CACHE_AFTER = 50_000
+ROOMY_CACHE_KIB = 131_072
+"""SQLite page cache for a run that creates more than ROOMY_CACHE_AFTER people."""
 
 KEPT_WARNINGS = 20
 """Warnings a run keeps in its summary and record; the rest are counted."""
@@ -237,6 +241,10 @@ def sync_source(
             report.outcome = DRY_RUN
         else:
             with transaction(factory, writing=True) as session:
+                if engine.dialect.name == "sqlite" and len(plan.creates) > ROOMY_CACHE_AFTER:
+                    # SQLite's 2 MB page cache makes a million inserts into the person
+                    # indexes a third slower; the sync process ends after its run.
+                    session.execute(text(f"PRAGMA cache_size = -{ROOMY_CACHE_KIB}"))
                 domains = domain_ids(session)
                 apply_plan(session, plan, domains, actor=f"sync:{source.name}")
                 report.counts["staff_roles"] = apply_roles(

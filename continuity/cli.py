@@ -776,6 +776,10 @@ cli.add_command(gateway)
 cli.add_command(queue)
 cli.add_command(tracking)
 
+from continuity.retention_command import retention  # noqa: E402
+
+cli.add_command(retention)
+
 
 def main() -> None:
     """Entry point of the console script."""

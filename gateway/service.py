@@ -21,6 +21,7 @@ from gateway.copier import Copier, UsersFile
 from gateway.limits import ClientLimits, GatewayLimits
 from gateway.monitor import Monitor
 from gateway.receiver import GatewayHandler, GatewaySMTP, ReceiverSettings
+from gateway.retention import DailyRetention
 from gateway.runner import QueueRunner, RunnerSettings
 from gateway.standby import StandbyStore
 from roster.config import Config, ConfigError
@@ -38,6 +39,7 @@ from roster.queue import worker_name
 log = logging.getLogger("continuity.gateway")
 
 USERS_REFRESH_SECONDS = 10.0
+RETENTION_CHECK_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class Gateway:
         copy: bool = True,
         monitor: bool = True,
         idle: float = 1.0,
+        retention_check: float | None = RETENTION_CHECK_SECONDS,
     ) -> None:
         self.config = config
         self.settings = settings_from(config)
@@ -214,6 +217,13 @@ class Gateway:
             if monitor
             else None
         )
+        # Retention once a day (None: not in this process); the lease and the record of
+        # the last run keep it to one run a day for the whole deployment, cron included.
+        self.retention = (
+            DailyRetention(config, self.engine, self.worker, retention_check)
+            if retention_check is not None
+            else None
+        )
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
@@ -269,6 +279,8 @@ class Gateway:
             self._thread(f"copier-{index}", copier.run, self.idle)
         if self.monitor is not None:
             self._thread("monitor", self.monitor.run)
+        if self.retention is not None:
+            self._thread("retention", self.retention.run)
         if self.controller is not None:
             self.controller.start()
         log_event(
@@ -313,6 +325,8 @@ class Gateway:
             stopping.set()
         if self.monitor is not None:
             self.monitor.stopping.set()
+        if self.retention is not None:
+            self.retention.stopping.set()
         for event in self._wakes():
             event.set()
         deadline = time.monotonic() + 30

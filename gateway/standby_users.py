@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from roster.logs import log_event
+from roster.retention import emptying_addresses
 from roster.standby import covered_addresses
 
 log = logging.getLogger("continuity.gateway")
@@ -122,5 +123,7 @@ def _move_time_on(temporary: str, old: os.stat_result) -> None:
 
 
 def refresh_users_file(session: Session, path: str | os.PathLike[str]) -> bool:
-    """Write the roster's covered addresses to the users file; True if it changed."""
-    return write_users_file(path, covered_addresses(session))
+    """Write the roster's covered addresses to the users file, and the mailboxes retention
+    is emptying (their grace is over: the master user must sign in to empty them); True
+    if it changed."""
+    return write_users_file(path, [*covered_addresses(session), *emptying_addresses(session)])

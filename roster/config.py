@@ -548,6 +548,8 @@ _TABLES: dict[str, dict[str, Check]] = {
         "master_password": _secret(1),
         "users_file": _absolute_path,
         "copy_connections": _whole(1, 64),
+        "retention_days": _whole(1, 36500),
+        "uncovered_grace_days": _whole(0, 3650),
     },
     "gateway": {
         "listen": host_port,
@@ -571,6 +573,8 @@ _TABLES: dict[str, dict[str, Check]] = {
         "delay_warning_hours": _whole(1),
         "max_queue_days": _whole(1),
         "max_held_days": _whole(1),
+        "tracking_days": _whole(1, 36500),
+        "keep_bodies_days": _whole(0, 36500),
     },
     "outbound": {
         "relay": host_port,

@@ -112,6 +112,8 @@ class Domain(Base):
     # Moved on by the sync whenever the domain's people change, so that what is kept
     # of them elsewhere (the Control Panel's suggestion index) knows when to read again.
     people_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Days the standby store keeps the domain's mail; None: [standby] retention_days.
+    retention_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     people: Mapped[list[Person]] = relationship(back_populates="domain")
@@ -460,3 +462,37 @@ class StandbyCopy(Base):
     copied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# ---------------------------------------------------------------------------
+# Retention: the standby mailboxes it looks after, and its runs
+# ---------------------------------------------------------------------------
+class StandbyMailbox(Base):
+    """An address that has (or may have) a mailbox in the standby store.
+
+    ``uncovered_since``: when retention first saw it no longer covered (its mail is kept
+    for the grace period); ``emptying_since``: the grace is over and the users file
+    lists it again until retention has emptied it.
+    """
+
+    __tablename__ = "standby_mailbox"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    domain_id: Mapped[int | None] = mapped_column(ForeignKey("domain.id"))
+    uncovered_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    emptying_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RetentionRun(Base):
+    """One run of the retention, with what it removed (or would have, in a dry run)."""
+
+    __tablename__ = "retention_run"
+    __table_args__ = (Index("ix_retention_run_started_at", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    outcome: Mapped[str] = mapped_column(String(16), default="running")
+    started_by: Mapped[str] = mapped_column(String(255), default="")
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

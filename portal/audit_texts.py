@@ -25,6 +25,7 @@ ACTIONS = {
     "emergency_password.enabled": _l("Emergency password switched on for the domain"),
     "emergency_password.disabled": _l("Emergency password switched off for the domain"),
     "primary.changed": _l("Primary mail server settings changed"),
+    "retention.changed": _l("Days the standby archive keeps mail changed"),
     "emergency_password.reminders_sent": _l("Reminders to set an emergency password sent"),
     "domain.added": _l("Domain added"),
     "staff.added": _l("Staff account added"),
@@ -71,6 +72,7 @@ SETTINGS = {
     "mail": _l("Address"),
     "address": _l("Address"),
     "role": _l("Role"),
+    "retention_days": _l("Days the standby archive keeps mail"),
 }
 
 VALUES = {
@@ -82,6 +84,7 @@ VALUES = {
     ("role", "admin"): _l("domain admin"),
     ("role", "helpdesk"): _l("helpdesk"),
     ("role", "global_admin"): _l("global admin"),
+    ("retention_days", "default"): _l("the service's default"),
 }
 
 _OLD_REMINDERS = re.compile(r"(\d+) sent, (\d+) failed")

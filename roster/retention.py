@@ -19,6 +19,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from roster.config import Config
 from roster.coverage import covered_clause
+from roster.domains import audit
 from roster.models import (
     COPY_PENDING,
     PENDING_STATES,
@@ -63,6 +64,33 @@ class RetentionSettings:
             tracking_days=config.gateway.get("tracking_days", DEFAULT_TRACKING_DAYS),
             keep_bodies_days=config.gateway.get("keep_bodies_days", DEFAULT_KEEP_BODIES_DAYS),
         )
+
+
+MAX_RETENTION_DAYS = 36500
+
+
+class RetentionRefused(ValueError):
+    """A domain's retention age that cannot be set; the message says why."""
+
+
+def set_retention_days(session: Session, domain: Domain, days: int | None, actor: str) -> bool:
+    """Give ``domain`` an age of its own for its standby mail (None: the deployment's
+    [standby] retention_days), audited; True when it changed."""
+    if days is not None and not 1 <= days <= MAX_RETENTION_DAYS:
+        raise RetentionRefused(f"the days must be between 1 and {MAX_RETENTION_DAYS}")
+    before = domain.retention_days
+    if before == days:
+        return False
+    domain.retention_days = days
+    audit(
+        session,
+        actor,
+        "retention.changed",
+        domain_id=domain.id,
+        before={"retention_days": "default" if before is None else before},
+        after={"retention_days": "default" if days is None else days},
+    )
+    return True
 
 
 # ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from roster.models import (
     COPY_PENDING,
     DEFERRED,
     DELIVERED,
+    AuditEvent,
     Domain,
     MailMessage,
     MailRecipient,
@@ -456,3 +457,41 @@ def test_without_a_standby_store_only_the_queue_is_pruned(
     report = run_retention(Config(database_url=database_url), engine)
 
     assert (report.standby, report.outcome, report.queue_messages) == (False, "ok", 1)
+
+
+def test_a_domain_gets_an_age_of_its_own_from_the_command_line(
+    store: Store, tmp_path: Path
+) -> None:
+    """`continuity retention days D [N|default]` shows and sets the domain's age (audited,
+    bad input refused with exit 2), and the next run keeps the domain's mail that long."""
+    ana = f"ana@{store.acme}"
+    store.append(ana, "forty days", 40 * DAY)
+    store.append(ana, "twenty days", 20 * DAY)
+    command = store.toml(tmp_path)
+
+    shown = command.run("retention", "days", store.acme)
+    assert shown.exit_code == 0
+    assert shown.stdout.strip() == f"{store.acme}: standby mail kept 92 days (the deployment's)"
+    assert command.run("retention", "days", store.acme, "-3").exit_code == 2
+    for bad in ("0", "ten", "3.5", "99999"):
+        refused = command.run("retention", "days", store.acme, bad)
+        assert refused.exit_code == 2, bad
+        assert "DAYS:" in refused.stderr
+    set_ = command.run("retention", "days", store.acme, "30")
+    assert set_.stdout.strip() == f"{store.acme}: standby mail kept 30 days (its own)"
+
+    assert command.run("retention").exit_code == 0
+    assert store.subjects(ana) == ["twenty days"]
+
+    back = command.run("retention", "days", store.acme, "default")
+    assert back.stdout.strip() == f"{store.acme}: standby mail kept 92 days (the deployment's)"
+    with Session(store.engine) as session:
+        changes = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action == "retention.changed")
+            .order_by(AuditEvent.id)
+        ).all()
+    assert [(e.before, e.after, e.actor.startswith("cli")) for e in changes] == [
+        ({"retention_days": "default"}, {"retention_days": 30}, True),
+        ({"retention_days": 30}, {"retention_days": "default"}, True),
+    ]

@@ -3,6 +3,7 @@ function of roster, sync, gateway or portal, print the result."""
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import logging
@@ -425,6 +426,11 @@ def _overview_json(found: Any) -> dict[str, Any]:
         "continuity_state": found.continuity_state,
         "outage_since": found.outage_since.isoformat() if found.outage_since else None,
         "primary_checked_at": check.at.isoformat() if check else None,
+        "primary_check_ok": check.ok if check else None,
+        "recovering_since": found.recovering_since.isoformat() if found.recovering_since else None,
+        "mail_today": None
+        if found.mail is None
+        else {"since": found.mail_since.isoformat(), **dataclasses.asdict(found.mail)},
     }
 
 
@@ -472,6 +478,21 @@ def domain_deactivate(state: State, name: str) -> None:
 @click.option("--failover", type=click.Choice(["automatic", "manual"]))
 @click.option("--probe-interval", type=int, help="Seconds between probes of the primary.")
 @click.option("--failures-before-failover", type=int, help="Failed probes before failover.")
+@click.option(
+    "--primary-tls-verify",
+    type=click.Choice(["on", "off"]),
+    help="Check the primary's certificate (off: a security decision, audited).",
+)
+@click.option("--recover-after", type=int, help="Good checks in a row that start the hand-back.")
+@click.option("--failover-codes", help="Reply codes that count as a failure, e.g. 452,552.")
+@click.option(
+    "--language", type=click.Choice(["en", "es"]), help="The language of the product's mail."
+)
+@click.option(
+    "--verify-recipients",
+    type=click.Choice(["on", "off"]),
+    help="Ask the primary about unknown recipients at RCPT time.",
+)
 @pass_state
 def domain_set(
     state: State,
@@ -482,13 +503,29 @@ def domain_set(
     failover: str | None,
     probe_interval: int | None,
     failures_before_failover: int | None,
+    primary_tls_verify: str | None,
+    recover_after: int | None,
+    failover_codes: str | None,
+    language: str | None,
+    verify_recipients: str | None,
 ) -> None:
     """Change a domain's settings; each change is audited."""
     from roster.domains import Refused, check_primary
     from roster.service import set_primary, switch_emergency_password
 
     state.require_schema()
-    primary_options = (primary, primary_tls, failover, probe_interval, failures_before_failover)
+    primary_options = (
+        primary,
+        primary_tls,
+        failover,
+        probe_interval,
+        failures_before_failover,
+        primary_tls_verify,
+        recover_after,
+        failover_codes,
+        language,
+        verify_recipients,
+    )
     if emergency_password is None and all(value is None for value in primary_options):
         fail("nothing to set: give at least one option (see --help)", EXIT_USAGE)
     parsed: Primary | None = None
@@ -513,6 +550,17 @@ def domain_set(
                     found.failures_before_failover
                     if failures_before_failover is None
                     else failures_before_failover,
+                    tls_verify=found.primary_tls_verify
+                    if primary_tls_verify is None
+                    else primary_tls_verify == "on",
+                    recover_after=found.recover_after if recover_after is None else recover_after,
+                    failover_codes=found.failover_codes
+                    if failover_codes is None
+                    else failover_codes,
+                    language=language or found.language,
+                    verify_recipients=found.verify_recipients
+                    if verify_recipients is None
+                    else verify_recipients == "on",
                 )
             except Refused as refused:
                 fail(str(refused), EXIT_USAGE)
@@ -770,15 +818,12 @@ def demo(workdir: str, listen: str, no_serve: bool) -> None:
 
 
 # The mail path's commands live in a module of their own (it imports this one).
-from continuity.mail_commands import gateway, queue, tracking  # noqa: E402
+from continuity.mail_commands import event, gateway, queue, tracking  # noqa: E402
 
 cli.add_command(gateway)
 cli.add_command(queue)
 cli.add_command(tracking)
-
-from continuity.retention_command import retention  # noqa: E402
-
-cli.add_command(retention)
+cli.add_command(event)
 
 
 def main() -> None:

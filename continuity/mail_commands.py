@@ -1,5 +1,5 @@
-"""The mail path's commands: ``continuity gateway``, ``continuity queue`` and
-``continuity tracking``.
+"""The mail path's commands: ``continuity gateway``, ``continuity queue``,
+``continuity tracking`` and ``continuity event``.
 
 Registered on the ``continuity`` group by continuity.cli; kept apart so that the command
 line stays one module a subject.
@@ -176,6 +176,117 @@ def queue_retry(state: State, queue_id: str | None, domain_name: str | None) -> 
                 fail(f"no message with queue id {queue_id}", 1)
             count = retry_now(session, queue_id=queue_id.strip().upper())
     click.echo(f"{count} recipient(s) due now")
+
+
+# ---------------------------------------------------------------------------
+# Continuity events by hand
+# ---------------------------------------------------------------------------
+@click.group()
+def event() -> None:
+    """Continuity events: start one by hand, end it (the hand-back), list them."""
+
+
+@event.command("start")
+@click.argument("name")
+@click.option("--reason", default="", help="Why, in words (kept with the event).")
+@pass_state
+def event_start(state: State, name: str, reason: str) -> None:
+    """Start a continuity event: the domain's mail is held, nothing goes to its primary."""
+    from continuity.cli import actor
+    from roster.domains import Refused
+    from roster.service import start_event_by_hand
+
+    state.require_schema()
+    with state.session(writing=True) as session:
+        found = get_domain(session, name)
+        try:
+            event_id = start_event_by_hand(session, found, actor(), reason)
+        except Refused as refused:
+            fail(str(refused), 1)
+    click.echo(
+        f"continuity event {event_id} started for {found.name}: its mail is held and kept"
+        " in the standby store until the event ends"
+    )
+
+
+@event.command("end")
+@click.argument("name")
+@pass_state
+def event_end(state: State, name: str) -> None:
+    """End the open continuity event: the held mail is handed back to the primary."""
+    from continuity.cli import actor
+    from roster.domains import Refused
+    from roster.service import end_event_by_hand
+
+    state.require_schema()
+    with state.session(writing=True) as session:
+        found = get_domain(session, name)
+        try:
+            event_id = end_event_by_hand(session, found, actor())
+        except Refused as refused:
+            fail(str(refused), 1)
+    click.echo(
+        f"continuity event {event_id} of {found.name} is handing its mail back to the"
+        " primary, oldest first; it ends when none is left"
+    )
+
+
+@event.command("list")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_state
+def event_list(state: State, name: str, as_json: bool) -> None:
+    """List the domain's continuity events, newest first, with their counts."""
+    from roster.models import utcnow
+    from roster.service import events_page
+
+    state.require_schema()
+    now = utcnow()
+    with state.session() as session:
+        found = get_domain(session, name)
+        rows, total = events_page(session, found, per_page=1_000_000)
+    shown = [
+        {
+            "id": row.id,
+            "state": row.state,
+            "started_at": _when(row.started_at),
+            "ended_at": _when(row.ended_at),
+            "cause": row.cause,
+            "started_by": row.started_by,
+            "ended_by": row.ended_by,
+            "recovery_started_at": _when(row.recovery_started_at),
+            "held": row.held,
+            "handed_back": row.handed_back,
+            "duration_seconds": int(row.duration(now).total_seconds()),
+        }
+        for row in rows
+    ]
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+        return
+    if not shown:
+        click.echo(f"no continuity events for {found.name}")
+        return
+    for e in shown:
+        click.echo(
+            f"{e['id']}  {e['state']:<10}  {e['started_at']} .. {e['ended_at'] or 'now'}"
+            f"  {_duration(e['duration_seconds'])}  held {e['held']}, handed back"
+            f" {e['handed_back']}  started by {e['started_by']}"
+            + (f", ended by {e['ended_by']}" if e["ended_by"] else "")
+            + (f"  cause: {e['cause']}" if e["cause"] else "")
+        )
+
+
+def _duration(seconds: int) -> str:
+    """A duration as 1d 2h 3m (or seconds when under a minute)."""
+    if seconds < 60:
+        return f"{seconds}s"
+    days, rest = divmod(seconds // 60, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    return (
+        " ".join(f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n)
+        or "0m"
+    )
 
 
 # ---------------------------------------------------------------------------

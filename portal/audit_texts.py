@@ -26,6 +26,8 @@ ACTIONS = {
     "emergency_password.disabled": _l("Emergency password switched off for the domain"),
     "primary.changed": _l("Primary mail server settings changed"),
     "retention.changed": _l("Days the standby archive keeps mail changed"),
+    "continuity_event.started": _l("Continuity event started by hand: mail held"),
+    "continuity_event.ended": _l("Continuity event ended by hand: held mail handed back"),
     "emergency_password.reminders_sent": _l("Reminders to set an emergency password sent"),
     "domain.added": _l("Domain added"),
     "staff.added": _l("Staff account added"),
@@ -53,10 +55,19 @@ DETAILS = {
     "directory": _l("With the directory password."),
     "emergency": _l("With the emergency password."),
     "local": _l("With the password of a local staff account."),
+    "the primary server's certificate is no longer checked": _l(
+        "Security decision: the primary server's certificate is no longer checked."
+    ),
 }
 
 # Settings whose change the action's own words already say.
-SAID_BY_ACTION = {"continuity_active", "emergency_password_enabled", "disabled", "listed"}
+SAID_BY_ACTION = {
+    "continuity_active",
+    "emergency_password_enabled",
+    "disabled",
+    "listed",
+    "event",
+}
 
 SETTINGS = {
     "coverage_mode": _l("Who is covered"),
@@ -69,6 +80,10 @@ SETTINGS = {
     "failures_before_failover": _l("Failed probes before failover"),
     "primary_tls_verify": _l("Check the primary server's certificate"),
     "verify_recipients": _l("Ask the primary server about unknown recipients"),
+    "recover_after": _l("Good checks before the hand-back"),
+    "reason": _l("Reason"),
+    "failover_codes": _l("Reply codes that count as a failure"),
+    "language": _l("Language of the mail Continuity writes to your people"),
     "mail": _l("Address"),
     "address": _l("Address"),
     "role": _l("Role"),
@@ -81,6 +96,8 @@ VALUES = {
     ("primary_tls", "starttls"): _l("STARTTLS"),
     ("primary_tls", "tls"): _l("TLS from the start"),
     ("primary_tls", "none"): _l("none"),
+    ("language", "en"): _l("English"),
+    ("language", "es"): _l("Spanish"),
     ("role", "admin"): _l("domain admin"),
     ("role", "helpdesk"): _l("helpdesk"),
     ("role", "global_admin"): _l("global admin"),

@@ -79,6 +79,28 @@ class PrimaryForm(FlaskForm):
     automatic = BooleanField(_l("Fail over automatically"))
     probe_interval = StringField(_l("Seconds between probes"))
     failures_before_failover = StringField(_l("Failed probes before failover"))
+    # Selects, not checkboxes: a post without them keeps the domain's setting, where an
+    # unticked box would switch the certificate check off unseen.
+    tls_verify = SelectField(
+        _l("The primary server's certificate"),
+        choices=[
+            SelectChoice("on", _l("Check it (recommended)")),
+            SelectChoice("off", _l("Do not check it (a self-signed certificate)")),
+        ],
+    )
+    recover_after = StringField(_l("Good checks before the hand-back"))
+    failover_codes = StringField(_l("Reply codes that count as a failure"))
+    language = SelectField(
+        _l("Language of the mail Continuity writes to your people"),
+        choices=[SelectChoice("en", "English"), SelectChoice("es", "Español")],
+    )
+    verify_recipients = SelectField(
+        _l("Unknown recipients"),
+        choices=[
+            SelectChoice("on", _l("Ask the primary server while the mail arrives (recommended)")),
+            SelectChoice("off", _l("Accept them; a bounce follows if the primary refuses")),
+        ],
+    )
 
 
 class AddPersonForm(FlaskForm):

@@ -131,6 +131,9 @@ TLS_MODES = ("starttls", "tls", "none")
 25), TLS from the first byte (port 465), or neither (a primary on a trusted network)."""
 PROBE_INTERVAL_RANGE = (10, 3600)
 FAILURES_RANGE = (1, 20)
+RECOVER_AFTER_RANGE = (1, 20)
+LANGUAGES = ("en", "es")
+"""The languages of the mail the product writes to a domain's people."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,11 @@ class PrimarySettings:
     automatic: bool
     probe_interval_seconds: int
     failures_before_failover: int
+    tls_verify: bool = True
+    recover_after: int = 3
+    failover_codes: str = ""
+    language: str = "en"
+    verify_recipients: bool = True
 
 
 class PrimaryRefused(Refused):
@@ -162,6 +170,12 @@ def check_primary(
     automatic: bool,
     probe_interval_seconds: int | str,
     failures_before_failover: int | str,
+    *,
+    tls_verify: bool = True,
+    recover_after: int | str = 3,
+    failover_codes: str = "",
+    language: str = "en",
+    verify_recipients: bool = True,
 ) -> PrimarySettings:
     """Validated settings, or ``PrimaryRefused`` naming every wrong field."""
     refusals: list[Refused] = []
@@ -193,9 +207,64 @@ def check_primary(
         "failures_before_failover",
         "the failures before failover",
     )
+    recover = checked(
+        _number, recover_after, *RECOVER_AFTER_RANGE, "recover_after", "the checks before hand-back"
+    )
+    codes = checked(failover_code_list, failover_codes)
+    if language not in LANGUAGES:
+        refusals.append(
+            Refused(
+                "language",
+                f"{printable(str(language), 20)!r} is not one of {', '.join(LANGUAGES)}",
+                value=printable(str(language), 20),
+            )
+        )
     if refusals:
         raise PrimaryRefused(refusals)
-    return PrimarySettings(text, number, tls, bool(automatic), interval, failures)
+    return PrimarySettings(
+        text,
+        number,
+        tls,
+        bool(automatic),
+        interval,
+        failures,
+        tls_verify=bool(tls_verify),
+        recover_after=recover,
+        failover_codes=codes,
+        language=language,
+        verify_recipients=bool(verify_recipients),
+    )
+
+
+MAX_FAILOVER_CODES = 10
+
+
+def failover_code_list(value: str) -> str:
+    """Reply codes that count as a failure of the whole server, as the roster stores them
+    (``452,552``: 3-digit 4xx or 5xx codes, each once, in order), or ``Refused``.
+
+    A 2xx or 3xx code is no failure, and anything else is no SMTP reply code."""
+    text = str(value).strip()
+    codes: list[str] = []
+    for part in re.split(r"[ \t,;]+", text[:200]):
+        if not part:
+            continue
+        if not re.fullmatch(r"[45][0-5][0-9]", part):
+            shown = printable(part, 20)
+            raise Refused(
+                "failover_code",
+                f"{shown!r} is not an SMTP reply code of a failure (4xx or 5xx, three digits)",
+                value=shown,
+            )
+        if part not in codes:
+            codes.append(part)
+    if len(codes) > MAX_FAILOVER_CODES or len(text) > 200:
+        raise Refused(
+            "failover_codes",
+            f"at most {MAX_FAILOVER_CODES} reply codes",
+            limit=MAX_FAILOVER_CODES,
+        )
+    return ",".join(codes)
 
 
 def _number(value: int | str, low: int, high: int, code: str, name: str) -> int:
@@ -226,6 +295,11 @@ def domain_state(domain: Domain) -> dict[str, Any]:
         "failover_automatic": domain.failover_automatic,
         "probe_interval_seconds": domain.probe_interval_seconds,
         "failures_before_failover": domain.failures_before_failover,
+        "primary_tls_verify": domain.primary_tls_verify,
+        "recover_after": domain.recover_after,
+        "failover_codes": domain.failover_codes,
+        "language": domain.language,
+        "verify_recipients": domain.verify_recipients,
     }
 
 

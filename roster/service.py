@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, false, func, select
 from sqlalchemy.orm import Session
 
 from roster.addresses import domain_of, plausible, printable
+from roster.continuity import begin_recovery, open_event, start_event
 from roster.coverage import covered_clause, lists_person
 from roster.db import chunks
 from roster.domains import PrimarySettings, Refused, audit, audit_many, audit_row, domain_state
@@ -40,6 +41,7 @@ from roster.models import (
     SyncRun,
     utcnow,
 )
+from roster.queue import MailCounts, mail_counts
 
 
 def _require_active(domain: Domain) -> None:
@@ -389,7 +391,11 @@ def set_primary(
     actor: str,
     client: str | None = None,
 ) -> bool:
-    """Store the domain's primary server settings; False when nothing changes."""
+    """Store the domain's primary server settings; False when nothing changes.
+
+    Switching the check of the primary's certificate off is a security decision: the
+    audit event says so in its detail (``TLS_VERIFY_OFF``), beside the before and after."""
+    verify_off = domain.primary_tls_verify and not settings.tls_verify
     return _change(
         session,
         domain,
@@ -402,9 +408,170 @@ def set_primary(
             "failover_automatic": settings.automatic,
             "probe_interval_seconds": settings.probe_interval_seconds,
             "failures_before_failover": settings.failures_before_failover,
+            "primary_tls_verify": settings.tls_verify,
+            "recover_after": settings.recover_after,
+            "failover_codes": settings.failover_codes,
+            "language": settings.language,
+            "verify_recipients": settings.verify_recipients,
         },
         client,
+        detail=TLS_VERIFY_OFF if verify_off else "",
     )
+
+
+TLS_VERIFY_OFF = "the primary server's certificate is no longer checked"
+"""The audit detail of switching the certificate check off (a security decision)."""
+
+
+# ---------------------------------------------------------------------------
+# Continuity events by hand
+# ---------------------------------------------------------------------------
+def _minute(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def start_refusal(session: Session, domain: Domain) -> Refused | None:
+    """Why a continuity event cannot be started by hand now, or None when it can."""
+    if not domain.continuity_active:
+        return Refused(
+            "inactive",
+            f"Continuity Service is not active for {domain.name}: activate it first",
+            domain=domain.name,
+        )
+    found = open_event(session.connection(), domain.id)
+    if found is not None:
+        return Refused(
+            "event_open",
+            f"a continuity event of {domain.name} is open since {_minute(found.started_at)}",
+            domain=domain.name,
+            since=_minute(found.started_at),
+        )
+    return None
+
+
+def end_refusal(session: Session, domain: Domain) -> Refused | None:
+    """Why the domain's continuity event cannot be ended by hand now (none is open, or
+    its mail is being handed back already), or None when it can."""
+    found = open_event(session.connection(), domain.id)
+    if found is None:
+        return Refused(
+            "no_event",
+            f"{domain.name} is in no continuity event: there is nothing to end",
+            domain=domain.name,
+        )
+    if found.recovery_started_at is not None:
+        return Refused(
+            "event_recovering",
+            f"the continuity event of {domain.name} is handing its mail back already"
+            f" (since {_minute(found.recovery_started_at)})",
+            domain=domain.name,
+            since=_minute(found.recovery_started_at),
+        )
+    return None
+
+
+def start_event_by_hand(
+    session: Session,
+    domain: Domain,
+    actor: str,
+    reason: str = "",
+    client: str | None = None,
+) -> int:
+    """Start a continuity event for ``domain`` as an admin asks: from now on its mail is
+    held (nothing goes to the primary) and kept in the standby store; the event's id.
+
+    Refused when the service is not active (nothing would be kept) or an event is open.
+    """
+    refused = start_refusal(session, domain)
+    if refused is not None:
+        raise refused
+    connection = session.connection()
+    cause = printable(reason.strip(), 1000)
+    started = start_event(connection, domain.id, reason=cause, actor=actor)
+    audit(
+        session,
+        actor,
+        "continuity_event.started",
+        domain_id=domain.id,
+        after={"event": started.event_id, **({"reason": cause} if cause else {})},
+        client=client,
+    )
+    return started.event_id
+
+
+def end_event_by_hand(
+    session: Session, domain: Domain, actor: str, client: str | None = None
+) -> int:
+    """End the domain's open continuity event as an admin asks: the held mail is handed
+    back to the primary, oldest first, and the gateway's monitor ends the event when
+    none is left; the event's id. Refused when no event is open or it is handing back."""
+    refused = end_refusal(session, domain)
+    if refused is not None:
+        raise refused
+    connection = session.connection()
+    found = open_event(connection, domain.id)
+    begin_recovery(connection, found.id)
+    audit(
+        session,
+        actor,
+        "continuity_event.ended",
+        domain_id=domain.id,
+        before={"event": found.id},
+        client=client,
+    )
+    return int(found.id)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One continuity event as the Control Panel and ``continuity event list`` show it."""
+
+    id: int
+    started_at: datetime
+    ended_at: datetime | None
+    cause: str
+    started_by: str
+    ended_by: str | None
+    recovery_started_at: datetime | None
+    held: int
+    handed_back: int
+
+    def duration(self, now: datetime | None = None) -> timedelta:
+        """How long the event lasted (so far, while it is open)."""
+        return (self.ended_at or now or utcnow()) - self.started_at
+
+    @property
+    def state(self) -> str:
+        """ "open" (mail held), "recovering" (handed back now) or "ended"."""
+        if self.ended_at is not None:
+            return "ended"
+        return "open" if self.recovery_started_at is None else "recovering"
+
+
+def events_page(
+    session: Session, domain: Domain, *, page: int = 1, per_page: int = 50
+) -> tuple[list[EventRow], int]:
+    """One page of the domain's continuity events, newest first, and how many in all."""
+    e = ContinuityEvent
+    total = session.scalar(select(func.count(e.id)).where(e.domain_id == domain.id)) or 0
+    rows = session.execute(
+        select(
+            e.id,
+            e.started_at,
+            e.ended_at,
+            e.reason,
+            e.started_by,
+            e.ended_by,
+            e.recovery_started_at,
+            e.held,
+            e.handed_back,
+        )
+        .where(e.domain_id == domain.id)
+        .order_by(e.started_at.desc(), e.id.desc())
+        .limit(per_page)
+        .offset((max(1, page) - 1) * per_page)
+    ).all()
+    return [EventRow(*row) for row in rows], total
 
 
 # ---------------------------------------------------------------------------
@@ -423,13 +590,17 @@ class Overview:
     last_sync: SyncRun | None
     outage_since: datetime | None
     primary_check: PrimaryCheck | None
+    recovering_since: datetime | None = None
+    mail: MailCounts | None = None
+    mail_since: datetime | None = None
 
     @property
     def continuity_state(self) -> str:
-        """What is known of the primary: "outage" (a continuity event is open), "normal"
-        (its last check succeeded), "failing" (its last check failed) or "not_checked"."""
+        """What is known of the primary: "outage" (a continuity event is open and mail is
+        held), "recovering" (the event's mail is handed back now), "normal" (its last
+        check succeeded), "failing" (its last check failed) or "not_checked"."""
         if self.outage_since is not None:
-            return "outage"
+            return "outage" if self.recovering_since is None else "recovering"
         if self.primary_check is None:
             return "not_checked"
         return "normal" if self.primary_check.ok else "failing"
@@ -489,12 +660,13 @@ def overview(session: Session, domain: Domain, sources: Sequence[str]) -> Overvi
             .order_by(SyncRun.started_at.desc(), SyncRun.id.desc())
             .limit(1)
         ).first()
-    outage = session.scalar(
-        select(ContinuityEvent.started_at)
+    outage = session.execute(
+        select(ContinuityEvent.started_at, ContinuityEvent.recovery_started_at)
         .where(ContinuityEvent.domain_id == domain.id, ContinuityEvent.ended_at.is_(None))
         .order_by(ContinuityEvent.started_at)
         .limit(1)
-    )
+    ).first()
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     return Overview(
         settings=domain_state(domain),
         people=people,
@@ -503,8 +675,11 @@ def overview(session: Session, domain: Domain, sources: Sequence[str]) -> Overvi
         covered_without_emergency_password=missing,
         listed=listed_count(session, domain),
         last_sync=last_sync,
-        outage_since=outage,
+        outage_since=outage.started_at if outage else None,
         primary_check=last_primary_check(domain),
+        recovering_since=outage.recovery_started_at if outage else None,
+        mail=mail_counts(session, domain.id, today),
+        mail_since=today,
     )
 
 

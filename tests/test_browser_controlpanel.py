@@ -5,9 +5,11 @@ settings > Continuity Service and, step by step as the manual tells: activates t
 service, covers all users, then only selected users, adds a person with "Select user"
 and its suggestions, removes them with the cross, adds two people and meets the warning
 when switching back to all users (cancels, then confirms), and switches the emergency
-password on. Then the review's steps: the warning before only selected users uncovers
-everyone, the primary server form with every error at once, Test connection's result in
-view and in the admin's language, and the audit trail in sentences within 1280 px.
+password on; starts a continuity event by hand with a reason, ends it (the hand-back)
+and finds it among the domain's continuity events. Then the review's steps: the warning
+before only selected users uncovers everyone, the primary server form with every error
+at once, Test connection's result in view and in the admin's language, and the audit
+trail in sentences within 1280 px.
 Each step is checked on the page as the admin sees it and saved as a screenshot.
 
 Everything is real: Debian's Chromium driven by Playwright, a slapd of this module's own
@@ -125,6 +127,32 @@ TEXTS: dict[str, dict[str, str]] = {
         "audit_trail": "Audit trail",
         "audit_activated": "Continuity Service activated",
         "audit_to_selected": "Who is covered: from all users to only selected users.",
+        "start_event": "Start continuity event",
+        "start_heading": f"Start a continuity event for {DOMAIN}?",
+        "start_held": (
+            f"From now on, mail for {DOMAIN} is held: nothing is delivered to the primary mail"
+            " server until the event ends."
+        ),
+        "reason": "Reason (optional, kept with the event)",
+        "started": (
+            f"A continuity event has started for {DOMAIN}: its mail is held until you end"
+            " the event."
+        ),
+        "in_event": ": mail for this domain is held.",
+        "end_event": "End continuity event",
+        "end_heading": f"End the continuity event of {DOMAIN}?",
+        "end_handed_back": (
+            "The held mail is handed back to the primary mail server, oldest first, each"
+            " message once."
+        ),
+        "ending": (
+            f"The held mail of {DOMAIN} is being handed back to the primary mail server; the"
+            " event ends when none is left."
+        ),
+        "recovering": ", recovering: the held mail is being handed back",
+        "all_events": "All continuity events",
+        "events_heading": "Continuity events",
+        "handing_back": "handing back now",
     },
     "es": {
         "language": "Español",
@@ -195,6 +223,32 @@ TEXTS: dict[str, dict[str, str]] = {
         "audit_to_selected": (
             "Quién está cubierto: de todos los usuarios a solo los usuarios seleccionados."
         ),
+        "start_event": "Iniciar evento de Continuity",
+        "start_heading": f"¿Iniciar un evento de Continuity para {DOMAIN}?",
+        "start_held": (
+            f"A partir de ahora, el correo de {DOMAIN} se retiene: no se entrega nada al"
+            " servidor de correo principal hasta que termine el evento."
+        ),
+        "reason": "Motivo (opcional, se guarda con el evento)",
+        "started": (
+            f"Se ha iniciado un evento de Continuity para {DOMAIN}: su correo se retiene"
+            " hasta que usted termine el evento."
+        ),
+        "in_event": ": el correo de este dominio se retiene.",
+        "end_event": "Terminar evento de Continuity",
+        "end_heading": f"¿Terminar el evento de Continuity de {DOMAIN}?",
+        "end_handed_back": (
+            "El correo retenido se devuelve al servidor de correo principal, empezando por el"
+            " más antiguo, cada mensaje una sola vez."
+        ),
+        "ending": (
+            f"El correo retenido de {DOMAIN} se está devolviendo al servidor de correo"
+            " principal; el evento termina cuando no quede nada."
+        ),
+        "recovering": ", en recuperación: el correo retenido se está devolviendo",
+        "all_events": "Todos los eventos de Continuity",
+        "events_heading": "Eventos de Continuity",
+        "handing_back": "devolviendo ahora",
     },
 }
 
@@ -470,7 +524,7 @@ def walk_the_manual(page: Page, base: str, walk: Walk, t: dict[str, str], shots:
     page.get_by_role("link", name=t["activate"], exact=True).click()
     expect(page).to_have_url(f"{base}{DOMAIN_PAGE}/activate")
     expect(page.locator("h1")).to_have_text(t["activate_heading"])
-    expect(page.locator("ul.points li")).to_have_count(2)
+    expect(page.locator("ul.points li")).to_have_count(4)
     expect(page.locator("#important li").last).to_have_text(t["keep_active"])
     shots.take("activate-confirmation")
     page.get_by_role("button", name=t["confirm"], exact=True).click()
@@ -587,6 +641,48 @@ def walk_the_manual(page: Page, base: str, walk: Walk, t: dict[str, str], shots:
     expect(page.locator("#reminder-count")).to_have_text(t["without_three"])
     expect(page.locator("#without-emergency-password")).to_have_text("3")
     shots.take("emergency-password-on")
+
+    # Start a continuity event by hand: the confirmation says the mail is held, a reason,
+    # Confirm; the overview says the domain is in an event, and "End" replaces "Start".
+    page.get_by_role("link", name=t["start_event"], exact=True).click()
+    expect(page).to_have_url(f"{base}{DOMAIN_PAGE}/events/start")
+    expect(page.locator("h1")).to_have_text(t["start_heading"])
+    expect(page.locator("ul.points li").first).to_have_text(t["start_held"])
+    page.get_by_label(t["reason"], exact=True).fill("Mantenimiento / maintenance")
+    shots.take("start-event-confirmation")
+    page.get_by_role("button", name=t["confirm"], exact=True).click()
+    expect(page).to_have_url(f"{base}{DOMAIN_PAGE}")
+    expect_status(page, t["started"])
+    expect(page.locator("#continuity-state")).to_contain_text(t["in_event"])
+    expect(page.get_by_role("link", name=t["start_event"], exact=True)).to_have_count(0)
+    shots.take("event-started")
+
+    # End it: the confirmation says the held mail is handed back; Confirm; recovering.
+    page.get_by_role("link", name=t["end_event"], exact=True).click()
+    expect(page).to_have_url(f"{base}{DOMAIN_PAGE}/events/end")
+    expect(page.locator("h1")).to_have_text(t["end_heading"])
+    expect(page.locator("ul.points li").first).to_have_text(t["end_handed_back"])
+    shots.take("end-event-confirmation")
+    page.get_by_role("button", name=t["confirm"], exact=True).click()
+    expect(page).to_have_url(f"{base}{DOMAIN_PAGE}")
+    expect_status(page, t["ending"])
+    expect(page.locator("#continuity-state")).to_contain_text(t["recovering"])
+    expect(page.get_by_role("link", name=t["end_event"], exact=True)).to_have_count(0)
+    shots.take("event-ending")
+
+    # The domain's continuity events: the one just ended by hand, handing back now.
+    page.get_by_role("link", name=t["all_events"], exact=True).click()
+    expect(page).to_have_url(f"{base}{DOMAIN_PAGE}/events")
+    expect(page.locator("h1")).to_have_text(t["events_heading"])
+    expect(page.locator("#events tbody tr")).to_have_count(1)
+    row = page.locator("#events tbody tr")
+    expect(row).to_contain_text(t["handing_back"])
+    expect(row).to_contain_text("Mantenimiento / maintenance")
+    expect(row).to_contain_text(walk.admin)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1280, width
+    shots.take("events")
+    page.goto(f"{base}{DOMAIN_PAGE}")
 
     # The primary mail server: an impossible address and port; every field's error
     # at once, and the notice in view (the page scrolls to the section).
@@ -709,4 +805,6 @@ def check_audit_trail(portal: Portal, walk: Walk) -> None:
         "coverage.added",
         "coverage.mode_changed",
         "emergency_password.enabled",
+        "continuity_event.started",
+        "continuity_event.ended",
     ], actions

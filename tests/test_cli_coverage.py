@@ -464,3 +464,82 @@ def test_someone_moving_to_another_domain_leaves_the_first_domain_list(
     assert result.exit_code == 1 and "1 individually added user(s)" in result.stderr
     assert ok(tool, "coverage", "add", BRAND, "ana@brand.test").stdout == "ana@brand.test added\n"
     assert covered(tool, BRAND) == ["ana@brand.test"]
+
+
+def test_domain_set_failover_settings_and_show_the_days_mail(
+    tool: Continuity, engine: Engine
+) -> None:
+    """`domain set --primary-tls-verify|--recover-after|--failover-codes|--language|
+    --verify-recipients`: checked like the others (exit 2, nothing changed), audited,
+    and `domain show` prints them with today's mail counts."""
+    ok(tool, "domain", "set", ACME, "--primary", "mx.acme.test")
+    before, events = shown(tool), audit_count(engine)
+    assert (before["primary_tls_verify"], before["recover_after"], before["language"]) == (
+        True,
+        3,
+        "en",
+    )
+    for options, message in [
+        (["--recover-after", "0"], "the checks before hand-back must be a whole number from 1"),
+        (["--failover-codes", "452,250"], "'250' is not an SMTP reply code of a failure"),
+        (["--failover-codes", "45x"], "'45x' is not an SMTP reply code of a failure"),
+        (["--failover-codes", ",".join(str(c) for c in range(421, 432))], "at most 10"),
+    ]:
+        result = tool.run("domain", "set", ACME, *options)
+        assert (options, result.exit_code) == (options, 2)
+        assert message in result.stderr and len(lines(result.stderr)) == 1, result.stderr
+    assert tool.run("domain", "set", ACME, "--language", "fr").exit_code == 2  # click's check
+    assert (shown(tool), audit_count(engine)) == (before, events)
+
+    result = ok(
+        tool,
+        *("domain", "set", ACME, "--recover-after", "5", "--failover-codes", " 452, 552 "),
+        *("--language", "es", "--primary-tls-verify", "off", "--verify-recipients", "off"),
+    )
+    assert "failover_codes: 452,552" in lines(result.stdout)
+    settings = shown(tool)
+    assert {key: settings[key] for key in before if settings[key] != before[key]} == {
+        "recover_after": 5,
+        "failover_codes": "452,552",
+        "language": "es",
+        "primary_tls_verify": False,
+        "verify_recipients": False,
+    }
+    assert trail(engine)[-1] == (
+        "primary.changed",
+        USER,
+        {
+            "primary_tls_verify": True,
+            "recover_after": 3,
+            "failover_codes": "",
+            "language": "en",
+            "verify_recipients": True,
+        },
+        {
+            "primary_tls_verify": False,
+            "recover_after": 5,
+            "failover_codes": "452,552",
+            "language": "es",
+            "verify_recipients": False,
+        },
+        "the primary server's certificate is no longer checked",
+    )
+    ok(tool, "domain", "set", ACME, "--primary-tls-verify", "on", "--failover-codes", "")
+    assert trail(engine)[-1][2:] == (
+        {"primary_tls_verify": False, "failover_codes": "452,552"},
+        {"primary_tls_verify": True, "failover_codes": ""},
+        "",
+    )
+    assert settings["mail_today"] == {
+        "since": settings["mail_today"]["since"],
+        "received": 0,
+        "delivered": 0,
+        "deferred": 0,
+        "bounced": 0,
+        "copied": 0,
+        "copies_pending": 0,
+    }
+    assert settings["mail_today"]["since"].endswith("T00:00:00+00:00")
+    assert settings["continuity_state"] == "not_checked"
+    plain = ok(tool, "domain", "show", ACME).stdout
+    assert "mail_today: " in plain and "'copies_pending': 0" in plain

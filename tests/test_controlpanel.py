@@ -9,7 +9,7 @@ import io
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from typing import Any
@@ -198,7 +198,8 @@ def test_an_admin_of_another_domain_finds_nothing_here(panel: Portal) -> None:
         for rule in panel.app.url_map.iter_rules():
             if not rule.endpoint.startswith("controlpanel.") or "name" not in rule.arguments:
                 continue
-            arguments: dict[str, Any] = {"name": DOMAIN}
+            arguments: dict[str, Any] = dict.fromkeys(rule.arguments, "1")
+            arguments["name"] = DOMAIN
             if "person_id" in rule.arguments:
                 arguments["person_id"] = ana_id
             url = url_for(rule.endpoint, **arguments)
@@ -246,7 +247,14 @@ def test_activate_and_deactivate_take_effect_at_once(panel: Portal) -> None:
     important = re.search(r'<aside class="important".*?</aside>', confirm, re.DOTALL)
     assert important and "Keep Continuity Service permanently active." in important.group(0)
     assert "not in its archive" in important.group(0)
-    assert "standby copy" not in confirm and "webmail" not in confirm
+    # Standby copies exist (issue #9): the page says what activation does to the
+    # archive; the webmail does not exist yet, so nothing promises it.
+    points = re.search(r'<ul class="points">(.*?)</ul>', confirm, re.DOTALL)
+    assert points and re.findall(r"<li>(.*?)</li>", points.group(1))[:2] == [
+        "From now on a standby copy of incoming mail is kept for the covered users.",
+        "The archive starts now: mail that arrived before the activation is not in it.",
+    ]
+    assert "webmail" not in confirm
     assert ">Confirm</button>" in confirm and f'href="{PAGE}">Cancel</a>' in confirm
     assert location_path(activated) == PAGE
     page = text(admin.get(PAGE))
@@ -260,7 +268,12 @@ def test_activate_and_deactivate_take_effect_at_once(panel: Portal) -> None:
     confirm = text(admin.get(f"{PAGE}/deactivate"))
     assert "Nobody can sign in with an emergency password any more" in confirm
     assert "Keep Continuity Service permanently active." in confirm
-    assert "standby cop" not in confirm and "webmail" not in confirm
+    assert "No more standby copies of incoming mail are kept." in confirm
+    assert (
+        "The archive of mail copied so far is kept until the retention period removes it."
+        in confirm
+    )
+    assert "webmail" not in confirm
     assert location_path(post(admin, f"{PAGE}/deactivate")) == PAGE
 
     assert location_path(ana.get("/me")) == "/sign-in"  # her emergency session ended
@@ -970,4 +983,171 @@ def test_the_continuity_state_says_only_what_is_known(panel: Portal) -> None:
     with Session(panel.engine) as session, session.begin():
         domain = session.scalars(select(Domain).where(Domain.name == DOMAIN)).one()
         domain.last_check_ok = False
-    assert state() == "The last check of the primary mail server failed (2026-11-30 04:05 UTC)."
+    assert state() == (
+        "Failing: the last check of the primary mail server failed (2026-11-30 04:05 UTC)."
+    )
+
+
+def test_failover_settings_are_checked_saved_and_audited(panel: Portal) -> None:
+    """Checks before the hand-back, failover codes, language, the certificate check and
+    the callout: refused with a message under each field in both languages, saved,
+    audited; switching the certificate check off is said on the form and in the trail."""
+    admin = admin_of(panel)
+    good = {"host": "mx1.acme.test", "port": "25", "tls": "starttls", "automatic": "y"}
+    good |= {"probe_interval": "60", "failures_before_failover": "3", "recover_after": "3"}
+    good |= {"failover_codes": "", "language": "en", "tls_verify": "on"}
+    good |= {"verify_recipients": "on"}
+    page = text(admin.get(PAGE))
+    assert re.search(r'id="primary-recover-after"[^>]*value="3"', page)
+    assert '<option selected value="on">Check it (recommended)</option>' in page
+    assert "Not checking the certificate is a security decision" in page
+    assert 'id="tls-verify-off"' not in page
+
+    wrong = {
+        "recover_after": "21",
+        "failover_codes": "452, 250",
+        "language": "fr",
+        "tls_verify": "maybe",
+        "verify_recipients": "",
+    }
+    refused = post(admin, f"{PAGE}/primary", {**good, **wrong})
+    spanish = text(post(admin, f"{PAGE}/primary", {**good, **wrong}, headers=SPANISH))
+    assert refused.status_code == 400
+    shown = text(refused)
+    assert {
+        field: field_error(shown, f"primary-{field}")
+        for field in ("recover-after", "failover-codes", "language", "tls-verify")
+    } == {
+        "recover-after": "The good checks before the hand-back must be a whole number from 1"
+        " to 20.",
+        "failover-codes": "“250” is not the reply code of a failure: give three digits"
+        " starting with 4 or 5, such as 452 or 552.",
+        "language": "Choose English or Spanish.",
+        "tls-verify": "Choose whether the certificate is checked.",
+    }
+    assert field_error(shown, "primary-verify-recipients") == (
+        "Choose what happens to unknown recipients."
+    )
+    assert field_error(spanish, "primary-failover-codes").startswith(
+        "«250» no es el código de respuesta de una avería"
+    )
+    assert domain_row(panel).primary_host is None  # nothing saved
+
+    saved = post(
+        admin,
+        f"{PAGE}/primary",
+        {**good, "recover_after": "5", "failover_codes": "552 452,452", "language": "es"}
+        | {"tls_verify": "off", "verify_recipients": "off"},
+    )
+    assert location_path(saved) == PAGE
+    row = domain_row(panel)
+    assert (row.recover_after, row.failover_codes, row.language) == (5, "552,452", "es")
+    assert (row.primary_tls_verify, row.verify_recipients) == (False, False)
+    page = text(admin.get(PAGE))
+    assert "The certificate of the primary mail server is not checked." in page
+    assert '<option selected value="es">Español</option>' in page
+
+    # A post of the form as an older page had it (without these fields) keeps them.
+    post(admin, f"{PAGE}/primary", {k: good[k] for k in list(good)[:6]} | {"port": "2525"})
+    row = domain_row(panel)
+    assert (row.primary_port, row.recover_after, row.primary_tls_verify) == (2525, 5, False)
+
+    with Session(panel.engine) as session:
+        changed = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "primary.changed").order_by(AuditEvent.id)
+        ).all()
+    assert [event.before for event in changed] == [
+        {
+            "primary_host": None,
+            "recover_after": 3,
+            "failover_codes": "",
+            "language": "en",
+            "primary_tls_verify": True,
+            "verify_recipients": True,
+        },
+        {"primary_port": 25},
+    ]
+    assert [event.detail for event in changed] == [
+        "the primary server's certificate is no longer checked",
+        "",
+    ]
+    trail = text(admin.get(f"{PAGE}/audit"))
+    assert "Security decision: the primary server's certificate is no longer checked." in trail
+    assert "Check the primary server's certificate: from on to off." in trail
+    assert "Language of the mail Continuity writes to your people: from English to Spanish." in (
+        trail
+    )
+    assert "Reply codes that count as a failure: from none to 552,452." in trail
+    spanish_trail = text(admin.get(f"{PAGE}/audit", headers=SPANISH))
+    assert "Decisión de seguridad: el certificado del servidor principal ya no se comprueba." in (
+        spanish_trail
+    )
+
+
+def test_the_overview_counts_todays_mail(panel: Portal) -> None:
+    """Issue #9: the overview shows today's mail of the domain from the queue's records."""
+    from roster.models import MailMessage, MailRecipient, StandbyCopy, utcnow
+
+    panel.set_domain(active=True)
+    now = utcnow()
+    yesterday = now - timedelta(days=1, hours=1)
+    with Session(panel.engine) as session, session.begin():
+        domain_id = session.scalar(select(Domain.id).where(Domain.name == DOMAIN))
+        other_id = session.scalar(select(Domain.id).where(Domain.name == OTHER_DOMAIN))
+        outcomes = [
+            ("delivered", now, domain_id),
+            ("delivered", now, domain_id),
+            ("deferred", now, domain_id),
+            ("bounced", now, domain_id),
+            ("queued", now, domain_id),
+            ("delivered", yesterday, domain_id),  # not today
+            ("delivered", now, other_id),  # another domain
+        ]
+        for number, (status, when, owner) in enumerate(outcomes):
+            queue_id = f"Q{number:019d}"
+            session.add(
+                MailMessage(
+                    queue_id=queue_id, received_at=when, sender="s@x.test", size=1, body=b""
+                )
+            )
+            session.add(
+                MailRecipient(
+                    queue_id=queue_id,
+                    domain_id=owner,
+                    address=f"r{number}@acme.test",
+                    status=status,
+                    next_attempt_at=when,
+                    delivered_at=when if status == "delivered" else None,
+                )
+            )
+            session.flush()
+            session.add(
+                StandbyCopy(
+                    queue_id=queue_id,
+                    domain_id=owner,
+                    mailbox=f"r{number}@acme.test",
+                    status="copied" if number < 3 else "pending",
+                    next_attempt_at=when,
+                    copied_at=when if number < 3 else None,
+                )
+            )
+    admin = admin_of(panel)
+    page = text(admin.get(PAGE))
+    spanish = text(admin.get(PAGE, headers=SPANISH))
+
+    def count(shown: str, name: str) -> str:
+        found = re.search(rf'<dd id="mail-{name}">(.*?)</dd>', shown)
+        assert found, name
+        return found.group(1)
+
+    names = ("received", "delivered", "deferred", "bounced", "copied", "copies-pending")
+    assert {n: count(page, n) for n in names} == {
+        "received": "5",
+        "delivered": "2",
+        "deferred": "1",
+        "bounced": "1",
+        "copied": "3",
+        "copies-pending": "3",
+    }
+    assert f"Mail today (since {now:%Y-%m-%d} 00:00 UTC)" in page
+    assert "<dt>Aplazado</dt>" in spanish and "Correo de hoy" in spanish

@@ -831,6 +831,60 @@ def test_check_primary_names_every_wrong_field_at_once() -> None:
 
 
 @pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("", ""),
+        ("452", "452"),
+        (" 452, 552 ", "452,552"),
+        ("552;452 452", "552,452"),  # each once, in the order typed
+        ("421,450,451,452,500,550,551,552,553,554", "421,450,451,452,500,550,551,552,553,554"),
+    ],
+)
+def test_failover_codes_are_stored_as_a_checked_list(typed: str, stored: str) -> None:
+    settings = check_primary("mx.acme.test", 25, "starttls", True, 60, 3, failover_codes=typed)
+    assert settings.failover_codes == stored
+
+
+@pytest.mark.parametrize(
+    ("typed", "code"),
+    [
+        ("250", "failover_code"),  # a success is no failure
+        ("354", "failover_code"),
+        ("4521", "failover_code"),
+        ("45", "failover_code"),
+        ("4x2", "failover_code"),
+        ("460", "failover_code"),  # no such second digit
+        ("\x00452", "failover_code"),
+        (",".join(str(code) for code in range(440, 451)), "failover_codes"),
+    ],
+)
+def test_failover_codes_refuse_what_is_no_failure_code(typed: str, code: str) -> None:
+    with pytest.raises(PrimaryRefused) as caught:
+        check_primary("mx.acme.test", 25, "starttls", True, 60, 3, failover_codes=typed)
+    assert [r.code for r in caught.value.refusals] == [code]
+
+
+def test_check_primary_names_every_wrong_failover_setting_at_once() -> None:
+    with pytest.raises(PrimaryRefused) as caught:
+        check_primary(
+            "mx.acme.test",
+            25,
+            "starttls",
+            True,
+            60,
+            3,
+            recover_after="0",
+            failover_codes="200",
+            language="fr",
+        )
+    assert [r.code for r in caught.value.refusals] == ["recover_after", "failover_code", "language"]
+    settings = check_primary(
+        "mx.acme.test", 25, "starttls", True, 60, 3, recover_after=" 20 ", language="es"
+    )
+    assert (settings.recover_after, settings.language, settings.tls_verify) == (20, "es", True)
+
+
+@pytest.mark.parametrize(
     ("value", "host", "port"),
     [
         ("mail.acme.test", "mail.acme.test", 25),

@@ -12,7 +12,8 @@ that reads the domain again, and words the outcome in the reader's language.
 One module a subject: ``page`` (the scope selector and the domain's page), ``service``
 (activate, deactivate), ``coverage`` (all or selected users), ``users`` (the list),
 ``emergency`` (the emergency password), ``primary`` (the primary server and its test),
-``audit`` (the audit trail), ``tracking`` (Email Live Tracking); ``scope`` finds the admin's domain, ``wording`` words
+``events`` (continuity events by hand, and their list), ``audit`` (the audit trail),
+``tracking`` (Email Live Tracking); ``scope`` finds the admin's domain, ``wording`` words
 outcomes.
 """
 
@@ -21,6 +22,7 @@ from portal.controlpanel import (
     audit,
     coverage,
     emergency,
+    events,
     page,
     primary,
     service,
@@ -35,6 +37,7 @@ __all__ = [
     "audit",
     "coverage",
     "emergency",
+    "events",
     "page",
     "primary",
     "service",

@@ -50,6 +50,11 @@ def primary_form(domain: Domain) -> PrimaryForm:
             "automatic": domain.failover_automatic,
             "probe_interval": str(domain.probe_interval_seconds),
             "failures_before_failover": str(domain.failures_before_failover),
+            "tls_verify": "on" if domain.primary_tls_verify else "off",
+            "recover_after": str(domain.recover_after),
+            "failover_codes": domain.failover_codes,
+            "language": domain.language,
+            "verify_recipients": "on" if domain.verify_recipients else "off",
         },
     )
 

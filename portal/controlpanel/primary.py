@@ -16,7 +16,7 @@ from portal.forms import PrimaryForm
 from portal.request_scope import db, writing
 from roster.domains import PrimaryRefused, PrimarySettings, check_primary
 from roster.identity import ROLE_ADMIN
-from roster.models import utcnow
+from roster.models import Domain, utcnow
 from roster.primary_address import PrimaryAddressRefused
 from roster.probe import probe_smtp
 from roster.probe_bounds import (
@@ -29,26 +29,46 @@ from roster.probe_bounds import (
 from roster.service import set_primary
 
 
-def _checked_primary(form: PrimaryForm) -> tuple[PrimarySettings | None, dict[str, str]]:
+def _typed(field: Any, kept: Any) -> Any:
+    """What was typed in ``field``, or ``kept`` (the domain's setting) when the post
+    did not carry it: a form of an older page changes only what it shows."""
+    return field.data if field.raw_data else kept
+
+
+def _checked_primary(
+    form: PrimaryForm, domain: Domain
+) -> tuple[PrimarySettings | None, dict[str, str]]:
     """The settings typed in ``form``, checked; or a message for every wrong field."""
+    switch = {"on": True, "off": False}
+    tls_verify = _typed(form.tls_verify, "on" if domain.primary_tls_verify else "off")
+    verify_recipients = _typed(form.verify_recipients, "on" if domain.verify_recipients else "off")
+    errors: dict[str, str] = {}
+    if tls_verify not in switch:
+        errors["tls_verify"] = _("Choose whether the certificate is checked.")
+    if verify_recipients not in switch:
+        errors["verify_recipients"] = _("Choose what happens to unknown recipients.")
     try:
-        return (
-            check_primary(
-                form.host.data or "",
-                form.port.data or "",
-                form.tls.data or "",
-                form.automatic.data is True,
-                form.probe_interval.data or "",
-                form.failures_before_failover.data or "",
-            ),
-            {},
+        settings = check_primary(
+            form.host.data or "",
+            form.port.data or "",
+            form.tls.data or "",
+            form.automatic.data is True,
+            form.probe_interval.data or "",
+            form.failures_before_failover.data or "",
+            tls_verify=switch.get(tls_verify, True),
+            recover_after=_typed(form.recover_after, domain.recover_after) or "",
+            failover_codes=_typed(form.failover_codes, domain.failover_codes) or "",
+            language=_typed(form.language, domain.language) or "",
+            verify_recipients=switch.get(verify_recipients, True),
         )
     except PrimaryRefused as refused:
-        errors: dict[str, str] = {}
         for each in refused.refusals:
             field = PRIMARY_FIELDS.get(each.code, "host")
             errors.setdefault(field, refusal_text(each.code, each.params))
         return None, errors
+    if errors:
+        return None, errors
+    return settings, {}
 
 
 @bp.post("/domains/<name>/primary")
@@ -57,7 +77,7 @@ def primary(name: str) -> Any:
     """Save the primary mail server settings."""
     domain = domain_or_404(db(), name)
     form = PrimaryForm()
-    settings, errors = _checked_primary(form)
+    settings, errors = _checked_primary(form, domain)
     if settings is None:
         return domain_view(domain, primary=form, primary_errors=errors, status=400)
     with changing(name) as (write, found):
@@ -75,7 +95,7 @@ def probe_primary(name: str) -> Any:
     """Try the primary mail server typed in the form (saved or not) and show what it said."""
     domain = domain_or_404(db(), name)
     form = PrimaryForm()
-    settings, errors = _checked_primary(form)
+    settings, errors = _checked_primary(form, domain)
     if settings is None:
         return domain_view(domain, primary=form, primary_errors=errors, status=400)
     db().rollback()  # no transaction is held while the probe waits for the server

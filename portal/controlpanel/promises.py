@@ -1,16 +1,20 @@
 """What the Control Panel's confirmation pages promise: only what the product does today.
 
-The mail path (standby copies of incoming mail, the standby webmail) is still being
-built. Its sentences are written here already and stay off until the change that makes
-them true switches them on, so that no page promises a copy or a webmail that does not
-exist yet.
+The gateway copies covered people's incoming mail into the standby store (issue #9), so
+the pages say what activation, deactivation and removal do to that archive. The standby
+webmail is still being built: its sentences are written here already and stay off until
+the change that makes them true switches them on, so that no page promises a webmail
+that does not exist yet.
 """
 
 from __future__ import annotations
 
 from flask_babel import gettext as _
+from flask_babel import ngettext
 
-STANDBY_COPIES = False
+from roster.models import Domain
+
+STANDBY_COPIES = True
 """True once covered people's incoming mail is copied into the standby store."""
 STANDBY_WEBMAIL = False
 """True once covered people can read and send mail in the standby webmail."""
@@ -36,6 +40,9 @@ def on_activation() -> list[str]:
         points.append(
             _("From now on a standby copy of incoming mail is kept for the covered users.")
         )
+        points.append(
+            _("The archive starts now: mail that arrived before the activation is not in it.")
+        )
     if STANDBY_WEBMAIL:
         points.append(
             _(
@@ -59,6 +66,9 @@ def on_deactivation() -> list[str]:
     points = []
     if STANDBY_COPIES:
         points.append(_("No more standby copies of incoming mail are kept."))
+        points.append(
+            _("The archive of mail copied so far is kept until the retention period removes it.")
+        )
         points.append(
             _("Mail already held is not lost: it is still handed back to the primary mail server.")
         )
@@ -86,4 +96,57 @@ def losing_coverage() -> str:
             "They will no longer be covered: no standby copies of their mail, no"
             " standby webmail, no emergency password sign-in."
         )
+    if STANDBY_COPIES:
+        return _(
+            "They will no longer be covered: no more standby copies of their mail, no"
+            " emergency password sign-in. What was copied so far stays in the archive"
+            " until the retention period removes it."
+        )
     return _("They will no longer be covered: no emergency password sign-in.")
+
+
+def on_event_start(domain: Domain) -> list[str]:
+    """What starting a continuity event by hand does."""
+    points = [
+        _(
+            "From now on, mail for %(domain)s is held: nothing is delivered to the primary"
+            " mail server until the event ends.",
+            domain=domain.name,
+        ),
+    ]
+    if STANDBY_COPIES:
+        points.append(_("Covered users' incoming mail is still kept in the standby store."))
+    if domain.failover_automatic:
+        points.append(
+            ngettext(
+                "Automatic failover is on: once the primary mail server answers %(num)d"
+                " check, the held mail is handed back and the event ends by itself.",
+                "Automatic failover is on: once the primary mail server answers %(num)d"
+                " checks in a row, the held mail is handed back and the event ends by"
+                " itself.",
+                domain.recover_after,
+            )
+        )
+    points.append(
+        _(
+            "To end it, use “End continuity event”: the held mail is then handed back to"
+            " the primary mail server, oldest first."
+        )
+    )
+    points.append(_("The event is recorded with its reason, and in the audit trail."))
+    return points
+
+
+def on_event_end(domain: Domain) -> list[str]:
+    """What ending a continuity event by hand does."""
+    return [
+        _(
+            "The held mail is handed back to the primary mail server, oldest first, each"
+            " message once."
+        ),
+        _("New mail for %(domain)s goes to the primary mail server again.", domain=domain.name),
+        _(
+            "The event ends by itself once no held mail is left. Mail the primary mail"
+            " server does not take yet waits in the queue and is tried again."
+        ),
+    ]

@@ -69,9 +69,11 @@ def confirm(
     warning: str | None = None,
     fields: dict[str, str] | None = None,
     important: list[str] | None = None,
+    reason_length: int | None = None,
 ) -> Any:
     """A confirmation step: what will happen, "Confirm" (POST here again) and "Cancel";
-    the manual's "Important" note where the decision needs it."""
+    the manual's "Important" note where the decision needs it; a box for the reason
+    when ``reason_length`` is given."""
     return render_template(
         "controlpanel/confirm.html",
         domain=domain,
@@ -81,4 +83,5 @@ def confirm(
         action=request.path,
         fields=fields or {},
         important=important or [],
+        reason_length=reason_length,
     )

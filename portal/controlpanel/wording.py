@@ -85,6 +85,22 @@ REFUSALS = {
     "failures_before_failover": _l(
         "The failed probes before failover must be a whole number from %(low)d to %(high)d."
     ),
+    "recover_after": _l(
+        "The good checks before the hand-back must be a whole number from %(low)d to %(high)d."
+    ),
+    "failover_code": _l(
+        "“%(value)s” is not the reply code of a failure: give three digits starting with 4"
+        " or 5, such as 452 or 552."
+    ),
+    "failover_codes": _l("At most %(limit)d reply codes."),
+    "language": _l("Choose English or Spanish."),
+    "event_open": _l(
+        "A continuity event of this domain is open already (since %(since)s): nothing was changed."
+    ),
+    "no_event": _l("This domain is in no continuity event: there is nothing to end."),
+    "event_recovering": _l(
+        "The continuity event of this domain is handing its mail back already (since %(since)s)."
+    ),
 }
 
 SYNC_OUTCOMES = {
@@ -126,6 +142,10 @@ PRIMARY_FIELDS = {
     "primary_tls": "tls",
     "probe_interval": "probe_interval",
     "failures_before_failover": "failures_before_failover",
+    "recover_after": "recover_after",
+    "failover_code": "failover_codes",
+    "failover_codes": "failover_codes",
+    "language": "language",
 }
 
 # Why "Test connection" did not try the server (roster.primary_address and

@@ -825,6 +825,10 @@ cli.add_command(queue)
 cli.add_command(tracking)
 cli.add_command(event)
 
+from continuity.retention_command import retention  # noqa: E402
+
+cli.add_command(retention)
+
 
 def main() -> None:
     """Entry point of the console script."""

@@ -99,7 +99,24 @@ class PrimaryHandler:
 
 
 class _PrimarySMTP(SMTP):
-    """aiosmtpd with Postfix's XFORWARD command."""
+    """aiosmtpd with Postfix's XFORWARD command, keeping its open connections so that
+    stopping the server closes them (a client that died leaves one aiosmtpd never closes,
+    and its socket would be collected still open)."""
+
+    def __init__(self, handler: Any, connections: set[asyncio.BaseTransport], **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self._connections = connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Remember the connection."""
+        super().connection_made(transport)
+        self._connections.add(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Forget it."""
+        if self.transport is not None:
+            self._connections.discard(self.transport)
+        super().connection_lost(error)
 
     async def smtp_XFORWARD(self, arg: str) -> None:
         """Keep the attributes for the next message."""
@@ -114,10 +131,12 @@ class _Controller(Controller):
     def __init__(self, handler: Any, port: int, tls_context: ssl.SSLContext | None) -> None:
         super().__init__(handler, hostname="127.0.0.1", port=port)
         self._tls_context = tls_context
+        self.connections: set[asyncio.BaseTransport] = set()
 
     def factory(self) -> SMTP:
         return _PrimarySMTP(
             self.handler,
+            self.connections,
             hostname="primary.test",
             tls_context=self._tls_context,
             enable_SMTPUTF8=True,
@@ -143,8 +162,14 @@ class Primary:
     def stop(self) -> None:
         """Stop listening: connections are refused until start()."""
         if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
+            controller, self._controller = self._controller, None
+
+            def close_all() -> None:
+                for transport in list(controller.connections):
+                    transport.abort()
+
+            controller.loop.call_soon_threadsafe(close_all)
+            controller.stop()
 
     @property
     def messages(self) -> list[Received]:

@@ -352,7 +352,8 @@ def _standby(
     """The standby store's part of a run."""
     dry_run = report.dry_run
     with Session(engine) as session:
-        covered = covered_mailboxes(session, settings)
+        # An address that cannot name a mailbox has none (the users file leaves it out).
+        covered = [m for m in covered_mailboxes(session, settings) if is_mailbox_address(m.address)]
         held = held_by_mailbox(session)
         domain_names = {row.id: row.name for row in session.execute(select(Domain.id, Domain.name))}
     due, changes = sweep_mailboxes(engine, covered, settings, now, dry_run=dry_run)
@@ -420,6 +421,9 @@ def _empty(
 ) -> None:
     """Empty the mailbox of someone no longer covered, waiting a little for the store to
     know the address again (the users file lists it while it is being emptied)."""
+    if not is_mailbox_address(address):  # never in the users file: the store has no mailbox
+        forget_mailbox(engine, address)
+        return
     while True:
         try:
             with store.mailbox(address) as client:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from gateway.headers import received_header
 from gateway.retention import DailyRetention, run_retention
+from gateway.service import Gateway
 from gateway.standby_users import refresh_users_file
 from roster.config import Config
 from roster.domains import add_domain
@@ -495,3 +496,30 @@ def test_a_domain_gets_an_age_of_its_own_from_the_command_line(
         ({"retention_days": "default"}, {"retention_days": 30}, True),
         ({"retention_days": 30}, {"retention_days": "default"}, True),
     ]
+
+
+def test_the_gateway_runs_retention_on_its_own(store: Store) -> None:
+    """`continuity gateway` runs retention by itself once a day: the day's run happens
+    without cron, and the gateway stops cleanly."""
+    ana = f"ana@{store.acme}"
+    store.append(ana, "old", 100 * DAY)
+    gateway = Gateway(
+        store.config(),
+        engine=store.engine,
+        receive=False,
+        deliver=False,
+        copy=False,
+        monitor=False,
+        retention_check=0.05,
+    )
+    gateway.start()
+    try:
+        deadline = time.monotonic() + 30
+        while store.subjects(ana):
+            assert time.monotonic() < deadline, "the gateway did not run the retention"
+            time.sleep(0.1)
+    finally:
+        gateway.stop()
+    with Session(store.engine) as session:
+        (run,) = session.scalars(select(RetentionRun)).all()
+    assert run.outcome == "ok" and run.started_by.startswith("gateway:")

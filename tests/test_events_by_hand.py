@@ -8,17 +8,23 @@ from __future__ import annotations
 import getpass
 import json
 import re
+import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from roster.continuity import finish_recovery
+from roster.db import session_factory, transaction
 from roster.models import AuditEvent, ContinuityEvent, Domain
+from roster.service import end_event_by_hand, start_event_by_hand
 from tests.portal_support import DOMAIN, OTHER_DOMAIN, Portal, text
+from tests.standby_fixtures import standby_store
 from tests.test_controlpanel import PAGE, SPANISH, admin_of, flashes, panel, post
+from tests.test_outage_drill import Drill, drill
 
-__all__ = ["panel"]  # the fixture, used by name
+__all__ = ["drill", "panel", "standby_store"]  # the fixtures, used by name
 
 USER = f"cli:{getpass.getuser()}"
 
@@ -298,3 +304,34 @@ def test_cli_event_start_end_and_list(panel: Portal) -> None:
     ]
     unknown = tool.run("event", "list", "nowhere.test")
     assert unknown.exit_code != 0 and "not in the roster" in unknown.output
+
+
+def test_an_event_by_hand_holds_the_mail_and_hands_it_back_once(drill: Drill) -> None:
+    """With automatic failover off, an admin starts an event: mail arriving is in the
+    standby mailbox and nothing reaches the healthy primary; the admin ends it: every
+    held message reaches the primary once, and the monitor ends the event with its
+    counts. The real gateway, its monitor, Dovecot and an aiosmtpd primary."""
+    with transaction(session_factory(drill.engine), writing=True) as session:
+        acme = session.scalars(select(Domain).where(Domain.name == DOMAIN)).one()
+        acme.failover_automatic = False  # the monitor only reports
+        start_event_by_hand(session, acme, "admin@acme.test", "planned maintenance")
+    sent = drill.send(20, "held", threads=4)
+    drill.wait(lambda: len(drill.in_standby()) == 20, "the held mail in the standby mailbox")
+    time.sleep(2.5)  # two of the monitor's checks, both successful
+    assert drill.at_primary() == Counter()
+    [event] = drill.events()
+    assert (event.started_by, event.reason, event.recovery_started_at) == (
+        "admin@acme.test",
+        "planned maintenance",
+        None,
+    )
+
+    with transaction(session_factory(drill.engine), writing=True) as session:
+        acme = session.scalars(select(Domain).where(Domain.name == DOMAIN)).one()
+        end_event_by_hand(session, acme, "admin@acme.test")
+    drill.wait(lambda: drill.events()[0].ended_at is not None, "the event's end")
+
+    assert drill.at_primary() == Counter(dict.fromkeys(sent, 1))
+    [event] = drill.events()
+    assert (event.held, event.handed_back, event.ended_by) == (20, 20, "monitor")
+    assert event.recovery_started_at is not None

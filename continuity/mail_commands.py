@@ -13,11 +13,14 @@ import threading
 from typing import Any
 
 import click
+from sqlalchemy import select
 
 from continuity.cli import EXIT_USAGE, State, fail, pass_state
 from roster.config import ConfigError
+from roster.continuity import RECOVERING, open_event, record_check
 from roster.domains import get_domain
-from roster.queue import message_detail, pending_messages, retry_now
+from roster.models import Domain
+from roster.queue import message_detail, pending_messages, retry_now, writing
 
 
 @click.command()
@@ -163,19 +166,57 @@ def queue_show(state: State, queue_id: str, as_json: bool) -> None:
 @click.option("--domain", "domain_name", help="Every waiting message of this domain.")
 @pass_state
 def queue_retry(state: State, queue_id: str | None, domain_name: str | None) -> None:
-    """Make a message (or a domain's waiting messages) due now: the gateway tries at once."""
+    """Make a message (or a domain's waiting messages) due now: the gateway tries at once.
+
+    During a continuity event nothing is sent to the primary until its hand-back; a
+    retry then checks the primary at once, as the monitor does, and a success counts
+    toward the recovery that starts the hand-back.
+    """
     if bool(queue_id) == bool(domain_name):
         fail("give either a QUEUE_ID or --domain D", EXIT_USAGE)
     state.require_schema()
     with state.session(writing=True) as session:
         if domain_name:
-            count = retry_now(session, domain_id=get_domain(session, domain_name).id)
+            domain_ids = [get_domain(session, domain_name).id]
+            count = retry_now(session, domain_id=domain_ids[0])
         else:
             assert queue_id is not None  # noqa: S101 - checked just above
-            if message_detail(session, queue_id.strip().upper()) is None:
+            found = message_detail(session, queue_id.strip().upper())
+            if found is None:
                 fail(f"no message with queue id {queue_id}", 1)
+            domain_ids = sorted({r.domain_id for r in found.recipients if r.domain_id})
             count = retry_now(session, queue_id=queue_id.strip().upper())
     click.echo(f"{count} recipient(s) due now")
+    for domain_id in domain_ids:
+        _check_held_primary(state, domain_id)
+
+
+def _check_held_primary(state: State, domain_id: int) -> None:
+    """For a domain in a continuity event (not yet handing back): check its primary now
+    and count the answer as the monitor would."""
+    from gateway.monitor import check_primary
+    from gateway.service import settings_from
+
+    with state.engine.connect() as connection:
+        event = open_event(connection, domain_id)
+        if event is None or event.recovery_started_at is not None:
+            return
+        domain = connection.execute(select(Domain).where(Domain.id == domain_id)).one()
+    settings = settings_from(state.config)
+    ok, reply = check_primary(
+        state.config, domain, helo=settings.hostname, ca_file=settings.ca_file
+    )
+    with writing(state.engine) as connection:
+        transition = record_check(connection, domain_id, ok, reply)
+    if transition is not None and transition.kind == RECOVERING:
+        click.echo(f"{domain.name}: the primary answers again: the hand-back starts")
+    elif ok:
+        click.echo(
+            f"{domain.name}: the primary answered ({reply}); the hand-back starts "
+            f"after {domain.recover_after} good checks in a row"
+        )
+    else:
+        click.echo(f"{domain.name}: the primary still fails ({reply}); mail stays held")
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from gateway.service import Gateway
 from roster.config import Config
+from roster.continuity import start_event
 from roster.db import session_factory, transaction
 from roster.models import (
     COPY_PENDING,
@@ -32,6 +34,7 @@ from roster.models import (
     MailRecipient,
     StandbyCopy,
 )
+from tests.directory import Continuity
 from tests.servers.dovecot import DovecotServer
 from tests.servers.primary import Primary, free_port
 from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
@@ -109,6 +112,20 @@ class Drill:
             if match and f"-{self.run}-".encode() in match.group(1):
                 found[match.group(1).decode()] += 1
         return found
+
+    def delete_from_standby(self, message_id: str) -> None:
+        """Delete a message from Ana's standby INBOX over IMAP, as the webmail would."""
+        with IMAPClient(self.store.imap[0], port=self.store.imap[1], ssl=False) as client:
+            client.plain_login(
+                self.store.master_user,
+                self.store.master_password,
+                authorization_identity="ana@acme.test",
+            )
+            client.select_folder("INBOX")
+            found = client.search(["HEADER", "Message-ID", message_id])
+            assert found
+            client.delete_messages(found)
+            client.expunge()
 
     def in_standby(self) -> Counter[str]:
         """How often each Message-ID of this run is in Ana's standby INBOX."""
@@ -188,6 +205,11 @@ def test_the_outage_drill(drill: Drill) -> None:
     in_standby = drill.in_standby()
     assert all(in_standby[m] >= 1 for m in during), "held mail missing from the standby store"
 
+    # Deleting a held message in the standby mailbox (as a person would in the webmail)
+    # does not stop its hand-back: the queue keeps its own copy.
+    drill.delete_from_standby(during[0])
+    assert drill.in_standby()[during[0]] == 0
+
     drill.primary.start()
     handed = drill.wait(
         lambda: drill.events()[0].ended_at is not None, "the hand-back ends the event", 120
@@ -219,3 +241,52 @@ def test_a_primary_that_greets_but_answers_a_listed_code_fails_over(drill: Drill
     drill.primary.handler.rcpt_reply = None
     drill.wait(lambda: drill.events()[0].ended_at is not None, "the event ends", 120)
     assert drill.at_primary() == Counter(dict.fromkeys(during, 1))
+
+
+def test_a_retry_during_an_event_checks_the_primary_and_counts_toward_recovery(
+    engine: Engine,
+    database_url: str,
+    tmp_path: Path,
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    """An admin's `continuity queue retry` during an event tries the primary at once;
+    with the primary back, two retries (recover_after) start the hand-back."""
+    primary, relay = Primary().start(), Primary().start()
+    people(engine, primary.port)
+    with transaction(session_factory(engine), writing=True) as session:
+        acme = session.scalars(select(Domain).where(Domain.name == "acme.test")).one()
+        acme.recover_after = 2
+        acme_id = acme.id
+    tool = Continuity(tmp_path, database_url)
+    tool.path.write_text(
+        f'[database]\nurl = "{database_url}"\n\n[gateway]\nallow_local_primary = true\n'
+        f'hostname = "gateway.test"\n',
+        encoding="utf-8",
+    )
+    config = Config(
+        database_url=database_url,
+        gateway={"listen": f"127.0.0.1:{free_port()}", "allow_local_primary": True},
+        outbound={"relay": f"127.0.0.1:{relay.port}"},
+    )
+    running = Gateway(config, engine=engine, idle=0.05, monitor=False, copy=False)
+    running.start()
+    try:
+        with engine.begin() as connection:
+            start_event(connection, acme_id, reason="by hand", actor="admin@acme.test")
+        with smtplib.SMTP("127.0.0.1", running.settings.port) as smtp:
+            smtp.sendmail("s@sender.test", ["ana@acme.test"], b"Subject: held\r\n\r\nx\r\n")
+        time.sleep(0.5)
+        assert primary.messages == []  # held
+        primary.stop()
+        first = tool.run("queue", "retry", "--domain", "acme.test")
+        assert "the primary still fails" in first.stdout
+        primary.start()
+        second = tool.run("queue", "retry", "--domain", "acme.test")
+        assert "the hand-back starts after 2 good checks" in second.stdout
+        third = tool.run("queue", "retry", "--domain", "acme.test")
+        assert "the primary answers again: the hand-back starts" in third.stdout
+        assert len(primary.handler.wait_for(1)) == 1
+    finally:
+        running.stop()
+        primary.stop()
+        relay.stop()

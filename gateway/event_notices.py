@@ -31,6 +31,7 @@ control and format characters and of encoded-word syntax.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -244,10 +245,22 @@ def tell(engine: Engine, settings: NoticeSettings) -> int:
 
 
 def tell_one(engine: Engine, transition: Transition, settings: NoticeSettings) -> int:
-    """Mark ``transition`` told and queue its notices in one transaction, unless another
-    gateway (or an earlier round) told it already; how many messages were queued."""
+    """Queue the notices of ``transition`` and mark it told in one transaction, unless
+    another gateway (or an earlier round) told it already; how many were queued.
+
+    The messages are written before the write transaction (about 1.5 ms each, mostly the
+    email package's header parsing: a domain of 5,000 covered people with an alternate
+    address takes some 7 s), so that SQLite's one writer, which the receiver needs for
+    every 250, is held only for the claim and the inserts."""
     condition, values = _CLAIMS[transition.kind]
     now = utcnow()
+    with engine.connect() as connection:
+        untold = connection.scalar(
+            select(ContinuityEvent.id).where(ContinuityEvent.id == transition.event_id, condition)
+        )
+        if untold is None:
+            return 0
+        notices = build(connection, transition, settings, now=now)
     values = {key: now if value is None else value for key, value in values.items()}
     with writing(engine) as connection:
         claimed = connection.execute(
@@ -257,7 +270,6 @@ def tell_one(engine: Engine, transition: Transition, settings: NoticeSettings) -
         ).rowcount
         if claimed != 1:
             return 0
-        notices = build(connection, transition, settings, now=now)
         store(connection, notices)
     log_event(
         log,
@@ -284,6 +296,43 @@ def tell_logged(engine: Engine, settings: NoticeSettings) -> None:
             error=type(error).__name__,
             detail=str(error)[:200],
         )
+
+
+class Teller:
+    """Runs ``tell`` in a thread of its own when poked, so that the monitor's checks and
+    its lease do not wait while thousands of notices are written; pokes that arrive
+    while it works make one more round, never a second thread."""
+
+    def __init__(self, engine: Engine, settings: NoticeSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._wanted = False
+        self._thread: threading.Thread | None = None
+
+    def poke(self) -> None:
+        """Tell what is untold, soon."""
+        with self._lock:
+            self._wanted = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="event-notices", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._wanted:
+                    self._thread = None
+                    return
+                self._wanted = False
+            tell_logged(self.engine, self.settings)
+
+    def join(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) for a round in progress to finish."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
 
 # ---------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class Monitor:
         self.lease = Lease(engine, LEASE_NAME, LEASE_SECONDS)
         self.holding = False
         self.transitions: list[Transition] = []
-        self.notices = event_notices.settings_from(config, hostname)
+        self.teller = event_notices.Teller(engine, event_notices.settings_from(config, hostname))
 
     def run(self) -> None:
         """Hold (or wait for) the lease, and check the primaries while holding it."""
@@ -79,6 +79,7 @@ class Monitor:
                     detail=str(error)[:200],
                 )
             self.stopping.wait(self.tick)
+        self.teller.join(10.0)
         if self.holding:
             try:
                 self.lease.release()
@@ -132,7 +133,7 @@ class Monitor:
         for transition in ended:  # noted once committed
             self._note(transition)
         # Tell what others changed too: an admin by hand, another gateway's delivery.
-        event_notices.tell_logged(self.engine, self.notices)
+        self.teller.poke()
 
     def _check(self, domain: Any) -> None:
         ok, reply = check_primary(
@@ -166,7 +167,7 @@ class Monitor:
             reason=transition.reason[:200] or None,
         )
         # The transition is committed: its notices go in a transaction of their own.
-        event_notices.tell_logged(self.engine, self.notices)
+        self.teller.poke()
 
 
 def check_primary(

@@ -383,6 +383,7 @@ class MailMessage(Base):
     # Email Live Tracking pages by key (received_at, queue_id), newest first.
     __table_args__ = (
         Index("ix_mail_message_received_at_queue_id", "received_at", "queue_id"),
+        Index("ix_mail_message_sender", "sender"),
     )
 
     # Time-ordered and unique across gateways: it is in the 250 reply and every log line.
@@ -411,6 +412,15 @@ class MailRecipient(Base):
             postgresql_where=text("status IN ('queued', 'deferred')"),
         ),
         Index("ix_mail_recipient_domain_status", "domain_id", "status"),
+        # Email Live Tracking's filters: one recipient, mail via Continuity Service.
+        Index("ix_mail_recipient_address", "address"),
+        Index(
+            "ix_mail_recipient_via_continuity",
+            "domain_id",
+            "queue_id",
+            sqlite_where=text("via_continuity = 1"),
+            postgresql_where=text("via_continuity = true"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from roster.identity import find_person
@@ -65,12 +65,14 @@ def shown_status(status: str, via_continuity: bool) -> str:
 def shown_status_clause(shown: str) -> ColumnElement[bool]:
     """The recipients ``shown_status`` gives ``shown``, as SQL (from the same table)."""
     r = MailRecipient
-    parts = [
-        and_(r.status == status, r.via_continuity.is_(via))
-        for (status, via), each in _SHOWN.items()
-        if each == shown
-    ]
-    return or_(*parts) if parts else false()
+    pairs = [pair for pair, each in _SHOWN.items() if each == shown]
+    if not pairs:
+        return false()
+    # The queue statuses first, so that the (domain_id, status) index finds the rows.
+    return and_(
+        r.status.in_(sorted({status for status, _via in pairs})),
+        or_(*(and_(r.status == status, r.via_continuity.is_(via)) for status, via in pairs)),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -215,7 +217,14 @@ def list_messages(
     if filters.until is not None:
         query = query.where(m.received_at < filters.until)
     if filters.sender:
-        query = query.where(func.lower(m.sender) == filters.sender.strip().lower())
+        query = query.where(m.sender.in_(_sender_spellings(filters.sender)))
+    few = _few_candidates(session, domain_id, filters)
+    if few is not None:
+        query = query.where(m.queue_id.in_(sorted(few)))
+    elif filters.continuity:
+        last = _last_event_end(session, domain_id)
+        if last is not None:
+            query = query.where(m.received_at <= last)
     backwards = newer_than is not None and older_than is None
     if older_than is not None:
         query = query.where(_before(older_than))
@@ -240,6 +249,58 @@ def list_messages(
     older = messages[-1].key if (backwards or more) else None
     newer = messages[0].key if (more if backwards else older_than is not None) else None
     return Page(messages, older, newer)
+
+
+FEW = 2000
+"""A filter that singles out at most this many messages is read through its own index."""
+
+
+def _sender_spellings(typed: str) -> list[str]:
+    """The sender as typed, and in lower case (how most mail spells it)."""
+    cleaned = typed.strip()
+    return sorted({cleaned, cleaned.lower()})
+
+
+def _few_candidates(session: Session, domain_id: int | None, filters: Filters) -> set[str] | None:
+    """The queue ids a filter singles out, when they are few; None when no filter does.
+
+    Read along the time index, a page with a rare filter (one recipient, a bounce in a
+    small domain) would walk back through the whole table to find 50; read through the
+    filter's own index and sorted, it costs what the few rows cost. Which way is right
+    depends on the value, not the column, so each filter's index is asked for up to
+    FEW + 1 rows first.
+    """
+    r, m = MailRecipient, MailMessage
+    found: set[str] | None = None
+    probes = []
+    narrowing = [
+        *([r.address == filters.recipient.strip().lower()] if filters.recipient else []),
+        *([shown_status_clause(filters.status)] if filters.status else []),
+        *([r.via_continuity == true()] if filters.continuity else []),
+    ]
+    if narrowing:
+        if domain_id is not None:
+            narrowing.insert(0, r.domain_id == domain_id)
+        probes.append(select(r.queue_id).where(*narrowing))
+    if filters.sender:
+        probes.append(select(m.queue_id).where(m.sender.in_(_sender_spellings(filters.sender))))
+    for probe in probes:
+        rows = list(session.scalars(probe.limit(FEW + 1)))
+        if len(rows) <= FEW:
+            found = set(rows) if found is None else found & set(rows)
+    return found
+
+
+def _last_event_end(session: Session, domain_id: int | None) -> datetime | None:
+    """When the last continuity event ended (None while one is open, or if none was):
+    mail via Continuity Service was received before that, so the newer mail need not
+    be read to find it."""
+    e = ContinuityEvent
+    scope = [e.domain_id == domain_id] if domain_id is not None else []
+    still_open = session.scalar(select(e.id).where(*scope, e.ended_at.is_(None)).limit(1))
+    if still_open is not None:
+        return None
+    return session.scalar(select(func.max(e.ended_at)).where(*scope))
 
 
 def _before(key: Key) -> ColumnElement[bool]:

@@ -121,6 +121,89 @@ def test_the_status_filter_in_sql_is_the_same_rule(engine: Engine) -> None:
     assert found["refused"] == []  # refused at RCPT: nothing is stored for it yet
 
 
+def test_a_page_is_the_same_whichever_index_reads_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter that singles out few messages is read through its own index, others along
+    the time index (mail via Continuity Service no later than the last event's end):
+    every filter and page gives the same messages both ways, newest first."""
+    import random
+
+    import roster.tracking as tracking
+
+    rng = random.Random(7)  # noqa: S311 - test data, not a secret
+    start = utcnow() - timedelta(days=10)
+    with Session(engine) as session, session.begin():
+        domains = [Domain(name="one.test"), Domain(name="two.test")]
+        session.add_all(domains)
+        session.flush()
+        session.add(
+            ContinuityEvent(
+                domain_id=domains[0].id,
+                started_at=start + timedelta(days=3),
+                ended_at=start + timedelta(days=4),
+                reason="test",
+            )
+        )
+        for n in range(120):
+            hour = n - n % 2  # pairs share a time: the key's queue id decides
+            received = start + timedelta(hours=hour)
+            queue_id = new_queue_id(received.timestamp())
+            session.execute(
+                insert(MailMessage).values(
+                    queue_id=queue_id,
+                    received_at=received,
+                    sender=rng.choice(["a@x.test", "B@x.test", "b@x.test"]),
+                    size=1,
+                    body=b"",
+                )
+            )
+            for extra in range(1 + n % 2):
+                status, via, _shown = rng.choice(RULE)
+                session.add(
+                    MailRecipient(
+                        queue_id=queue_id,
+                        domain_id=domains[(n + extra) % 2].id,
+                        address=rng.choice(["p@one.test", "q@one.test", "r@two.test"]),
+                        status=status,
+                        via_continuity=via and hour < 96,  # before the event ended
+                        next_attempt_at=received,
+                    )
+                )
+        ids = [d.id for d in domains]
+    cases = [
+        tracking.Filters(),
+        tracking.Filters(recipient="P@one.test"),
+        tracking.Filters(sender="b@x.test"),
+        tracking.Filters(sender="B@x.test"),
+        tracking.Filters(status=SHOWN_DEFERRED),
+        tracking.Filters(status=SHOWN_BOUNCED, recipient="q@one.test"),
+        tracking.Filters(continuity=True),
+        tracking.Filters(continuity=True, since=start + timedelta(days=1)),
+    ]
+
+    def pages(domain_id: int, filters: tracking.Filters) -> list[list[str]]:
+        """Every page, following "older" to the end, as lists of queue ids."""
+        found, key = [], None
+        with Session(engine) as session:
+            while True:
+                page = tracking.list_messages(session, domain_id, filters, older_than=key, limit=7)
+                found.append([m.queue_id for m in page.messages])
+                if page.older is None:
+                    return found
+                key = page.older
+
+    for domain_id in ids:
+        for filters in cases:
+            monkeypatch.setattr(tracking, "FEW", 10_000)
+            through_own_index = pages(domain_id, filters)
+            monkeypatch.setattr(tracking, "FEW", 0)
+            along_time = pages(domain_id, filters)
+            assert through_own_index == along_time, filters
+            flat = [q for page in along_time for q in page]
+            assert len(flat) == len(set(flat))
+
+
 def test_times_and_keys_as_people_and_links_give_them() -> None:
     now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     assert parse_time("2026-11-30") == datetime(2026, 11, 30, tzinfo=UTC)

@@ -25,7 +25,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -219,10 +219,16 @@ def _held_uids(client: IMAPClient, uids: list[int], held: Held) -> set[int]:
 
 
 def expunge(
-    client: IMAPClient, criteria: list[Any], held: Held | None, *, dry_run: bool
+    client: IMAPClient,
+    criteria: list[Any],
+    held: Held | None,
+    *,
+    dry_run: bool,
+    between: Callable[[], None] = lambda: None,
 ) -> tuple[int, int, bool]:
     """Remove the messages matching ``criteria`` in every folder, but those ``held``:
-    (removed, kept because held, every folder empty afterwards)."""
+    (removed, kept because held, every folder empty afterwards). ``between`` runs before
+    each batch (the lease's renewal, for a very large folder)."""
     removed = kept = 0
     empty = True
     uidplus = client.has_capability("UIDPLUS")
@@ -242,6 +248,7 @@ def expunge(
             continue
         for start in range(0, len(uids), BATCH):
             chunk = uids[start : start + BATCH]
+            between()
             client.add_flags(chunk, [DELETED], silent=True)
             if uidplus:
                 client.uid_expunge(chunk)
@@ -371,7 +378,11 @@ def _standby(
         try:
             with store.mailbox(mailbox.address) as client:
                 removed, kept, _ = expunge(
-                    client, ["BEFORE", before], held.get(mailbox.address), dry_run=dry_run
+                    client,
+                    ["BEFORE", before],
+                    held.get(mailbox.address),
+                    dry_run=dry_run,
+                    between=renew,
                 )
         except StoreUnavailable as error:
             report.mailboxes_failed += len(covered) - report.mailboxes

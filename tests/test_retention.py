@@ -371,6 +371,8 @@ def test_someone_no_longer_covered_keeps_their_mail_for_the_grace_and_nothing_af
     dry = run_retention(config, store.engine, dry_run=True)
     assert dry.uncovered_mailboxes_emptied == 1
     assert store.files(eve) == 3
+    with Session(store.engine) as session:
+        assert session.get(StandbyMailbox, eve).emptying_since is None  # type: ignore[union-attr]
 
     report = run_retention(config, store.engine)
 

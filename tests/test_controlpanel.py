@@ -489,9 +489,18 @@ def test_remove_a_user_with_the_cross(panel: Portal) -> None:
     assert "Quitar usuario" in text(admin.get(PAGE, headers=SPANISH))
 
     confirm = text(admin.get(remove))
+    spanish_confirm = text(admin.get(remove, headers=SPANISH))
     removed = post(admin, remove)
 
     assert "Remove ana@acme.test from the Continuity Service users?" in confirm
+    # Standby copies exist (issue #9): the page says what removal does to the archive.
+    assert (
+        "They will no longer be covered: no more standby copies of their mail, no emergency"
+        " password sign-in. What was copied so far stays in the archive until the retention"
+        " period removes it." in confirm
+    )
+    assert "webmail" not in confirm
+    assert "Lo copiado hasta ahora sigue en el archivo" in spanish_confirm
     assert location_path(removed) == PAGE
     page = text(admin.get(PAGE))
     assert "ana@acme.test was removed from the Continuity Service users." in flashes(page)

@@ -23,8 +23,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    text,
     false,
+    text,
     true,
 )
 from sqlalchemy.engine import Dialect
@@ -102,6 +102,11 @@ class Domain(Base):
     recover_after: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
     failover_codes: Mapped[str] = mapped_column(String(64), default="", server_default="")
     language: Mapped[str] = mapped_column(String(8), default="en", server_default="en")
+    # Hand what people send from the webmail during an event to the primary too, as a
+    # copy for their Sent folder (marked X-Continuity-Sent-Copy for the primary's filter).
+    sent_copies_to_primary: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     # What the monitor knows of the primary: the last check, and the failures or
     # successes in a row (the gateway's own delivery failures count too).
     last_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -302,8 +307,6 @@ class ContinuityEvent(Base):
     recovery_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     held: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     handed_back: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-
-
     # Which changes the domain's admins (and people) were told of, whoever made them:
     # the start, the recovery whose recovery_started_at is copied here (a recovery after
     # a reopen is told again), the end. The gateway sets each in the transaction that
@@ -311,6 +314,8 @@ class ContinuityEvent(Base):
     notified_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     notified_recovery_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     notified_ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class AuditEvent(Base):
     """Who did what, when, to whom, with the state before and after."""
 

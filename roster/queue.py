@@ -628,3 +628,32 @@ __all__ = [
     "DELIVERED",
     "QUEUED",
 ]
+
+
+SENT_COPY_HEADER = b"X-Continuity-Sent-Copy: yes\r\n"
+
+
+def queue_sent_copy(
+    connection: Connection, domain: Domain, person_id: int, mailbox: str, message: bytes
+) -> str | None:
+    """Queue a copy of a message a person sent from the standby webmail for their own
+    mailbox at the primary (their Sent folder, by the primary's filter on the
+    X-Continuity-Sent-Copy header), when the domain switched that on; its queue id, or
+    None when the domain does not want copies. During an event it is held like the
+    rest and handed back with it; it gets no standby copy (the webmail keeps Sent)."""
+    if not domain.sent_copies_to_primary:
+        return None
+    queue_id = new_queue_id()
+    store(
+        connection,
+        [
+            Incoming(
+                queue_id=queue_id,
+                sender=mailbox,
+                body=SENT_COPY_HEADER + message,
+                recipients=[Recipient(mailbox, domain.id, known=True, person_id=person_id)],
+                origin="sent-copy",
+            )
+        ],
+    )
+    return queue_id

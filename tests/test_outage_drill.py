@@ -32,8 +32,10 @@ from roster.models import (
     ContinuityEvent,
     Domain,
     MailRecipient,
+    Person,
     StandbyCopy,
 )
+from roster.queue import queue_sent_copy
 from tests.directory import Continuity
 from tests.servers.dovecot import DovecotServer
 from tests.servers.primary import Primary, free_port
@@ -290,3 +292,26 @@ def test_a_retry_during_an_event_checks_the_primary_and_counts_toward_recovery(
         running.stop()
         primary.stop()
         relay.stop()
+
+
+def test_mail_sent_during_the_event_reaches_the_primary_for_sent(drill: Drill) -> None:
+    """With the domain's switch on, a copy of what a person sends from the webmail during
+    the event is held with the rest and handed to the primary afterwards, marked with the
+    header its filter files into Sent; with the switch off, nothing is queued."""
+    drill.primary.stop()
+    drill.wait(lambda: len(drill.events()) == 1, "the event starts")
+    sent = f"Message-ID: <sent-{drill.run}@acme.test>\r\nSubject: from the webmail\r\n\r\nhi\r\n"
+    with transaction(session_factory(drill.engine), writing=True) as session:
+        acme = session.scalars(select(Domain).where(Domain.name == "acme.test")).one()
+        ana = session.scalars(select(Person).where(Person.mail == "ana@acme.test")).one()
+        assert queue_sent_copy(session.connection(), acme, ana.id, ana.mail, sent.encode()) is None
+        acme.sent_copies_to_primary = True
+        session.flush()
+        queued = queue_sent_copy(session.connection(), acme, ana.id, ana.mail, sent.encode())
+    assert queued is not None
+    drill.primary.start()
+    drill.wait(lambda: drill.events()[0].ended_at is not None, "the event ends", 120)
+    got = [m for m in drill.primary.messages if f"sent-{drill.run}".encode() in m.content]
+    assert len(got) == 1
+    assert got[0].content.startswith(b"X-Continuity-Sent-Copy: yes\r\n")
+    assert (got[0].sender, got[0].recipients) == ("ana@acme.test", ["ana@acme.test"])

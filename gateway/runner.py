@@ -87,6 +87,9 @@ class QueueRunner:
         self.worker = worker
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        self.teller = event_notices.Teller(
+            engine, event_notices.settings_from(config, settings.hostname)
+        )
 
     # -- the loop --------------------------------------------------------------
     def run(self, idle: float = 1.0) -> None:
@@ -107,6 +110,7 @@ class QueueRunner:
             if not worked:
                 self.wake.wait(idle)
                 self.wake.clear()
+        self.teller.join(10.0)
 
     def run_once(self) -> int:
         """One round: claim what is due and deliver it; how many messages were tried."""
@@ -233,9 +237,7 @@ class QueueRunner:
                 reason=transition.reason[:200] or None,
             )
             # After the transition's commit, in a transaction of their own.
-            event_notices.tell_logged(
-                self.engine, event_notices.settings_from(self.config, self.settings.hostname)
-            )
+            self.teller.poke()
         for outcome in outcomes:
             log_event(
                 log,

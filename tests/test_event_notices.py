@@ -17,19 +17,28 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, MetaData, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from gateway import event_notices
 from gateway.service import Gateway
 from roster.config import Config
 from roster.continuity import end_event, record_check, start_event
-from roster.db import make_engine, session_factory, transaction
+from roster.db import make_engine, session_factory, transaction, upgrade
 from roster.identity import ROLE_ADMIN, ROLE_GLOBAL_ADMIN, add_local_staff
-from roster.models import ContinuityEvent, Domain, MailMessage, MailRecipient, Person, StaffRole
+from roster.models import (
+    ContinuityEvent,
+    Domain,
+    MailMessage,
+    MailRecipient,
+    Person,
+    StaffRole,
+    utcnow,
+)
 from roster.queue import writing
 from tests.servers.dovecot import DovecotServer
 from tests.servers.primary import Primary, Received, free_port
@@ -401,3 +410,36 @@ def test_a_recovery_after_the_primary_failed_again_is_told_again(engine: Engine)
         "Evento de Continuity: empieza la devolución del correo de acme.test",
         "Evento de Continuity: empieza la devolución del correo de acme.test",
     ]
+
+
+def test_events_of_before_the_upgrade_are_not_told(tmp_path: Path) -> None:
+    """Migration 0009 counts the events that exist as told: nobody gets notices of an
+    outage that is long over when the gateway first runs the new code."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'roster.db'}", create=True)
+    try:
+        upgrade(engine, "0008")
+        domain = Table("domain", MetaData(), autoload_with=engine)
+        values: dict[str, object] = {"name": "old.test"}
+        for column in domain.columns:
+            if column.name in values or column.nullable or column.server_default is not None:
+                continue
+            if column.primary_key:
+                continue
+            kind = column.type.python_type
+            values[column.name] = {bool: False, int: 0, str: "x"}.get(kind, utcnow())
+        with engine.begin() as connection:
+            domain_id = connection.execute(insert(domain).values(**values)).inserted_primary_key[0]
+            connection.execute(
+                text(
+                    "INSERT INTO continuity_event (domain_id, started_at, ended_at, reason,"
+                    " recovery_started_at) VALUES (:d, :t, :t, 'old', :t)"
+                ),
+                {"d": domain_id, "t": utcnow()},
+            )
+        upgrade(engine)
+        told = event_notices.NoticeSettings(
+            sender="continuity@gateway.test", hostname="gateway.test", operator=OPERATOR
+        )
+        assert event_notices.tell(engine, told) == 0
+    finally:
+        engine.dispose()

@@ -493,6 +493,11 @@ def domain_deactivate(state: State, name: str) -> None:
     type=click.Choice(["on", "off"]),
     help="Ask the primary about unknown recipients at RCPT time.",
 )
+@click.option(
+    "--sent-copies",
+    type=click.Choice(["on", "off"]),
+    help="Hand what people send from the webmail during an event to the primary for Sent.",
+)
 @pass_state
 def domain_set(
     state: State,
@@ -508,6 +513,7 @@ def domain_set(
     failover_codes: str | None,
     language: str | None,
     verify_recipients: str | None,
+    sent_copies: str | None,
 ) -> None:
     """Change a domain's settings; each change is audited."""
     from roster.domains import Refused, check_primary
@@ -525,6 +531,7 @@ def domain_set(
         failover_codes,
         language,
         verify_recipients,
+        sent_copies,
     )
     if emergency_password is None and all(value is None for value in primary_options):
         fail("nothing to set: give at least one option (see --help)", EXIT_USAGE)
@@ -561,6 +568,9 @@ def domain_set(
                     verify_recipients=found.verify_recipients
                     if verify_recipients is None
                     else verify_recipients == "on",
+                    sent_copies=found.sent_copies_to_primary
+                    if sent_copies is None
+                    else sent_copies == "on",
                 )
             except Refused as refused:
                 fail(str(refused), EXIT_USAGE)

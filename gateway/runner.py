@@ -13,7 +13,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, select
@@ -74,7 +74,6 @@ class RunnerSettings:
     relay_username: str | None = None
     relay_password: str | None = None
     backoff: tuple[int, ...] = BACKOFF_SECONDS
-    languages: dict[int, str] = field(default_factory=dict)
 
 
 class QueueRunner:
@@ -293,7 +292,11 @@ class QueueRunner:
         header_block = delivery.body.split(b"\r\n\r\n", 1)[0]
         if not dsn.should_notify(delivery.sender, header_block):
             return []
-        language = self.settings.languages.get(delivery.domain_id or 0, "en")
+        language = (
+            connection.scalar(select(Domain.language).where(Domain.id == delivery.domain_id))
+            if delivery.domain_id is not None
+            else None
+        ) or "en"
         mta, daemon = self.settings.hostname, f"MAILER-DAEMON@{self.settings.hostname}"
         notices = []
         if failed:

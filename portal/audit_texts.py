@@ -80,6 +80,7 @@ SETTINGS = {
     "failures_before_failover": _l("Failed probes before failover"),
     "primary_tls_verify": _l("Check the primary server's certificate"),
     "verify_recipients": _l("Ask the primary server about unknown recipients"),
+    "sent_copies_to_primary": _l("Hand mail sent from the webmail to the primary for Sent"),
     "recover_after": _l("Good checks before the hand-back"),
     "reason": _l("Reason"),
     "failover_codes": _l("Reply codes that count as a failure"),

@@ -101,6 +101,13 @@ class PrimaryForm(FlaskForm):
             SelectChoice("off", _l("Accept them; a bounce follows if the primary refuses")),
         ],
     )
+    sent_copies = SelectField(
+        _l("Mail people send from the webmail during a continuity event"),
+        choices=[
+            SelectChoice("off", _l("Keep it in the webmail's Sent folder only")),
+            SelectChoice("on", _l("Also hand a copy to the primary server for their Sent folder")),
+        ],
+    )
 
 
 class AddPersonForm(FlaskForm):

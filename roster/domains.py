@@ -151,6 +151,7 @@ class PrimarySettings:
     failover_codes: str = ""
     language: str = "en"
     verify_recipients: bool = True
+    sent_copies: bool = False
 
 
 class PrimaryRefused(Refused):
@@ -176,6 +177,7 @@ def check_primary(
     failover_codes: str = "",
     language: str = "en",
     verify_recipients: bool = True,
+    sent_copies: bool = False,
 ) -> PrimarySettings:
     """Validated settings, or ``PrimaryRefused`` naming every wrong field."""
     refusals: list[Refused] = []
@@ -233,6 +235,7 @@ def check_primary(
         failover_codes=codes,
         language=language,
         verify_recipients=bool(verify_recipients),
+        sent_copies=bool(sent_copies),
     )
 
 
@@ -300,6 +303,7 @@ def domain_state(domain: Domain) -> dict[str, Any]:
         "failover_codes": domain.failover_codes,
         "language": domain.language,
         "verify_recipients": domain.verify_recipients,
+        "sent_copies_to_primary": domain.sent_copies_to_primary,
     }
 
 

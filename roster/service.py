@@ -413,6 +413,7 @@ def set_primary(
             "failover_codes": settings.failover_codes,
             "language": settings.language,
             "verify_recipients": settings.verify_recipients,
+            "sent_copies_to_primary": settings.sent_copies,
         },
         client,
         detail=TLS_VERIFY_OFF if verify_off else "",

@@ -495,6 +495,10 @@ def test_domain_set_failover_settings_and_show_the_days_mail(
         tool,
         *("domain", "set", ACME, "--recover-after", "5", "--failover-codes", " 452, 552 "),
         *("--language", "es", "--primary-tls-verify", "off", "--verify-recipients", "off"),
+        *(
+            "--sent-copies",
+            "on",
+        ),
     )
     assert "failover_codes: 452,552" in lines(result.stdout)
     settings = shown(tool)
@@ -504,6 +508,7 @@ def test_domain_set_failover_settings_and_show_the_days_mail(
         "language": "es",
         "primary_tls_verify": False,
         "verify_recipients": False,
+        "sent_copies_to_primary": True,
     }
     assert trail(engine)[-1] == (
         "primary.changed",
@@ -514,6 +519,7 @@ def test_domain_set_failover_settings_and_show_the_days_mail(
             "failover_codes": "",
             "language": "en",
             "verify_recipients": True,
+            "sent_copies_to_primary": False,
         },
         {
             "primary_tls_verify": False,
@@ -521,6 +527,7 @@ def test_domain_set_failover_settings_and_show_the_days_mail(
             "failover_codes": "452,552",
             "language": "es",
             "verify_recipients": False,
+            "sent_copies_to_primary": True,
         },
         "the primary server's certificate is no longer checked",
     )

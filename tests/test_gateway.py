@@ -290,6 +290,16 @@ def test_a_refused_recipient_gets_a_notice_and_the_others_their_mail(mail: Mail)
     assert b"Mailbox disabled" in notices[0].content
 
 
+def test_the_notice_speaks_the_domains_language(mail: Mail) -> None:
+    """A domain whose language is Spanish sends its failure notices in Spanish."""
+    with transaction(session_factory(mail.engine), writing=True) as session:
+        session.scalars(select(Domain).where(Domain.name == "acme.test")).one().language = "es"
+    mail.primary.handler.replies["bob@acme.test"] = "550 5.2.1 Mailbox disabled"
+    mail.send(["bob@acme.test"], sender="writer@sender.test")
+    notice = mail.relay.handler.wait_for(1)[0].content
+    assert b"Subject: Correo no entregado" in notice
+
+
 def test_no_notice_for_a_notice(mail: Mail) -> None:
     """A refused message from the null sender is bounced without any notice (no loop)."""
     mail.primary.handler.replies["bob@acme.test"] = "550 5.2.1 Mailbox disabled"

@@ -55,6 +55,7 @@ def primary_form(domain: Domain) -> PrimaryForm:
             "failover_codes": domain.failover_codes,
             "language": domain.language,
             "verify_recipients": "on" if domain.verify_recipients else "off",
+            "sent_copies": "on" if domain.sent_copies_to_primary else "off",
         },
     )
 

@@ -42,11 +42,14 @@ def _checked_primary(
     switch = {"on": True, "off": False}
     tls_verify = _typed(form.tls_verify, "on" if domain.primary_tls_verify else "off")
     verify_recipients = _typed(form.verify_recipients, "on" if domain.verify_recipients else "off")
+    sent_copies = _typed(form.sent_copies, "on" if domain.sent_copies_to_primary else "off")
     errors: dict[str, str] = {}
     if tls_verify not in switch:
         errors["tls_verify"] = _("Choose whether the certificate is checked.")
     if verify_recipients not in switch:
         errors["verify_recipients"] = _("Choose what happens to unknown recipients.")
+    if sent_copies not in switch:
+        errors["sent_copies"] = _("Choose what happens to mail sent from the webmail.")
     try:
         settings = check_primary(
             form.host.data or "",
@@ -60,6 +63,7 @@ def _checked_primary(
             failover_codes=_typed(form.failover_codes, domain.failover_codes) or "",
             language=_typed(form.language, domain.language) or "",
             verify_recipients=switch.get(verify_recipients, True),
+            sent_copies=switch.get(sent_copies, False),
         )
     except PrimaryRefused as refused:
         for each in refused.refusals:

@@ -244,7 +244,8 @@ def list_messages(
     ]
     _attach_recipients(session, messages, domain_id)
     if not messages:
-        return Page([], None, None)
+        # Past the end (the rows it pointed at were removed since): lead back from the key.
+        return Page([], newer_than if backwards else None, older_than)
     # Forwards: more rows means older ones; coming from a key, there are newer ones.
     older = messages[-1].key if (backwards or more) else None
     newer = messages[0].key if (more if backwards else older_than is not None) else None

@@ -501,6 +501,10 @@ def test_the_list_is_newest_first_and_paged_by_key(tracked: Tracked) -> None:
     assert [q for q, _ in rows(newer)] == list(reversed(sent))[:50]
     assert 'id="newer"' in newer  # the message that arrived meanwhile is newer still
     assert [q for q, _ in rows(text(client.get(LIST)))][0] == arrived
+    # A link to a page past the oldest message leads back from where it pointed.
+    oldest = Key(datetime(2000, 1, 1, tzinfo=UTC), "0").text()
+    past = text(client.get(f"{LIST}?older={oldest}"))
+    assert 'id="no-messages"' in past and f"newer={oldest}" in past
 
 
 def test_filters_narrow_the_list_and_wrong_ones_are_worded_in_both_languages(

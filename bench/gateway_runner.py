@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(ran, 3),
         "commits": gateway.committer.commits,
         "committed": gateway.committer.messages,
+        "commit_seconds": round(getattr(gateway.committer, "seconds", 0.0), 3),
         **_peak_kb(),
     }
     if profiles is not None:

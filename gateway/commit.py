@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 
@@ -54,6 +55,7 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self.commits = 0
         self.messages = 0
+        self.seconds = 0.0  # spent writing and committing: busy/elapsed shows the headroom
 
     def start(self) -> None:
         """Start the writing thread."""
@@ -93,6 +95,7 @@ class GroupCommitter:
             self._commit(group)
 
     def _commit(self, group: Sequence[tuple[Incoming, Future[None]]]) -> None:
+        started = time.perf_counter()
         try:
             with writing(self._engine) as connection:
                 store(connection, [message for message, _ in group])
@@ -114,5 +117,6 @@ class GroupCommitter:
             return
         self.commits += 1
         self.messages += len(group)
+        self.seconds += time.perf_counter() - started
         for _, done in group:
             done.set_result(None)

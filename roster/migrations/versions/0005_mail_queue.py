@@ -21,13 +21,14 @@ BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 def upgrade() -> None:
     """Apply this revision."""
-    with op.batch_alter_table("domain") as batch:
-        batch.add_column(
-            sa.Column("primary_tls_verify", sa.Boolean(), server_default=sa.true(), nullable=False)
-        )
-        batch.add_column(
-            sa.Column("verify_recipients", sa.Boolean(), server_default=sa.true(), nullable=False)
-        )
+    op.add_column(
+        "domain",
+        sa.Column("primary_tls_verify", sa.Boolean(), server_default=sa.true(), nullable=False),
+    )
+    op.add_column(
+        "domain",
+        sa.Column("verify_recipients", sa.Boolean(), server_default=sa.true(), nullable=False),
+    )
     op.create_table(
         "mail_message",
         sa.Column("queue_id", sa.String(32), nullable=False),

@@ -21,35 +21,43 @@ WHEN = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     """Apply this revision."""
-    with op.batch_alter_table("domain") as batch:
-        batch.add_column(sa.Column("recover_after", sa.Integer(), server_default="3", nullable=False))
-        batch.add_column(
-            sa.Column("failover_codes", sa.String(64), server_default="", nullable=False)
-        )
-        batch.add_column(sa.Column("language", sa.String(8), server_default="en", nullable=False))
-        batch.add_column(sa.Column("last_check_at", WHEN, nullable=True))
-        batch.add_column(sa.Column("last_check_ok", sa.Boolean(), nullable=True))
-        batch.add_column(
-            sa.Column("last_check_reply", sa.String(300), server_default="", nullable=False)
-        )
-        batch.add_column(
-            sa.Column("failures_in_a_row", sa.Integer(), server_default="0", nullable=False)
-        )
-        batch.add_column(
-            sa.Column("successes_in_a_row", sa.Integer(), server_default="0", nullable=False)
-        )
-    with op.batch_alter_table("continuity_event") as batch:
-        batch.add_column(
-            sa.Column("started_by", sa.String(320), server_default="monitor", nullable=False)
-        )
-        batch.add_column(sa.Column("ended_by", sa.String(320), nullable=True))
-        batch.add_column(sa.Column("recovery_started_at", WHEN, nullable=True))
-        batch.add_column(sa.Column("held", sa.Integer(), server_default="0", nullable=False))
-        batch.add_column(sa.Column("handed_back", sa.Integer(), server_default="0", nullable=False))
-    with op.batch_alter_table("mail_recipient") as batch:
-        batch.add_column(
-            sa.Column("via_continuity", sa.Boolean(), server_default=sa.false(), nullable=False)
-        )
+    op.add_column(
+        "domain", sa.Column("recover_after", sa.Integer(), server_default="3", nullable=False)
+    )
+    op.add_column(
+        "domain", sa.Column("failover_codes", sa.String(64), server_default="", nullable=False)
+    )
+    op.add_column(
+        "domain", sa.Column("language", sa.String(8), server_default="en", nullable=False)
+    )
+    op.add_column("domain", sa.Column("last_check_at", WHEN, nullable=True))
+    op.add_column("domain", sa.Column("last_check_ok", sa.Boolean(), nullable=True))
+    op.add_column(
+        "domain", sa.Column("last_check_reply", sa.String(300), server_default="", nullable=False)
+    )
+    op.add_column(
+        "domain", sa.Column("failures_in_a_row", sa.Integer(), server_default="0", nullable=False)
+    )
+    op.add_column(
+        "domain", sa.Column("successes_in_a_row", sa.Integer(), server_default="0", nullable=False)
+    )
+    op.add_column(
+        "continuity_event",
+        sa.Column("started_by", sa.String(320), server_default="monitor", nullable=False),
+    )
+    op.add_column("continuity_event", sa.Column("ended_by", sa.String(320), nullable=True))
+    op.add_column("continuity_event", sa.Column("recovery_started_at", WHEN, nullable=True))
+    op.add_column(
+        "continuity_event", sa.Column("held", sa.Integer(), server_default="0", nullable=False)
+    )
+    op.add_column(
+        "continuity_event",
+        sa.Column("handed_back", sa.Integer(), server_default="0", nullable=False),
+    )
+    op.add_column(
+        "mail_recipient",
+        sa.Column("via_continuity", sa.Boolean(), server_default=sa.false(), nullable=False),
+    )
 
 
 def downgrade() -> None:

@@ -21,8 +21,7 @@ WHEN = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     """Apply this revision."""
-    with op.batch_alter_table("domain") as batch:
-        batch.add_column(sa.Column("retention_days", sa.Integer(), nullable=True))
+    op.add_column("domain", sa.Column("retention_days", sa.Integer(), nullable=True))
     op.create_table(
         "standby_mailbox",
         sa.Column("address", sa.String(320), nullable=False),

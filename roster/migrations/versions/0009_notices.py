@@ -22,9 +22,8 @@ COLUMNS = ("notified_started_at", "notified_recovery_at", "notified_ended_at")
 def upgrade() -> None:
     """Apply this revision: the columns, and the events of before it count as told (a
     notice of an outage that is long over would only confuse)."""
-    with op.batch_alter_table("continuity_event") as batch:
-        for name in COLUMNS:
-            batch.add_column(sa.Column(name, WHEN, nullable=True))
+    for name in COLUMNS:
+        op.add_column("continuity_event", sa.Column(name, WHEN, nullable=True))
     op.execute(
         "UPDATE continuity_event SET notified_started_at = started_at,"
         " notified_recovery_at = recovery_started_at, notified_ended_at = ended_at"

@@ -18,12 +18,14 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     """Apply this revision."""
-    with op.batch_alter_table("domain") as batch:
-        batch.add_column(
-            sa.Column(
-                "sent_copies_to_primary", sa.Boolean(), server_default=sa.false(), nullable=False
-            )
-        )
+    # A plain ADD COLUMN: batch mode would copy and drop the domain table, which SQLite
+    # refuses once other tables' rows refer to it.
+    op.add_column(
+        "domain",
+        sa.Column(
+            "sent_copies_to_primary", sa.Boolean(), server_default=sa.false(), nullable=False
+        ),
+    )
 
 
 def downgrade() -> None:

@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import click
 from sqlalchemy import Engine, select
@@ -110,7 +110,15 @@ def actor() -> str:
         return "cli"
 
 
-pass_state = click.make_pass_decorator(State)
+P = ParamSpec("P")
+R = TypeVar("R")
+_pass_state = click.make_pass_decorator(State)
+
+
+def pass_state(command: Callable[Concatenate[State, P], R]) -> Callable[P, R]:
+    """Give a command the group's State as its first argument (click.make_pass_decorator,
+    as a function so that mypy knows its type in the command modules this one imports)."""
+    return _pass_state(command)
 
 
 @click.group()

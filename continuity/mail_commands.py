@@ -107,7 +107,7 @@ def queue_show(state: State, queue_id: str, as_json: bool) -> None:
         if found is None:
             fail(f"no message with queue id {queue_id}", 1)
         m = found.message
-        shown = {
+        shown: dict[str, Any] = {
             "queue_id": m.queue_id,
             "received_at": _when(m.received_at),
             "sender": m.sender,
@@ -286,7 +286,7 @@ def event_list(state: State, name: str, as_json: bool) -> None:
     with state.session() as session:
         found = get_domain(session, name)
         rows, total = events_page(session, found, per_page=1_000_000)
-    shown = [
+    shown: list[dict[str, Any]] = [
         {
             "id": row.id,
             "state": row.state,

@@ -78,7 +78,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
 
         # Behind N reverse proxies the client is the Nth address from the right of
         # X-Forwarded-For; without this every client would be the proxy (one throttle).
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]  # as Flask's docs do it
             app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies
         )
     engine = make_engine(app.config["CONTINUITY"].database_url)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from flask import abort, current_app, redirect, request, session, url_for
@@ -177,7 +177,7 @@ def background(view: F) -> F:
     sets a notice would, by answering later, put back the session without the notice.
     Such requests count as no activity either (the page that made them did).
     """
-    view._background = True  # type: ignore[attr-defined]
+    view._background = True  # type: ignore[attr-defined]  # a tag on the function object
     return view
 
 
@@ -194,7 +194,7 @@ def safe_next(target: str | None) -> str | None:
 
 
 def _tag(view: F, access: str) -> F:
-    view._access = access  # type: ignore[attr-defined]
+    view._access = access  # type: ignore[attr-defined]  # a tag on the function object
     return view
 
 
@@ -212,7 +212,7 @@ def signed_in(view: F) -> F:
             return redirect(url_for("auth.sign_in", next=request.full_path.rstrip("?")))
         return view(*args, **kwargs)
 
-    return _tag(wrapper, "signed_in")  # type: ignore[arg-type]
+    return _tag(cast(F, wrapper), "signed_in")
 
 
 def staff(*roles: str) -> Callable[[F], F]:
@@ -227,7 +227,7 @@ def staff(*roles: str) -> Callable[[F], F]:
                 abort(403)
             return view(*args, **kwargs)
 
-        return _tag(wrapper, "staff:" + ",".join(roles))  # type: ignore[arg-type]
+        return _tag(cast(F, wrapper), "staff:" + ",".join(roles))
 
     return decorate
 

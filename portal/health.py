@@ -43,8 +43,8 @@ def _status() -> tuple[dict[str, Any], int, SyncHealth | None]:
             with sessions() as session:
                 health = sync_health(session, [d.name for d in config.directories], stale_after)
     except SQLAlchemyError as error:
-        body = {"status": "failing", "database": "unreachable", "error": type(error).__name__}
-        return body, 503, None
+        failing = {"status": "failing", "database": "unreachable", "error": type(error).__name__}
+        return failing, 503, None
     if health is None:
         return {"status": "failing", "database": "no schema", "schema_revision": None}, 503, None
     # The page is public (monitors read it): outcomes and times, no counts, no errors.

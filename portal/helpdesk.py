@@ -46,7 +46,8 @@ PAGE = 50
 
 def _served() -> set[int] | None:
     """The domains this helpdesk member serves (None: all)."""
-    return current_user.domains_for(*HELPDESK_ROLES)  # type: ignore[no-any-return]
+    served: set[int] | None = current_user.domains_for(*HELPDESK_ROLES)
+    return served
 
 
 def _person_or_404(person_id: int) -> Person:

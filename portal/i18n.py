@@ -34,6 +34,7 @@ def install_template_gettext(app: Flask) -> None:
     the catalogue for the request changes nothing: a template rendered under
     flask_babel.force_locale would need Flask-Babel's own callables back.
     """
+    # jinja2.ext.i18n (which Flask-Babel loads) adds this method when the app starts.
     app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
         gettext=lambda s: _translations().ugettext(s),
         ngettext=lambda s, p, n: _translations().ungettext(s, p, n),

@@ -24,7 +24,7 @@ def body_limit(limit: int) -> Callable[[F], F]:
     """Let this endpoint take a request body of up to ``limit`` bytes (a file upload)."""
 
     def decorate(view: F) -> F:
-        view._body_limit = limit  # type: ignore[attr-defined]
+        view._body_limit = limit  # type: ignore[attr-defined]  # a tag on the function object
         return view
 
     return decorate
@@ -42,7 +42,8 @@ def db() -> Session:
     """The request's roster session (closed at the end of the request)."""
     if "db" not in g:
         g.db = current_app.extensions["roster_sessions"]()
-    return g.db  # type: ignore[no-any-return]
+    session: Session = g.db
+    return session
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from portal.notify import relay_configured
 from portal.request_scope import db
 from roster.identity import ROLE_ADMIN
 from roster.models import COVERAGE_SELECTED, Domain
-from roster.service import LISTED_SORTS, domains_visible, listed_page, overview
+from roster.service import LISTED_SORTS, ListedRow, domains_visible, listed_page, overview
 
 
 @bp.get("")
@@ -76,7 +76,8 @@ def domain_view(
     if sort not in LISTED_SORTS:
         sort = "address"
     page = page_number()
-    rows, total = [], 0
+    rows: list[ListedRow] = []
+    total = 0
     if domain.continuity_active and domain.coverage_mode == COVERAGE_SELECTED:
         rows, total = listed_page(session, domain, page=page, per_page=PAGE, sort=sort)
         if not rows and total:  # past the last page (people were removed): show the last

@@ -137,7 +137,7 @@ def _bulk_text(form: BulkForm) -> tuple[str, str | None]:
     """The pasted text or the uploaded file's, or why there is none to use."""
     pasted = form.addresses.data or ""
     upload = form.csv_file.data
-    if upload is not None and getattr(upload, "filename", ""):
+    if upload is not None and getattr(upload, "filename", None):
         if pasted.strip():
             return "", _("Paste addresses or choose a file, not both.")
         data = upload.stream.read(CSV_LIMIT + 1)

@@ -1,0 +1,3 @@
+from wtforms.fields import FileField as _FileField
+
+class FileField(_FileField): ...

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask_babel import lazy_gettext as _l
+from typing import cast
+
+from flask_babel import lazy_gettext as lazy_text
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from wtforms import (
@@ -10,11 +12,21 @@ from wtforms import (
     HiddenField,
     PasswordField,
     RadioField,
-    SelectChoice,
     SelectField,
     StringField,
     TextAreaField,
 )
+from wtforms.fields import SelectChoice  # type: ignore[attr-defined]  # types-WTForms 3.2 lacks it
+
+
+def _l(text: str) -> str:
+    """``text`` in the reader's language, translated each time the form is shown.
+
+    WTForms takes Flask-Babel's lazy string as a label (it only turns it into text),
+    though its stubs ask for a str. pybabel extracts the literals of the ``_l(...)`` calls
+    below (babel.cfg), not this one's argument.
+    """
+    return cast(str, lazy_text(text))
 
 
 class ActionForm(FlaskForm):

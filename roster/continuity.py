@@ -166,9 +166,7 @@ def begin_recovery(
 ) -> Transition:
     """The primary answers again: hand the held mail back, oldest first."""
     now = now or utcnow()
-    event = connection.execute(
-        select(ContinuityEvent).where(ContinuityEvent.id == event_id)
-    ).one()
+    event = connection.execute(select(ContinuityEvent).where(ContinuityEvent.id == event_id)).one()
     connection.execute(
         update(ContinuityEvent)
         .where(ContinuityEvent.id == event_id, ContinuityEvent.recovery_started_at.is_(None))
@@ -191,9 +189,7 @@ def finish_recovery(
     connection: Connection, event_id: int, *, actor: str = "monitor"
 ) -> Transition | None:
     """End an event in recovery once nothing of its domain waits for the primary."""
-    event = connection.execute(
-        select(ContinuityEvent).where(ContinuityEvent.id == event_id)
-    ).one()
+    event = connection.execute(select(ContinuityEvent).where(ContinuityEvent.id == event_id)).one()
     if event.ended_at is not None or event.recovery_started_at is None:
         return None
     waiting = connection.scalar(
@@ -213,9 +209,7 @@ def end_event(
 ) -> Transition:
     """Close an event with its counts: recipients held, and handed back to the primary."""
     now = now or utcnow()
-    event = connection.execute(
-        select(ContinuityEvent).where(ContinuityEvent.id == event_id)
-    ).one()
+    event = connection.execute(select(ContinuityEvent).where(ContinuityEvent.id == event_id)).one()
     # Held by this event: its domain's recipients via Continuity that arrived during it
     # or were still waiting after it started (delivered, or given up, since then).
     during = and_(

@@ -691,7 +691,12 @@ def report(args: argparse.Namespace, figures: Figures, database: str) -> dict[st
         longest = max(runs, key=lambda run: run.seconds)
         memory[name] = {
             "rss_mb_at_10_50_100": [round(longest.rss_at(f) / 1024, 1) for f in (0.1, 0.5, 1.0)],
-            "peak_mb": round(max(run.report.get("VmHWM", 0) for run in runs) / 1024, 1),
+            # Linux updates VmHWM lazily: it can be below an RSS sampled earlier.
+            "peak_mb": round(
+                max(max(run.report.get("VmHWM", 0), *(kb for _, kb in run.rss_kb)) for run in runs)
+                / 1024,
+                1,
+            ),
         }
     accepts = figures.runs["gateway_accept"]
     group = [run.report["committed"] / max(run.report["commits"], 1) for run in accepts]

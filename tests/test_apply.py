@@ -6,7 +6,7 @@ from sqlalchemy import Engine, select
 
 from roster.db import session_factory, transaction
 from roster.domains import add_domain
-from roster.models import Alias, Person
+from roster.models import Alias, Domain, Person
 from sync.apply import apply_plan, domain_ids, load_roster
 from sync.plan import FULL, INCREMENTAL, DirectoryEntry, plan_sync
 
@@ -82,3 +82,21 @@ def test_a_refused_rename_does_not_give_away_an_address_still_held(engine: Engin
         "b": "b@acme.test",
         "c": "c@acme.test",
     }
+
+
+def test_created_people_read_back_like_any_other_row(engine: Engine) -> None:
+    """New people go to SQLite as plain tuples: their times must be stored as the
+    roster's own column type stores them (no '+00:00' suffix SQLite would then compare
+    as text), and read back the same."""
+    setup(engine)
+    run(engine, FULL, [entry("a", "ana@acme.test", "x@acme.test")])
+    with session_factory(engine)() as session:
+        person = session.scalars(select(Person)).one()
+        domain = session.scalars(select(Domain)).one()
+        assert person.created_at.tzinfo is not None and person.disabled is False
+        assert abs((person.created_at - domain.created_at).total_seconds()) < 60
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            stored = connection.exec_driver_sql("SELECT created_at FROM person").scalar()
+            kept = connection.exec_driver_sql("SELECT created_at FROM domain").scalar()
+        assert len(stored) == len(kept) and "+" not in stored

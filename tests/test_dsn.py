@@ -5,17 +5,13 @@ goes through a real aiosmtpd relay with ``MAIL FROM:<>``."""
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
-from continuity.localslapd import free_port
 from gateway.dsn import (
     HEADER_LIMIT,
     REPLY_LIMIT,
@@ -25,6 +21,7 @@ from gateway.dsn import (
     build_failure,
     should_notify,
 )
+from tests.servers.smtp import Collect, smtp_server
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 ARRIVAL = NOW - timedelta(hours=4, minutes=10)
@@ -493,37 +490,14 @@ def test_wrong_calls_are_refused(build: Any, code: int, language: str) -> None:
         build(("bob@example.com", code, "x", None), language=language)
 
 
-class Relay:
-    """An aiosmtpd handler keeping each envelope that reaches it: the outbound relay."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[Any] = []
-
-    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
-        self.envelopes.append(envelope)
-        return "250 OK"
-
-
-@contextmanager
-def relay_server() -> Iterator[tuple[int, Relay]]:
-    """A real aiosmtpd relay on 127.0.0.1; yields its port and what arrived."""
-    relay = Relay()
-    port = free_port()
-    controller = Controller(relay, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield port, relay
-    finally:
-        controller.stop()
-
-
 def test_a_notice_goes_through_a_real_relay_with_a_null_sender() -> None:
     notice = failure(
         ("bob@example.com", 550, "5.1.1 user unknown", "mx.example.com"),
         original=ORIGINAL.replace(b"Quarterly figures", "Reunión mañana".encode()),
         language="es",
     )
-    with relay_server() as (port, relay), smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+    relay = Collect()  # the outbound relay
+    with smtp_server(relay) as port, smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
         smtp.ehlo("gw.example.net")
         refused = smtp.sendmail("", [notice.rcpt_to], notice.data)
 

@@ -24,6 +24,7 @@ from imapclient import IMAPClient
 from sqlalchemy import Engine, MetaData, Table, func, insert, select, text
 from sqlalchemy.orm import Session
 
+from continuity.localslapd import free_port
 from gateway import event_notices
 from gateway.service import Gateway
 from roster.config import Config
@@ -41,7 +42,7 @@ from roster.models import (
 )
 from roster.queue import writing
 from tests.servers.dovecot import DovecotServer
-from tests.servers.primary import Primary, Received, free_port
+from tests.servers.smtp import Primary, Received
 from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
 from tests.test_gateway import people
 

@@ -16,9 +16,10 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from continuity.localslapd import free_port
 from roster.db import session_factory, transaction
 from roster.models import ContinuityEvent, Domain, RunLock
-from tests.servers.primary import Primary, free_port
+from tests.servers.smtp import Primary
 from tests.test_gateway import people
 from tests.test_gateway_crash import (
     CLIENTS,

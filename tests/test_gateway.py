@@ -22,7 +22,7 @@ from imapclient import IMAPClient
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from continuity.localslapd import make_test_ca
+from continuity.localslapd import free_port, make_test_ca
 from gateway.service import Gateway
 from roster.config import Config
 from roster.db import session_factory, transaction
@@ -43,7 +43,7 @@ from roster.models import (
 from roster.queue import retry_now
 from tests.directory import Continuity
 from tests.servers.dovecot import DovecotServer
-from tests.servers.primary import Primary, free_port
+from tests.servers.smtp import Primary
 from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
 
 

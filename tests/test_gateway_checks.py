@@ -9,14 +9,10 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from continuity.localslapd import free_port, make_test_ca
@@ -42,6 +38,7 @@ from gateway.limits import (
     parse_networks,
 )
 from gateway.recipients import Recipient, Refusal, check_address, source_route
+from tests.servers.smtp import smtp_server
 
 
 class Clock:
@@ -116,18 +113,14 @@ def test_source_route_is_found_in_the_raw_argument_only() -> None:
     assert not source_route('<"@x:y"@acme.test>')
 
 
-class RoutingAwareSMTP(SMTP):
+def refuse_source_routes(argument: str) -> str | None:
     """aiosmtpd hands the RCPT hook ``user@d`` for ``<@relay:user@d>``: the receiver
     looks at the raw argument itself, as this server does."""
-
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        argument = self._strip_command_keyword("TO:", arg or "")
-        if self.envelope and self.envelope.mail_from and argument and source_route(argument):
-            refusal = check_address(argument)
-            assert isinstance(refusal, Refusal)
-            await self.push(refusal.reply)
-            return
-        await super().smtp_RCPT(arg)
+    if not source_route(argument):
+        return None
+    refusal = check_address(argument)
+    assert isinstance(refusal, Refusal)
+    return refusal.reply
 
 
 class CheckingHandler:
@@ -141,11 +134,6 @@ class CheckingHandler:
             return result.reply
         envelope.rcpt_tos.append(result.address)
         return "250 OK"
-
-
-class RoutingAwareController(Controller):
-    def factory(self) -> SMTP:
-        return RoutingAwareSMTP(self.handler, **self.SMTP_kwargs)
 
 
 @pytest.mark.parametrize(
@@ -163,27 +151,25 @@ class RoutingAwareController(Controller):
 def test_open_relay_attempts_get_550_from_a_real_server(argument: str) -> None:
     """The issue's open-relay cases, sent by smtplib to an aiosmtpd server using these
     checks: each RCPT is refused with 550 5.7.1, and the server keeps serving."""
-    port = free_port()
-    controller = RoutingAwareController(
-        CheckingHandler(), hostname="127.0.0.1", port=port, enable_SMTPUTF8=True
-    )
-    controller.start()
-    try:
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-            client.ehlo("client.example")
-            assert client.docmd("MAIL", "FROM:<s@sender.example>")[0] == 250
-            code, message = client.docmd("RCPT", f"TO:{argument}")
-            assert (code, message[:6]) == (550, b"5.7.1 ")
-            assert client.docmd("RCPT", "TO:<user@acme.test>")[0] == 250
-    finally:
-        controller.stop()
+    with (
+        smtp_server(
+            CheckingHandler(), rcpt_argument=refuse_source_routes, enable_SMTPUTF8=True
+        ) as port,
+        smtplib.SMTP("127.0.0.1", port, timeout=10) as client,
+    ):
+        client.ehlo("client.example")
+        assert client.docmd("MAIL", "FROM:<s@sender.example>")[0] == 250
+        code, message = client.docmd("RCPT", f"TO:{argument}")
+        assert (code, message[:6]) == (550, b"5.7.1 ")
+        assert client.docmd("RCPT", "TO:<user@acme.test>")[0] == 250
 
 
 # ---------------------------------------------------------------------------
 # The callout, against real aiosmtpd primaries
 # ---------------------------------------------------------------------------
-class Primary:
-    """A primary's RCPT behaviour: "accept", "reject", "defer", "hang" or "drop"."""
+class CalloutPrimary:
+    """A primary's RCPT behaviour, as the callout meets it: "accept", "reject", "defer",
+    "hang" or "drop"."""
 
     def __init__(self, behaviour: str, delay: float = 0.0) -> None:
         self.behaviour = behaviour
@@ -227,22 +213,10 @@ class Primary:
         return "250 2.1.5 OK"
 
 
-@contextmanager
-def primary_server(primary: Primary, **options: Any) -> Iterator[int]:
-    """A real aiosmtpd primary on 127.0.0.1; yields its port."""
-    port = free_port()
-    controller = Controller(primary, hostname="127.0.0.1", port=port, **options)
-    controller.start()
-    try:
-        yield port
-    finally:
-        controller.stop()
-
-
 def test_an_address_the_primary_takes_is_accepted_and_remembered() -> None:
-    primary = Primary("accept")
+    primary = CalloutPrimary("accept")
     callout = Callout(timeout=5)
-    with primary_server(primary) as port:
+    with smtp_server(primary) as port:
         first = callout.check("someone@acme.test", "127.0.0.1", port)
         second = callout.check("someone@acme.test", "127.0.0.1", port)
     assert (first.verdict, first.cached) == (Verdict.ACCEPT, False)
@@ -254,10 +228,10 @@ def test_an_address_the_primary_takes_is_accepted_and_remembered() -> None:
 
 
 def test_the_primarys_refusal_becomes_our_550_with_its_words() -> None:
-    primary = Primary("reject")
+    primary = CalloutPrimary("reject")
     clock = Clock()
     callout = Callout(timeout=5, negative_seconds=600, clock=clock)
-    with primary_server(primary) as port:
+    with smtp_server(primary) as port:
         result = callout.check("nobody@acme.test", "127.0.0.1", port)
         again = callout.check("nobody@acme.test", "127.0.0.1", port)
         clock.now += 601
@@ -272,10 +246,10 @@ def test_the_primarys_refusal_becomes_our_550_with_its_words() -> None:
 
 
 def test_a_positive_answer_is_kept_longer_than_a_negative_one() -> None:
-    primary = Primary("accept")
+    primary = CalloutPrimary("accept")
     clock = Clock()
     callout = Callout(timeout=5, positive_seconds=3600, negative_seconds=600, clock=clock)
-    with primary_server(primary) as port:
+    with smtp_server(primary) as port:
         callout.check("someone@acme.test", "127.0.0.1", port)
         clock.now += 3000
         assert callout.check("someone@acme.test", "127.0.0.1", port).cached
@@ -285,9 +259,9 @@ def test_a_positive_answer_is_kept_longer_than_a_negative_one() -> None:
 
 
 def test_a_temporary_refusal_asks_the_sender_to_retry_and_is_not_cached() -> None:
-    primary = Primary("defer")
+    primary = CalloutPrimary("defer")
     callout = Callout(timeout=5)
-    with primary_server(primary) as port:
+    with smtp_server(primary) as port:
         result = callout.check("someone@acme.test", "127.0.0.1", port)
         again = callout.check("someone@acme.test", "127.0.0.1", port)
     assert result.verdict is Verdict.TEMPFAIL
@@ -298,9 +272,9 @@ def test_a_temporary_refusal_asks_the_sender_to_retry_and_is_not_cached() -> Non
 
 
 def test_a_hanging_primary_is_given_up_at_the_deadline() -> None:
-    primary = Primary("hang")
+    primary = CalloutPrimary("hang")
     callout = Callout(timeout=1.0)
-    with primary_server(primary) as port:
+    with smtp_server(primary) as port:
         started = time.monotonic()
         result = callout.check("someone@acme.test", "127.0.0.1", port)
         took = time.monotonic() - started
@@ -312,9 +286,9 @@ def test_a_hanging_primary_is_given_up_at_the_deadline() -> None:
 
 
 def test_a_primary_that_drops_the_connection_is_a_temporary_failure() -> None:
-    primary = Primary("drop")
+    primary = CalloutPrimary("drop")
     callout = Callout(timeout=5)
-    with primary_server(primary) as port:
+    with smtp_server(primary) as port:
         result = callout.check("someone@acme.test", "127.0.0.1", port)
     assert (result.verdict, result.answer) == (
         Verdict.TEMPFAIL,
@@ -338,9 +312,9 @@ def test_starttls_with_the_callers_context(certificates: tuple[Path, Path, Path]
     ca, cert, key = certificates
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_side.load_cert_chain(cert, key)
-    primary = Primary("accept")
+    primary = CalloutPrimary("accept")
     trusting = ssl.create_default_context(cafile=str(ca))
-    with primary_server(primary, tls_context=server_side, require_starttls=True) as port:
+    with smtp_server(primary, tls_context=server_side, require_starttls=True) as port:
         trusted = Callout(timeout=5).check(
             "someone@acme.test", "127.0.0.1", port, tls="starttls", tls_context=trusting
         )
@@ -360,7 +334,7 @@ def test_starttls_with_the_callers_context(certificates: tuple[Path, Path, Path]
 
 
 def test_starttls_asked_of_a_primary_without_it_is_a_temporary_failure() -> None:
-    with primary_server(Primary("accept")) as port:
+    with smtp_server(CalloutPrimary("accept")) as port:
         result = Callout(timeout=5).check("someone@acme.test", "127.0.0.1", port, tls="starttls")
     assert (result.verdict, result.answer) == (
         Verdict.TEMPFAIL,
@@ -369,10 +343,10 @@ def test_starttls_asked_of_a_primary_without_it_is_a_temporary_failure() -> None
 
 
 def test_concurrent_checks_of_one_address_share_one_conversation() -> None:
-    primary = Primary("accept", delay=0.5)
+    primary = CalloutPrimary("accept", delay=0.5)
     callout = Callout(timeout=5)
     results: list[Verdict] = []
-    with primary_server(primary) as port:
+    with smtp_server(primary) as port:
 
         def ask() -> None:
             results.append(callout.check("someone@acme.test", "127.0.0.1", port).verdict)
@@ -387,10 +361,10 @@ def test_concurrent_checks_of_one_address_share_one_conversation() -> None:
 
 
 def test_concurrent_checks_share_a_failure_too_and_end_at_the_deadline() -> None:
-    primary = Primary("hang")
+    primary = CalloutPrimary("hang")
     callout = Callout(timeout=1.0)
     results: list[Verdict] = []
-    with primary_server(primary) as port:
+    with smtp_server(primary) as port:
 
         def ask() -> None:
             results.append(callout.check("someone@acme.test", "127.0.0.1", port).verdict)
@@ -408,9 +382,9 @@ def test_concurrent_checks_share_a_failure_too_and_end_at_the_deadline() -> None
 
 
 def test_the_cache_is_bounded_least_recently_used_first() -> None:
-    primary = Primary("accept")
+    primary = CalloutPrimary("accept")
     callout = Callout(timeout=5, max_entries=2)
-    with primary_server(primary) as port:
+    with smtp_server(primary) as port:
         for name in ("a", "b", "a", "c", "a", "b"):
             callout.check(f"{name}@acme.test", "127.0.0.1", port)
     assert callout.cached() == 2
@@ -419,8 +393,8 @@ def test_the_cache_is_bounded_least_recently_used_first() -> None:
 
 
 def test_a_primary_without_smtputf8_refuses_an_internationalised_address() -> None:
-    primary = Primary("accept")
-    with primary_server(primary, enable_SMTPUTF8=False) as port:
+    primary = CalloutPrimary("accept")
+    with smtp_server(primary, enable_SMTPUTF8=False) as port:
         result = Callout(timeout=5).check("josé@acme.test", "127.0.0.1", port)
     assert result.verdict is Verdict.REJECT
     assert primary.recipients == []
@@ -429,8 +403,8 @@ def test_a_primary_without_smtputf8_refuses_an_internationalised_address() -> No
 
 
 def test_a_primary_with_smtputf8_is_asked_about_an_internationalised_address() -> None:
-    primary = Primary("accept")
-    with primary_server(primary, enable_SMTPUTF8=True) as port:
+    primary = CalloutPrimary("accept")
+    with smtp_server(primary, enable_SMTPUTF8=True) as port:
         result = Callout(timeout=5).check("josé@acme.test", "127.0.0.1", port)
     assert result.verdict is Verdict.ACCEPT
     assert primary.recipients == ["josé@acme.test"]

@@ -24,9 +24,10 @@ from imapclient import IMAPClient
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from continuity.localslapd import free_port
 from roster.models import COPY_PENDING, PENDING_STATES, MailRecipient, StandbyCopy
 from tests.servers.dovecot import DovecotServer
-from tests.servers.primary import Primary, free_port
+from tests.servers.smtp import Primary
 from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
 from tests.test_gateway import people
 

@@ -21,6 +21,7 @@ from imapclient import IMAPClient
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from continuity.localslapd import free_port
 from gateway.service import Gateway
 from roster.config import Config
 from roster.continuity import start_event
@@ -38,7 +39,7 @@ from roster.models import (
 from roster.queue import queue_sent_copy
 from tests.directory import Continuity
 from tests.servers.dovecot import DovecotServer
-from tests.servers.primary import Primary, free_port
+from tests.servers.smtp import Primary
 from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
 from tests.test_gateway import people
 

@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
+from continuity.localslapd import free_port
 from gateway.service import Gateway
 from roster.config import Config
 from roster.continuity import begin_recovery, start_event
@@ -55,7 +56,7 @@ from tests.portal_support import (
     text,
 )
 from tests.servers.dovecot import DovecotServer
-from tests.servers.primary import Primary, free_port
+from tests.servers.smtp import Primary
 from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
 
 SPANISH = {"Accept-Language": "es"}

@@ -260,21 +260,27 @@ def test_an_outage_is_told_to_admins_operator_and_covered_people_once(told: Told
     told.wait(lambda: len(told.relayed(OPERATOR)) == 3, "the operator's three notices")
     told.wait(lambda: len(told.at_primary(told.admin)) == 3, "Rita's three notices at the primary")
     time.sleep(1.5)  # long enough for a second gateway to tell anything twice
-    assert _subjects(told.relayed(OPERATOR)) == [
-        "Continuity event started: acme.test",
-        "Continuity event: hand-back started for acme.test",
-        "Continuity event ended: acme.test",
-    ]
-    spanish = [
-        started_subject,
-        "Evento de Continuity: empieza la devolución del correo de acme.test",
-        "Evento de Continuity terminado: acme.test",
-    ]
-    assert _subjects(told.relayed("rita@home.test")) == spanish
-    assert _subjects(told.at_primary(told.admin)) == spanish
+    # Each once; the order they arrive in is the order of several gateways' runners,
+    # which nothing promises (it made this test fail now and then).
+    assert sorted(_subjects(told.relayed(OPERATOR))) == sorted(
+        [
+            "Continuity event started: acme.test",
+            "Continuity event: hand-back started for acme.test",
+            "Continuity event ended: acme.test",
+        ]
+    )
+    spanish = sorted(
+        [
+            started_subject,
+            "Evento de Continuity: empieza la devolución del correo de acme.test",
+            "Evento de Continuity terminado: acme.test",
+        ]
+    )
+    assert sorted(_subjects(told.relayed("rita@home.test"))) == spanish
+    assert sorted(_subjects(told.at_primary(told.admin))) == spanish
     assert Counter(told.in_standby(told.admin))[started_subject] == 1
     assert len(told.relayed("pablo@casa.test")) == 1
-    ended = _text(told.relayed(OPERATOR)[2])
+    (ended,) = [_text(m) for m in told.relayed(OPERATOR) if "ended" in str(m["Subject"])]
     assert "Messages held:" in ended and "Ended by: monitor" in ended
 
     everything = [_parse(m) for m in told.relay.messages + told.primary.messages]

@@ -80,7 +80,13 @@ class Lease:
             return
         except IntegrityError:
             pass
-        with self.engine.begin() as connection:
+        # Read and take in one write transaction that holds SQLite's write lock from its
+        # start: a deferred one fails at once ("database is locked") when another writer
+        # commits between the read and the update, as the gateways' monitors did.
+        with (
+            self.engine.connect().execution_options(begin_immediate=True) as connection,
+            connection.begin(),
+        ):
             row = connection.execute(select(RunLock).where(RunLock.name == self.name)).first()
             if row is None:
                 connection.execute(insert(RunLock).values(name=self.name, **values))

@@ -38,12 +38,14 @@ def make_durable(engine: Engine) -> None:
     if engine.dialect.name != "sqlite":
         return
 
-    def full(dbapi_connection: object, _record: object) -> None:
+    def full(dbapi_connection: object, *_: object) -> None:
         cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
-    event.listen(engine, "connect", full)
+    # At every checkout, not only at connect: a connection the pool opened before (the
+    # command's schema check) would otherwise keep the roster's synchronous=NORMAL.
+    event.listen(engine, "checkout", full)
 
 
 class GroupCommitter:
@@ -77,22 +79,36 @@ class GroupCommitter:
         await asyncio.wrap_future(self.submit(message))
 
     def _run(self) -> None:
+        while True:
+            try:
+                if not self._round():
+                    return
+            except Exception as error:  # the thread must outlive anything one group does
+                log_event(log, logging.ERROR, "group_commit_failed", error=type(error).__name__)
+
+    def _round(self) -> bool:
+        """Take what is waiting and commit it; False once asked to stop."""
         stopping = False
-        while not stopping:
-            first = self._waiting.get()
-            if first is None:
+        first = self._waiting.get()
+        if first is None:
+            return False
+        group = [first]
+        while len(group) < BATCH:
+            try:
+                item = self._waiting.get_nowait()
+            except queue.Empty:
                 break
-            group = [first]
-            while len(group) < BATCH:
-                try:
-                    item = self._waiting.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                group.append(item)
-            self._commit(group)
+            if item is None:
+                stopping = True
+                break
+            group.append(item)
+        # A client that left before its commit (aiosmtpd cancels the waiting handler)
+        # can get no 250: its message is not stored, and its sender will send it again.
+        # The others' futures are marked running, so they can no longer be cancelled.
+        live = [(message, done) for message, done in group if done.set_running_or_notify_cancel()]
+        if live:
+            self._commit(live)
+        return not stopping
 
     def _commit(self, group: Sequence[tuple[Incoming, Future[None]]]) -> None:
         started = time.perf_counter()

@@ -140,7 +140,7 @@ class Copier:
         with writing(self.engine) as connection:
             for copy, result, status, retry in rows:
                 reply = f"{result.code or ''} {result.reply}"
-                record_copy(connection, copy.id, status, reply, retry)
+                record_copy(connection, copy.id, status, reply, retry, worker=self.worker)
         for copy, result, status, _ in rows:
             log_event(
                 log,

@@ -215,46 +215,59 @@ def _xtext(value: str) -> str:
     )
 
 
-def send_one(client: smtplib.SMTP, delivery: Delivery, smtputf8: bool = False) -> Result:
+def send_one(client: smtplib.SMTP, delivery: Delivery) -> Result:
     """One transaction for ``delivery``: MAIL, RCPT for each recipient, DATA.
 
-    Raises SessionFailed when the session broke or the server refused MAIL: the
-    caller counts that against the server, not against the message.
+    A refusal of this message (at MAIL, RCPT or DATA) is its result, for its recipients
+    only; SessionFailed is raised only when the session itself broke (421, a lost
+    connection), which the caller counts against the server for every message left.
     """
     sender = delivery.sender
+    addresses = [address for _, address in delivery.recipients]
+    rows = [row for row, _ in delivery.recipients]
+    international = not all(a.isascii() for a in [sender, *addresses])
+    if international and not client.has_extn("smtputf8"):
+        reply = (553, "5.6.7 the receiving server does not take international addresses")
+        return Result([], dict.fromkeys(rows, reply))
     options = []
     if client.has_extn("size"):
         options.append(f"SIZE={len(delivery.body)}")
-    if smtputf8 and client.has_extn("smtputf8"):
+    if international:
         options.append("SMTPUTF8")
     if client.has_extn("8bitmime"):
         options.append("BODY=8BITMIME")
     mail = f"MAIL FROM:<{sender}>" + "".join(" " + o for o in options)
-    rcpts = [f"RCPT TO:<{address}>" for _, address in delivery.recipients]
+    rcpts = [f"RCPT TO:<{address}>" for address in addresses]
     for line in [mail, *rcpts]:
         if any(c in line for c in "\r\n\0"):
-            raise ValueError("a queued address holds a line break")  # never from the receiver
+            # Never from the receiver, which refuses such addresses; a hand-made row.
+            return Result([], dict.fromkeys(rows, (554, "5.1.3 an address holds a line break")))
     try:
         if client.has_extn("pipelining"):
             client.send(("\r\n".join([mail, *rcpts]) + "\r\n").encode("utf-8"))
             mail_reply = _text(client.getreply())
             rcpt_replies = [_text(client.getreply()) for _ in rcpts]
         else:
-            mail_reply = _text(client.docmd(mail))
+            client.send((mail + "\r\n").encode("utf-8"))
+            mail_reply = _text(client.getreply())
             rcpt_replies = []
             if mail_reply[0] == 250:
-                rcpt_replies = [_text(client.docmd(line)) for line in rcpts]
-        if mail_reply[0] != 250:
-            client.rset()
+                for line in rcpts:
+                    client.send((line + "\r\n").encode("utf-8"))
+                    rcpt_replies.append(_text(client.getreply()))
+        if mail_reply[0] == 421:
             raise SessionFailed(mail_reply)
+        if mail_reply[0] != 250:
+            # The server refused this sender (too large, its own policy): this message's
+            # result, not the session's; the next message may well be taken.
+            client.rset()
+            return Result([], dict.fromkeys(rows, mail_reply))
         accepted = [
-            row
-            for (row, _), reply in zip(delivery.recipients, rcpt_replies, strict=True)
-            if reply[0] in (250, 251)
+            row for row, reply in zip(rows, rcpt_replies, strict=True) if reply[0] in (250, 251)
         ]
         refused = {
             row: reply
-            for (row, _), reply in zip(delivery.recipients, rcpt_replies, strict=True)
+            for row, reply in zip(rows, rcpt_replies, strict=True)
             if reply[0] not in (250, 251)
         }
         if not accepted:
@@ -263,14 +276,18 @@ def send_one(client: smtplib.SMTP, delivery: Delivery, smtputf8: bool = False) -
         code, message = client.data(delivery.body)
     except smtplib.SMTPDataError as error:
         reply = _text((error.smtp_code, error.smtp_error))
-        return Result([], {row: reply for row in accepted} | refused)
+        if reply[0] == 421:
+            raise SessionFailed(reply) from error
+        return Result([], dict.fromkeys(accepted, reply) | refused)
     except smtplib.SMTPResponseException as error:
         raise SessionFailed(_text((error.smtp_code, error.smtp_error))) from error
     except (OSError, smtplib.SMTPException) as error:
         raise SessionFailed((0, _failure(error))) from error
+    if code == 421:
+        raise SessionFailed(_text((code, message)))
     if code != 250:
         reply = _text((code, message))
-        return Result([], {row: reply for row in accepted} | refused)
+        return Result([], dict.fromkeys(accepted, reply) | refused)
     return Result(accepted, refused)
 
 
@@ -280,9 +297,12 @@ def deliver_batch(
     record: Callable[[Delivery, Result | SessionFailed], None],
     *,
     forward_client: bool = True,
+    still_ours: Callable[[Delivery], bool] | None = None,
 ) -> None:
     """Deliver ``deliveries`` over one connection; ``record`` hears each outcome before
-    the next message is sent. A session failure is recorded for every message not done."""
+    the next message is sent. A session failure is recorded for every message not done.
+    ``still_ours`` is asked before each message (renewing its claim): a message it says
+    no to is left to whoever holds it now."""
     try:
         client = open_session(target)
     except SessionFailed as failed:
@@ -292,11 +312,18 @@ def deliver_batch(
     done = 0
     try:
         for delivery in deliveries:
+            done += 1
+            if still_ours is not None and not still_ours(delivery):
+                continue  # its claim lapsed and another runner has it now
             if forward_client:
                 xforward(client, delivery)
-            result = send_one(client, delivery, smtputf8=not delivery.body.isascii())
+            try:
+                result = send_one(client, delivery)
+            except SessionFailed:
+                done -= 1
+                raise
             record(delivery, result)
-            done += 1
+            delivery.body = b""  # sent and recorded: let it go
     except SessionFailed as failed:
         for delivery in deliveries[done:]:
             record(delivery, failed)

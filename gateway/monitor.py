@@ -17,7 +17,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 
 from gateway import event_notices
 from gateway.delivery import SessionFailed, open_session, primary_target
@@ -31,7 +31,7 @@ from roster.continuity import (
 )
 from roster.locks import Lease, LeaseLost, LockHeld
 from roster.logs import log_event
-from roster.models import Domain, utcnow
+from roster.models import ContinuityEvent, Domain, utcnow
 from roster.queue import writing
 
 log = logging.getLogger("continuity.gateway")
@@ -116,13 +116,27 @@ class Monitor:
                     Domain.probe_interval_seconds,
                     Domain.failover_codes,
                     Domain.last_check_at,
-                ).where(Domain.continuity_active.is_(True), Domain.primary_host.is_not(None))
+                ).where(
+                    Domain.primary_host.is_not(None),
+                    # Active domains, and any with an open event (deactivated during
+                    # one): its held mail waits for these checks to be handed back.
+                    or_(
+                        Domain.continuity_active.is_(True),
+                        Domain.id.in_(
+                            select(ContinuityEvent.domain_id).where(
+                                ContinuityEvent.ended_at.is_(None)
+                            )
+                        ),
+                    ),
+                )
             ).all()
         for domain in domains:
             due = domain.last_check_at is None or (
                 now - domain.last_check_at >= timedelta(seconds=domain.probe_interval_seconds)
             )
-            if due and not self.stopping.is_set():
+            # The lease is renewed before each check: a round of slow primaries must not
+            # outlast it and let a second monitor count the same checks again.
+            if due and not self.stopping.is_set() and self._hold():
                 self._check(domain)
         ended: list[Transition] = []
         with writing(self.engine) as connection:

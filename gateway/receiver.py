@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ log = logging.getLogger("continuity.gateway")
 
 MAX_RECIPIENTS = 1000  # per message (RFC 5321 4.5.3.1.8 asks for at least 100)
 LOOKUP_SECONDS = 10.0  # how long a roster answer about a recipient is reused
+MAX_CALLOUTS = 8  # conversations with primaries at once, per gateway
 
 
 @dataclass
@@ -74,6 +76,13 @@ class GatewayHandler:
         self.settings = settings
         self.limits = limits
         self._lookups: dict[str, _Lookup] = {}
+        # Callouts have threads of their own, apart from the roster lookups of every RCPT.
+        self._callout_threads = ThreadPoolExecutor(MAX_CALLOUTS, thread_name_prefix="callout")
+        self._callouts_running = 0
+
+    def close(self) -> None:
+        """Let the callout threads go."""
+        self._callout_threads.shutdown(wait=False, cancel_futures=True)
 
     # -- EHLO ------------------------------------------------------------------
     async def handle_EHLO(
@@ -163,9 +172,17 @@ class GatewayHandler:
         """The reply for a recipient the roster does not know: None when the primary
         confirms it, its refusal as our 550, or 450 while it cannot say."""
         ask = self.settings.ask_primary
-        if ask is None:
+        if ask is None or self._callouts_running >= MAX_CALLOUTS:
+            # A primary that hangs must not take every thread the receiver has: past a
+            # few conversations at once, the sender is asked to come back later.
             return "450 4.4.1 Recipient cannot be verified now: try again later"
-        return await asyncio.get_running_loop().run_in_executor(None, ask, domain_name, address)
+        self._callouts_running += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._callout_threads, ask, domain_name, address
+            )
+        finally:
+            self._callouts_running -= 1
 
     # -- DATA ------------------------------------------------------------------
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:

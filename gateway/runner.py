@@ -40,8 +40,10 @@ from roster.queue import (
     delay_notified,
     deliveries_due,
     mark_delay_notified,
+    message_body,
     new_queue_id,
     record_outcomes,
+    renew_claim,
     store,
     writing,
 )
@@ -131,20 +133,75 @@ class QueueRunner:
 
     # -- one batch -------------------------------------------------------------
     def _deliver(self, route: str, domain_id: int | None, batch: Sequence[Delivery]) -> None:
+        verdicts: list[tuple[bool, str] | None] = []
         try:
             target = (
                 self._relay_target() if route == ROUTE_RELAY else self._primary_target(domain_id)
             )
         except SessionFailed as failed:
+            # Nothing reached a server (no primary set, its address refused, its name
+            # unknown): the mail waits, but that is no verdict on the server's health.
             for delivery in batch:
                 self._record(delivery, failed, host="")
             return
         deliver_batch(
             target,
             batch,
-            lambda delivery, result: self._record(delivery, result, host=target.host),
+            lambda delivery, result: verdicts.append(
+                self._record(delivery, result, host=target.host)
+            ),
             forward_client=route != ROUTE_RELAY,
+            still_ours=self._renew,
         )
+        if route == ROUTE_PRIMARY and domain_id is not None:
+            self._judge(domain_id, verdicts)
+
+    def _renew(self, delivery: Delivery) -> bool:
+        """Renew this runner's claim on a message's recipients just before sending it (a
+        batch to a slow primary can outlast the claim it started with) and read its body."""
+        with writing(self.engine) as connection:
+            rows = [row for row, _ in delivery.recipients]
+            if not renew_claim(connection, self.worker, rows, self.settings.lease):
+                return False
+            # Read now, not with the claim: a batch of large messages is never all in memory.
+            delivery.body = message_body(connection, delivery.queue_id)
+            return True
+
+    def _judge(self, domain_id: int, verdicts: list[tuple[bool, str] | None]) -> None:
+        """One verdict on the primary per batch, for failover: a success if any message
+        was taken; a failure if the session failed or every message of the batch was
+        refused whole (or a reply code the admin listed came back); otherwise none.
+        Counting each message would let one batch start an event on its own."""
+        known = [v for v in verdicts if v is not None]
+        if not known:
+            return
+        good = [v for v in known if v[0]]
+        bad = [v for v in known if not v[0]]
+        listed = [v for v in bad if v[1].startswith("listed ")]
+        if listed:
+            verdict = (False, listed[0][1].removeprefix("listed "))
+        elif good:
+            verdict = good[0]
+        elif len(bad) == len(verdicts):
+            verdict = bad[0]
+        else:
+            return
+        with writing(self.engine) as connection:
+            transition = record_check(
+                connection, domain_id, verdict[0], verdict[1], by_monitor=False
+            )
+        if transition is not None:
+            log_event(
+                log,
+                logging.WARNING,
+                "continuity_event",
+                change=transition.kind,
+                domain_id=transition.domain_id,
+                event_id=transition.event_id,
+                reason=transition.reason[:200] or None,
+            )
+            # After the transition's commit, in a transaction of their own.
+            self.teller.poke()
 
     def _primary_target(self, domain_id: int | None) -> Target:
         with self.engine.connect() as connection:
@@ -185,8 +242,11 @@ class QueueRunner:
         )
 
     # -- outcomes --------------------------------------------------------------
-    def _record(self, delivery: Delivery, result: Result | SessionFailed, host: str) -> None:
-        """Write the outcome of one message's attempt, with any notice it calls for."""
+    def _record(
+        self, delivery: Delivery, result: Result | SessionFailed, host: str
+    ) -> tuple[bool, str] | None:
+        """Write the outcome of one message's attempt, with any notice it calls for; what
+        the attempt says of the primary (see ``_judge``)."""
         now = utcnow()
         outcomes: list[Outcome] = []
         failed: list[tuple[int, str, int, str]] = []  # row, address, code, reply
@@ -203,8 +263,9 @@ class QueueRunner:
         expired = now - delivery.received_at >= lifetime
         for row in accepted:
             outcomes.append(Outcome(row, DELIVERED, "250 accepted"))
-        for row, (code, text) in refused.items():
-            reply = f"{code} {text}" if code else text
+        for row, (raw, text) in refused.items():
+            code = raw if 400 <= raw < 600 else 0  # a garbled reply is no verdict
+            reply = f"{raw} {text}" if raw else text
             if code >= 500 or expired:
                 outcomes.append(Outcome(row, BOUNCED, reply))
                 failed.append((row, addresses[row], code, text))
@@ -213,7 +274,7 @@ class QueueRunner:
                     Outcome(row, DEFERRED, reply, next_attempt(delivery.attempts + 1, now))
                 )
                 delayed.append((row, addresses[row], code, text))
-        transition = None
+        verdict = None
         with writing(self.engine) as connection:
             record_outcomes(connection, self.worker, outcomes, now)
             notices = self._notices(connection, delivery, failed, delayed, host, now)
@@ -221,22 +282,6 @@ class QueueRunner:
                 store(connection, notices)
             if delivery.route == ROUTE_PRIMARY and delivery.domain_id is not None:
                 verdict = self._server_verdict(connection, delivery, result, refused, accepted)
-                if verdict is not None:
-                    transition = record_check(
-                        connection, delivery.domain_id, verdict[0], verdict[1], by_monitor=False
-                    )
-        if transition is not None:
-            log_event(
-                log,
-                logging.WARNING,
-                "continuity_event",
-                change=transition.kind,
-                domain_id=transition.domain_id,
-                event_id=transition.event_id,
-                reason=transition.reason[:200] or None,
-            )
-            # After the transition's commit, in a transaction of their own.
-            self.teller.poke()
         for outcome in outcomes:
             log_event(
                 log,
@@ -248,6 +293,7 @@ class QueueRunner:
                 attempt=delivery.attempts + 1,
                 reply=outcome.reply[:200],
             )
+        return verdict
 
     @staticmethod
     def _server_verdict(
@@ -268,12 +314,14 @@ class QueueRunner:
         )
         for code, text in refused.values():
             if failure_counts(code, codes or ""):
-                return False, f"{code} {text}"
-        if not accepted and len(refused) > 1:
-            code, text = next(iter(refused.values()))
-            return False, f"every recipient refused: {code} {text}"
+                return False, f"listed {code} {text}"
         if accepted:
             return True, "250 accepted"
+        if len(refused) > 1:
+            # Every recipient of a transaction of several refused; one refused recipient
+            # (a busy or full mailbox) says nothing of the server.
+            code, text = next(iter(refused.values()))
+            return False, f"every recipient refused: {code} {text}"
         return None
 
     def _notices(
@@ -287,9 +335,14 @@ class QueueRunner:
     ) -> list[Incoming]:
         """A failure notice for bounced recipients, and a delay notice (once) for those
         deferred past the warning time; none for the null sender or a notice."""
+        # A refusal of the content or of the sender by the primary's own policy (5.7.x:
+        # spam, virus, SPF) is not told to the envelope sender: it is usually forged,
+        # and telling would make the gateway a source of backscatter. Tracking shows it.
+        failed = [entry for entry in failed if not entry[3].lstrip().startswith("5.7.")]
         if delivery.route == ROUTE_RELAY or not (failed or delayed):
             return []
-        header_block = delivery.body.split(b"\r\n\r\n", 1)[0]
+        body = delivery.body or message_body(connection, delivery.queue_id)
+        header_block = body.split(b"\r\n\r\n", 1)[0]
         if not dsn.should_notify(delivery.sender, header_block):
             return []
         language = (

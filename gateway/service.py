@@ -25,6 +25,7 @@ from gateway.retention import DailyRetention
 from gateway.runner import QueueRunner, RunnerSettings
 from gateway.standby import StandbyStore
 from roster.config import Config, ConfigError
+from roster.continuity import held_domains_clause
 from roster.db import make_engine
 from roster.logs import log_event
 from roster.models import Domain
@@ -190,8 +191,9 @@ class Gateway:
         )
         self.runners = (
             [
-                QueueRunner(self.engine, config, runner_settings, self.worker)
-                for _ in range(self.settings.delivery_workers)
+                # A name of its own for each thread: claims tell apart who holds what.
+                QueueRunner(self.engine, config, runner_settings, f"{self.worker}/r{index}")
+                for index in range(self.settings.delivery_workers)
             ]
             if deliver
             else []
@@ -203,8 +205,14 @@ class Gateway:
             host, port = self.settings.lmtp
             self.store = StandbyStore(host, port, connections=self.settings.copy_connections)
             self.copiers = [
-                Copier(self.engine, self.store, self.users, self.worker, lease=self.settings.lease)
-                for _ in range(self.settings.copy_workers)
+                Copier(
+                    self.engine,
+                    self.store,
+                    self.users,
+                    f"{self.worker}/c{index}",
+                    lease=self.settings.lease,
+                )
+                for index in range(self.settings.copy_workers)
             ]
         self.monitor = (
             Monitor(
@@ -234,13 +242,16 @@ class Gateway:
         with self.engine.connect() as connection:
             row = connection.execute(
                 select(
+                    Domain.id,
                     Domain.primary_host,
                     Domain.primary_port,
                     Domain.primary_tls,
                     Domain.primary_tls_verify,
                 ).where(Domain.name == domain_name)
             ).one_or_none()
-        if row is None or not row.primary_host:
+            held = row is not None and row.id in set(connection.scalars(held_domains_clause()))
+        # A primary known to be down is not asked (each try would wait for its timeout).
+        if row is None or not row.primary_host or held:
             return "450 4.4.1 Recipient cannot be verified now: try again later"
         try:
             addresses = resolve_primary(row.primary_host, row.primary_port, 10.0)
@@ -319,6 +330,7 @@ class Gateway:
         """Stop receiving, let what is being stored land, then stop the workers."""
         if self.controller is not None:
             self.controller.stop()
+        self.handler.close()
         self.committer.stop()
         self._stopping.set()
         for stopping in [*(r.stopping for r in self.runners), *(c.stopping for c in self.copiers)]:

@@ -84,17 +84,7 @@ def record_check(
     successes do not end an event: only the monitor's checks (or an admin's retry) do.
     """
     now = now or utcnow()
-    domain = connection.execute(
-        select(
-            Domain.failover_automatic,
-            Domain.failures_before_failover,
-            Domain.recover_after,
-            Domain.failures_in_a_row,
-            Domain.successes_in_a_row,
-        ).where(Domain.id == domain_id)
-    ).one()
-    failures = 0 if ok else domain.failures_in_a_row + 1
-    successes = domain.successes_in_a_row + 1 if ok else 0
+    # Counted in the database (not read, then written): two writers at once each count.
     connection.execute(
         update(Domain)
         .where(Domain.id == domain_id)
@@ -102,17 +92,36 @@ def record_check(
             last_check_at=now,
             last_check_ok=ok,
             last_check_reply=reply[:300],
-            failures_in_a_row=failures,
-            successes_in_a_row=successes,
+            failures_in_a_row=0 if ok else Domain.failures_in_a_row + 1,
+            successes_in_a_row=Domain.successes_in_a_row + 1 if ok else 0,
         )
     )
+    domain = connection.execute(
+        select(
+            Domain.continuity_active,
+            Domain.failover_automatic,
+            Domain.failures_before_failover,
+            Domain.recover_after,
+            Domain.failures_in_a_row,
+            Domain.successes_in_a_row,
+        ).where(Domain.id == domain_id)
+    ).one()
+    failures, successes = domain.failures_in_a_row, domain.successes_in_a_row
     if not domain.failover_automatic:
         return None
     event = open_event(connection, domain_id)
     if not ok:
-        if event is None and failures >= domain.failures_before_failover:
+        # Only an active domain starts an event: the monitor watches those alone, and one
+        # it does not watch would never see its hand-back begin.
+        if (
+            event is None
+            and domain.continuity_active
+            and failures >= domain.failures_before_failover
+        ):
             return start_event(connection, domain_id, reason=reply, actor="monitor", now=now)
-        if event is not None and event.recovery_started_at is not None:
+        # A hand-back is stopped by the monitor's checks only: a delivery refused during
+        # it (a primary limiting connections) must not hold the mail again.
+        if by_monitor and event is not None and event.recovery_started_at is not None:
             connection.execute(
                 update(ContinuityEvent)
                 .where(ContinuityEvent.id == event.id)
@@ -188,7 +197,9 @@ def begin_recovery(
 def finish_recovery(
     connection: Connection, event_id: int, *, actor: str = "monitor"
 ) -> Transition | None:
-    """End an event in recovery once nothing of its domain waits for the primary."""
+    """End an event in recovery once every message it held has been offered to the
+    primary since the hand-back began. One that was then deferred for a reason of its own
+    (a full mailbox) goes on as ordinary mail; the event does not wait for it."""
     event = connection.execute(select(ContinuityEvent).where(ContinuityEvent.id == event_id)).one()
     if event.ended_at is not None or event.recovery_started_at is None:
         return None
@@ -197,6 +208,11 @@ def finish_recovery(
             MailRecipient.domain_id == event.domain_id,
             MailRecipient.route == ROUTE_PRIMARY,
             MailRecipient.status.in_(PENDING_STATES),
+            MailRecipient.via_continuity.is_(True),
+            or_(
+                MailRecipient.last_attempt_at.is_(None),
+                MailRecipient.last_attempt_at < event.recovery_started_at,
+            ),
         )
     )
     if waiting:
@@ -249,14 +265,14 @@ def events_in_recovery(connection: Connection) -> list[int]:
 
 
 def mark_received_during_events(connection: Connection, queue_ids: list[str]) -> None:
-    """Recipients just stored for a domain in an open event were received via Continuity."""
+    """Recipients just stored for a domain whose mail is held now (an open event, not
+    yet handing back) are received via Continuity; during the hand-back new mail goes
+    to the primary like any other."""
     connection.execute(
         update(MailRecipient)
         .where(
             MailRecipient.queue_id.in_(queue_ids),
-            MailRecipient.domain_id.in_(
-                select(ContinuityEvent.domain_id).where(ContinuityEvent.ended_at.is_(None))
-            ),
+            MailRecipient.domain_id.in_(held_domains_clause()),
         )
         .values(via_continuity=True)
     )

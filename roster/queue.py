@@ -151,7 +151,8 @@ def store(connection: Connection, messages: Sequence[Incoming]) -> None:
         for m in messages
         for r in m.recipients
     ]
-    connection.execute(insert(MailRecipient), recipients)
+    if recipients:
+        connection.execute(insert(MailRecipient), recipients)
     copies = []
     for m in messages:
         seen: set[str] = set()
@@ -317,18 +318,16 @@ def claim_deliveries(
         found.recipients.append((row.id, row.address))
         found.attempts = max(found.attempts, row.attempts)
         found.via_continuity = found.via_continuity or row.via_continuity
-    deliveries = list(grouped.values())
-    bodies = {
-        queue_id: body
-        for queue_id, body in connection.execute(
-            select(MailMessage.queue_id, MailMessage.body).where(
-                MailMessage.queue_id.in_({d.queue_id for d in deliveries})
-            )
-        )
-    }
-    for delivery in deliveries:
-        delivery.body = bodies[delivery.queue_id]
-    return deliveries
+    # Bodies are read one at a time, just before each is sent (message_body): a batch of
+    # a hundred large messages would otherwise sit in memory at once.
+    return list(grouped.values())
+
+
+def message_body(connection: Connection, queue_id: str) -> bytes:
+    """A queued message's bytes."""
+    return (
+        connection.scalar(select(MailMessage.body).where(MailMessage.queue_id == queue_id)) or b""
+    )
 
 
 @dataclass(frozen=True)
@@ -359,9 +358,31 @@ def record_outcomes(
             values["delivered_at"] = now
         if outcome.next_attempt_at is not None:
             values["next_attempt_at"] = outcome.next_attempt_at
+        # Only a row still claimed by this worker: one whose claim lapsed belongs to
+        # whoever took it since, and this outcome must not overwrite theirs.
         connection.execute(
-            update(MailRecipient).where(MailRecipient.id == outcome.recipient_id).values(**values)
+            update(MailRecipient)
+            .where(MailRecipient.id == outcome.recipient_id, MailRecipient.claimed_by == worker)
+            .values(**values)
         )
+
+
+def renew_claim(
+    connection: Connection,
+    worker: str,
+    recipient_ids: Sequence[int],
+    lease: timedelta,
+    now: datetime | None = None,
+) -> bool:
+    """Push this worker's claim on these recipients forward before it sends them; False
+    when any of them is no longer its own (the claim lapsed and another took it)."""
+    now = now or utcnow()
+    renewed = connection.execute(
+        update(MailRecipient)
+        .where(MailRecipient.id.in_(list(recipient_ids)), MailRecipient.claimed_by == worker)
+        .values(claimed_until=now + lease)
+    )
+    return int(getattr(renewed, "rowcount", 0) or 0) == len(recipient_ids)
 
 
 def release(connection: Connection, worker: str, recipient_ids: Sequence[int]) -> None:
@@ -457,8 +478,10 @@ def record_copy(
     status: str,
     reply: str,
     next_attempt_at: datetime | None = None,
+    worker: str | None = None,
 ) -> None:
-    """Write one standby copy's outcome and release its claim (caller commits)."""
+    """Write one standby copy's outcome and release its claim (caller commits); with
+    ``worker``, only while the copy is still claimed by it."""
     values: dict[str, Any] = {
         "status": status,
         "last_reply": reply[:1000],
@@ -470,7 +493,10 @@ def record_copy(
         values["copied_at"] = utcnow()
     if next_attempt_at is not None:
         values["next_attempt_at"] = next_attempt_at
-    connection.execute(update(StandbyCopy).where(StandbyCopy.id == copy_id).values(**values))
+    condition = StandbyCopy.id == copy_id
+    if worker is not None:  # a lapsed claim is someone else's now
+        condition = and_(condition, StandbyCopy.claimed_by == worker)
+    connection.execute(update(StandbyCopy).where(condition).values(**values))
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import email
 import email.policy
 import json
 import secrets
+import shutil
 import smtplib
 import socket
 import ssl
@@ -23,9 +24,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from continuity.localslapd import free_port, make_test_ca
+from gateway.commit import GroupCommitter
 from gateway.service import Gateway
 from roster.config import Config
-from roster.db import session_factory, transaction
+from roster.db import make_engine, session_factory, transaction
 from roster.domains import add_domain, parse_primary
 from roster.models import (
     BOUNCED,
@@ -40,7 +42,7 @@ from roster.models import (
     Person,
     StandbyCopy,
 )
-from roster.queue import retry_now
+from roster.queue import Incoming, new_queue_id, retry_now, writing
 from tests.directory import Continuity
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import Primary
@@ -647,3 +649,73 @@ def test_malformed_commands_and_long_lines_get_replies_and_the_server_goes_on(ma
         assert say(b"DATA").startswith(b"354")
         assert say(b"Subject: still here\r\n\r\nyes\r\n.").startswith(b"250")
     assert len(mail.primary.handler.wait_for(1)) == 1
+
+
+def test_a_sender_the_primary_refuses_costs_only_its_own_message(mail: Mail) -> None:
+    """Regression: a refusal at MAIL (a sender the primary's policy refuses) was taken as
+    a failure of the whole session, and every later message of the batch was bounced
+    with it. Now only that message is refused; the others of the batch are delivered."""
+    with transaction(session_factory(mail.engine), writing=True) as session:
+        # The primary is stopped to gather the three into one batch, not to fail over.
+        session.scalars(
+            select(Domain).where(Domain.name == "acme.test")
+        ).one().failover_automatic = False
+    mail.primary.stop()
+    mail.primary.handler.senders["spoofed@sender.test"] = "550 5.7.1 Sender refused by policy"
+    for sender in ("first@sender.test", "spoofed@sender.test", "third@sender.test"):
+        mail.send(["ana@acme.test"], sender=sender)
+    mail.wait(lambda: all(r.attempts >= 1 for r in mail.recipients()))
+    mail.primary.start()
+    mail.retry()
+    mail.wait(lambda: all(r.status in (DELIVERED, BOUNCED) for r in mail.recipients()))
+    got = sorted(m.sender for m in mail.primary.handler.wait_for(2))
+    assert got == ["first@sender.test", "third@sender.test"]
+    statuses = {r.status for r in mail.recipients()}
+    assert statuses == {DELIVERED, BOUNCED}
+    # A policy refusal (5.7.x) is not told to the sender: it is usually forged.
+    time.sleep(0.3)
+    assert mail.relay.messages == []
+
+
+def test_a_client_that_leaves_while_its_commit_waits_stores_nothing(
+    engine: Engine, database_url: str
+) -> None:
+    """Regression: a client that left during the group commit (aiosmtpd cancels its
+    handler) made the committer's thread die on the cancelled future, and nothing was
+    stored after it. Its message is not stored (no 250 could be sent); the next is."""
+    committer = GroupCommitter(engine)
+    gone = Incoming(queue_id=new_queue_id(), sender="a@sender.test", body=b"x", recipients=[])
+    kept = Incoming(queue_id=new_queue_id(), sender="b@sender.test", body=b"y", recipients=[])
+    cancelled = committer.submit(gone)
+    assert cancelled.cancel()
+    committer.start()
+    try:
+        committer.submit(kept).result(timeout=20)
+        after = Incoming(queue_id=new_queue_id(), sender="c@sender.test", body=b"z", recipients=[])
+        committer.submit(after).result(timeout=20)
+    finally:
+        committer.stop()
+    with Session(engine) as session:
+        stored = set(session.scalars(select(MailMessage.queue_id)))
+    assert stored == {kept.queue_id, after.queue_id}
+
+
+def test_every_connection_of_the_gateway_commits_durably(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Regression: `continuity gateway` read the schema before making its engine durable,
+    and that pooled connection kept SQLite's synchronous=NORMAL: a 250 could rest on a
+    commit a power cut undoes. Every connection the gateway uses is FULL (2). (SQLite's
+    setting: PostgreSQL waits for its log to reach the disk by default.)"""
+    path = tmp_path / "roster.db"
+    shutil.copy(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    try:
+        with engine.connect() as early:
+            early.exec_driver_sql("SELECT 1")
+        Gateway(gateway_config(url, free_port()), engine=engine, receive=False)
+        with writing(engine) as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    finally:
+        engine.dispose()

@@ -169,6 +169,7 @@ class PrimaryHandler:
         self.known: set[str] | None = None  # None: everyone exists; else others get 550
         self.hang = 0.0  # seconds to wait before answering RCPT
         self.rcpt_checks: list[str] = []  # every RCPT seen, callouts included
+        self.senders: dict[str, str] = {}  # sender -> reply refusing it at MAIL
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
 
@@ -183,6 +184,17 @@ class PrimaryHandler:
         """Offer XFORWARD like Postfix does to the clients it trusts."""
         session.host_name = hostname
         return [*responses[:-1], "250-XFORWARD NAME ADDR PROTO HELO", responses[-1]]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Refuse the senders the test named, take the others."""
+        refusal = self.senders.get(address.lower())
+        if refusal is not None:
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

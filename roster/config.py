@@ -581,11 +581,11 @@ _TABLES: dict[str, dict[str, Check]] = {
         "username": _text,
         "password": _secret(1),
         "sender": _mail_address,
+        "operator_address": _mail_address,
     },
     "portal": {
         "secret_key": _secret(32),
         "base_url": _base_url,
-        "operator_address": _mail_address,
         "listen": host_port,
         "secure_cookies": _flag,
         "access_log": _flag,

@@ -124,6 +124,7 @@ SYNC_COUNTS = {
     "skipped_invalid": _l("skipped: not valid"),
     "skipped_conflict": _l("skipped: address in use"),
     "staff_roles": _l("staff roles"),
+    "warnings": _l("changes refused (see the sync's record)"),
 }
 
 PROBE_STAGES = {
@@ -204,7 +205,21 @@ def refusal_text(code: str, params: Mapping[str, Any]) -> str:
 
 
 def sync_counts(counts: Mapping[str, Any] | None) -> list[str]:
-    """A sync run's non-zero counts, worded."""
+    """A sync run's non-zero counts, worded; its warnings (the directory's own words,
+    kept in the run's record) are counted here, not quoted."""
     return [
-        f"{SYNC_COUNTS.get(key, key)}: {value}" for key, value in (counts or {}).items() if value
+        f"{SYNC_COUNTS.get(key, key)}: {_refused_count(value) if key == 'warnings' else value}"
+        for key, value in (counts or {}).items()
+        if value
     ]
+
+
+def _refused_count(warnings: Any) -> int:
+    """How many changes a run refused: its kept warnings, plus the "and N more" line's N."""
+    if not isinstance(warnings, list):
+        return int(warnings or 0)
+    count = 0
+    for line in warnings:
+        more = str(line).removeprefix("and ").removesuffix(" more")
+        count += int(more) if more.isdigit() else 1
+    return count

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -46,16 +47,23 @@ class UsersFile:
         self.engine = engine
         self.path = path
         self._lock = threading.Lock()
+        self._changed_at = float("-inf")
 
     def refresh(self) -> bool:
-        """Write the covered addresses; True when the file changed."""
+        """Write the covered addresses; True when the file changed now or only moments
+        ago (another thread's write that Dovecot, which reads the file at most once a
+        second, may not have seen when it refused a copy)."""
         if self.path is None:
             return False
         with self._lock, Session(self.engine) as session:
             changed = refresh_users_file(session, self.path)
+            now = time.monotonic()
+            if changed:
+                self._changed_at = now
+            recent = now - self._changed_at < USERS_FILE_SETTLE_SECONDS + 1
         if changed:
             log_event(log, logging.INFO, "standby_users_written")
-        return changed
+        return recent
 
 
 class Copier:

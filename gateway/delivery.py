@@ -126,10 +126,12 @@ def _text(reply: tuple[int, bytes | str]) -> Reply:
 
 
 def open_session(target: Target, timeout: float = CONNECT_TIMEOUT) -> smtplib.SMTP:
-    """Connect, greet, secure and (for the relay) log in; raises SessionFailed."""
+    """Connect, greet, secure and (for the relay) log in; raises SessionFailed, with the
+    connection closed whatever broke (a TLS handshake that timed out left it open)."""
+    client: smtplib.SMTP | None = None
     try:
         if target.tls == "tls":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
+            client = smtplib.SMTP_SSL(
                 local_hostname=target.helo,
                 timeout=timeout,
                 context=target.tls_context or ssl.create_default_context(),
@@ -169,11 +171,19 @@ def open_session(target: Target, timeout: float = CONNECT_TIMEOUT) -> smtplib.SM
     except SessionFailed:
         raise
     except smtplib.SMTPResponseException as error:
+        _close(client)
         raise SessionFailed(_text((error.smtp_code, error.smtp_error))) from error
     except ssl.SSLError as error:
+        _close(client)
         raise SessionFailed((0, f"TLS failed: {printable(str(error), 200)}")) from error
     except (OSError, smtplib.SMTPException) as error:
+        _close(client)
         raise SessionFailed((0, _failure(error))) from error
+
+
+def _close(client: smtplib.SMTP | None) -> None:
+    if client is not None:
+        client.close()
 
 
 def _failure(error: BaseException) -> str:

@@ -108,11 +108,20 @@ class _Controller(Controller):
         return self._smtp(self.handler, self.connections, self._rcpt_argument, **self.SMTP_kwargs)
 
     def stop(self, no_assert: bool = False) -> None:
+        """Stop listening first, then close every connection, in the server's own loop:
+        a client that connects between the two would otherwise be left open (a flaky
+        ResourceWarning when its socket was collected)."""
+        done = threading.Event()
+
         def close_all() -> None:
+            if self.server is not None:
+                self.server.close()
             for transport in list(self.connections):
                 transport.abort()
+            done.set()
 
         self.loop.call_soon_threadsafe(close_all)
+        done.wait(5)
         super().stop(no_assert)
 
 

@@ -174,6 +174,20 @@ TEXTS: dict[str, dict[str, str]] = {
 }
 
 
+def log_transition(transition: Transition) -> None:
+    """The one log line of a continuity event's change, whoever noticed it (the monitor
+    or a delivery runner)."""
+    log_event(
+        logging.getLogger("continuity.gateway"),
+        logging.WARNING,
+        "continuity_event",
+        change=transition.kind,
+        domain_id=transition.domain_id,
+        event_id=transition.event_id,
+        reason=transition.reason[:200] or None,
+    )
+
+
 @dataclass(frozen=True)
 class NoticeSettings:
     """Where notices come from and what they point to."""

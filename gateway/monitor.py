@@ -171,15 +171,7 @@ class Monitor:
 
     def _note(self, transition: Transition) -> None:
         self.transitions.append(transition)
-        log_event(
-            log,
-            logging.WARNING,
-            "continuity_event",
-            change=transition.kind,
-            domain_id=transition.domain_id,
-            event_id=transition.event_id,
-            reason=transition.reason[:200] or None,
-        )
+        event_notices.log_transition(transition)
         # The transition is committed: its notices go in a transaction of their own.
         self.teller.poke()
 

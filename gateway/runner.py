@@ -191,15 +191,7 @@ class QueueRunner:
                 connection, domain_id, verdict[0], verdict[1], by_monitor=False
             )
         if transition is not None:
-            log_event(
-                log,
-                logging.WARNING,
-                "continuity_event",
-                change=transition.kind,
-                domain_id=transition.domain_id,
-                event_id=transition.event_id,
-                reason=transition.reason[:200] or None,
-            )
+            event_notices.log_transition(transition)
             # After the transition's commit, in a transaction of their own.
             self.teller.poke()
 

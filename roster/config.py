@@ -99,6 +99,7 @@ class Config:
     gateway: dict[str, Any] = field(default_factory=dict)
     outbound: dict[str, Any] = field(default_factory=dict)
     portal: dict[str, Any] = field(default_factory=dict)
+    webmail: dict[str, Any] = field(default_factory=dict)
     sync_lock_seconds: int = 900
     sync_stale_after_minutes: int = 60
 
@@ -543,6 +544,8 @@ _TABLES: dict[str, dict[str, Check]] = {
     "sync": {"lock_seconds": _whole(1, 7 * 24 * 3600), "stale_after_minutes": _whole(1)},
     "standby": {
         "imap": host_port,
+        "imap_tls": _flag,
+        "ca_file": _absolute_path,
         "lmtp": host_port,
         "master_user": _text,
         "master_password": _secret(1),
@@ -596,6 +599,17 @@ _TABLES: dict[str, dict[str, Check]] = {
         "reset_code_hours": _whole(1, 7 * 24),
         "trusted_proxies": _whole(0, 10),
     },
+    "webmail": {
+        # What one person may send, in recipients per hour (a stolen emergency password
+        # is no spam cannon), and the largest upload of a message's attachments.
+        "recipients_per_hour": _whole(1, 100_000),
+        "max_upload_mb": _whole(1, 1024),
+        # The portal's IMAP connections to the standby store: per person, per portal
+        # process in all, and how long an unused one stays open.
+        "connections_per_person": _whole(1, 8),
+        "connections": _whole(1, 10_000),
+        "idle_seconds": _whole(5, 3600),
+    },
 }
 # The tables the Config keeps as plain dicts of checked values.
-_FREE_TABLES = ("standby", "gateway", "outbound", "portal")
+_FREE_TABLES = ("standby", "gateway", "outbound", "portal", "webmail")

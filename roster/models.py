@@ -40,6 +40,8 @@ NAMING = {
 
 COVERAGE_ALL = "all"
 COVERAGE_SELECTED = "selected"
+WEBMAIL_ALWAYS = "always"
+WEBMAIL_OUTAGE = "outage"
 
 
 def utcnow() -> datetime:
@@ -107,6 +109,15 @@ class Domain(Base):
     sent_copies_to_primary: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false()
     )
+    # When covered people may open the standby webmail: "always" (they can try it before
+    # an outage) or "outage" (only while the domain is in a continuity event).
+    webmail_access: Mapped[str] = mapped_column(
+        String(16), default=WEBMAIL_ALWAYS, server_default=WEBMAIL_ALWAYS
+    )
+    # The key that signs what the webmail sends (roster.dkim): its selector and its
+    # private key (PEM); None until one is made for the domain.
+    dkim_selector: Mapped[str | None] = mapped_column(String(63))
+    dkim_private_key: Mapped[str | None] = mapped_column(Text)
     # What the monitor knows of the primary: the last check, and the failures or
     # successes in a row (the gateway's own delivery failures count too).
     last_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -85,10 +85,21 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
     app.extensions["roster_engine"] = engine
     app.extensions["roster_sessions"] = session_factory(engine)
 
-    from portal import access, auth, controlpanel, errors, health, helpdesk, me, request_scope
+    from portal import (
+        access,
+        auth,
+        controlpanel,
+        errors,
+        health,
+        helpdesk,
+        me,
+        request_scope,
+        webmail,
+    )
     from portal.audit_texts import audit_text
     from portal.extensions import babel, csrf, login_manager
     from portal.i18n import LANGUAGES, install_template_gettext, select_locale
+    from portal.webmail import outbox  # noqa: F401 - the compose page registers on webmail.bp
     from roster.search import PeopleIndex
 
     # One per process: its cache of each domain's people lives as long as the worker.
@@ -111,7 +122,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
 
         return {"languages": LANGUAGES, "current_language": str(get_locale())}
 
-    for blueprint in (health.bp, auth.bp, me.bp, helpdesk.bp, controlpanel.bp):
+    for blueprint in (health.bp, auth.bp, me.bp, helpdesk.bp, controlpanel.bp, webmail.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
     app.jinja_env.globals["audit_text"] = audit_text

@@ -20,8 +20,9 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def body_limit(limit: int) -> Callable[[F], F]:
-    """Let this endpoint take a request body of up to ``limit`` bytes (a file upload)."""
+def body_limit(limit: int | Callable[[], int]) -> Callable[[F], F]:
+    """Let this endpoint take a request body of up to ``limit`` bytes (a file upload);
+    a function gives the limit at each request (from the app's configuration)."""
 
     def decorate(view: F) -> F:
         view._body_limit = limit  # type: ignore[attr-defined]  # a tag on the function object
@@ -34,6 +35,8 @@ def raise_body_limit() -> None:
     """Apply an endpoint's own body limit; runs before CSRFProtect reads the form."""
     view = current_app.view_functions.get(request.endpoint or "")
     limit = getattr(view, "_body_limit", None)
+    if callable(limit):
+        limit = limit()
     if limit is not None:
         request.max_content_length = limit
 

@@ -202,16 +202,23 @@ class Portal:
         assert self._tree is not None, "this portal's source is not an OpenLDAP subtree"
         return self._tree
 
-    def build(self, gateway: dict[str, Any] | None = None, **settings: Any) -> Flask:
-        """A new app from the configuration file, with other [portal] settings or a
-        [gateway] table (e.g. allow_local_primary, for test servers on this host) if given."""
-        changed = bool(settings or gateway)
+    def build(
+        self,
+        gateway: dict[str, Any] | None = None,
+        tables: dict[str, dict[str, Any]] | None = None,
+        **settings: Any,
+    ) -> Flask:
+        """A new app from the configuration file, with other [portal] settings, a
+        [gateway] table (e.g. allow_local_primary, for test servers on this host) or
+        other tables ([standby], [outbound], [webmail]) if given."""
+        more = {**({"gateway": gateway} if gateway else {}), **(tables or {})}
+        changed = bool(settings or more)
         if changed:
-            tables = [self.source, portal_table(**{**self.settings, **settings})]
-            if gateway:
-                lines = [f"{key} = {json.dumps(value)}" for key, value in gateway.items()]
-                tables.append("[gateway]\n" + "\n".join(lines) + "\n")
-            self.tool.configure(*tables)
+            written = [self.source, portal_table(**{**self.settings, **settings})]
+            for name, values in more.items():
+                lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+                written.append(f"[{name}]\n" + "\n".join(lines) + "\n")
+            self.tool.configure(*written)
         app = create_app(config=load_config(self.tool.path, environ={}))
         if changed:
             self.tool.configure(self.source, portal_table(**self.settings))

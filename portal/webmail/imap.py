@@ -1,0 +1,676 @@
+"""The webmail's way into the standby store: one person's mailbox over IMAP.
+
+The portal signs in to Dovecot as the master user with SASL PLAIN, the person's roster
+address as the authorization identity (no separator games: "*" is legal in a local
+part). Connections are kept in a small pool per portal process, by person, and reused
+across that person's requests; one idle for too long is closed, and one found dead is
+replaced without the person noticing.
+
+Nothing from a message or a request reaches an IMAP command unchecked: UIDs are
+integers, folder names are only ones the server listed, search text holds no CR, LF
+or NUL (imapclient passes those through, its issue #657).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import imaplib
+import re
+import socket
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from imapclient import IMAPClient  # type: ignore[import-untyped]
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError  # type: ignore[import-untyped]
+from imapclient.response_types import Address, Envelope  # type: ignore[import-untyped]
+
+from roster.config import Config, ConfigError, host_port
+
+T = TypeVar("T")
+
+PAGE_SIZE = 50
+SPECIAL_FOLDERS = ("INBOX", "Sent", "Drafts", "Trash")
+SPECIAL_USE = {b"\\Sent": "Sent", b"\\Drafts": "Drafts", b"\\Trash": "Trash"}
+SORT_KEYS = {"date": "DATE", "from": "FROM", "subject": "SUBJECT", "size": "SIZE"}
+SEARCH_FIELDS = {"text": "TEXT", "from": "FROM", "to": "TO", "subject": "SUBJECT"}
+MAX_SEARCH_LENGTH = 200
+MAX_SELECTION = 500
+LIST_ITEMS = [b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE"]
+_LOOPBACK = re.compile(r"^(127\.|::1$|localhost$)")
+
+
+class StoreUnavailable(RuntimeError):
+    """The standby store cannot be reached or refused the portal's sign-in."""
+
+
+class BadRequest(ValueError):
+    """A request named something the mailbox does not have, or sent unsafe text."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where the standby store is and how the portal keeps its connections to it."""
+
+    host: str
+    port: int
+    tls: bool
+    ca_file: str | None
+    master_user: str
+    master_password: str
+    per_person: int = 2
+    total: int = 64
+    idle_seconds: float = 300.0
+    timeout: float = 20.0
+
+
+def settings_from(config: Config) -> StoreSettings:
+    """The store settings of [standby] and [webmail]; TLS unless the store is on loopback."""
+    standby, webmail = config.standby, config.webmail
+    host, _colon, port = host_port(
+        standby.get("imap", "127.0.0.1:143"), "[standby].imap"
+    ).rpartition(":")
+    host = host.strip("[]")
+    password = standby.get("master_password")
+    if not password:
+        raise ConfigError("[standby].master_password_file: the webmail needs the master secret")
+    return StoreSettings(
+        host=host,
+        port=int(port),
+        tls=bool(standby.get("imap_tls", not _LOOPBACK.match(host))),
+        ca_file=standby.get("ca_file"),
+        master_user=str(standby.get("master_user", "portal")),
+        master_password=str(password).strip(),
+        per_person=int(webmail.get("connections_per_person", 2)),
+        total=int(webmail.get("connections", 64)),
+        idle_seconds=float(webmail.get("idle_seconds", 300)),
+    )
+
+
+# -- what the pages show --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A folder as the list of folders shows it."""
+
+    name: str
+    token: str
+    special: str | None
+    total: int
+    unread: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One line of the message list."""
+
+    uid: int
+    subject: str
+    sender: str
+    sender_address: str
+    recipients: str
+    date: datetime | None
+    size: int
+    seen: bool
+    flagged: bool
+    answered: bool
+    draft: bool
+    attachment: bool
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a folder's messages, and where it sits among them."""
+
+    folder: str
+    messages: list[Summary]
+    total: int
+    page: int
+    pages: int
+
+
+def folder_token(name: str) -> str:
+    """An opaque, URL-safe id of a folder name."""
+    return base64.urlsafe_b64encode(name.encode("utf-8")).decode("ascii").rstrip("=") or "-"
+
+
+def folder_from_token(token: str) -> str:
+    """The folder name a token stands for (the mailbox still checks it exists)."""
+    if len(token) > 400 or not re.fullmatch(r"[A-Za-z0-9_-]+", token):
+        raise BadRequest("folder")
+    try:
+        name = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise BadRequest("folder") from None
+    if not name or any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise BadRequest("folder")
+    return name
+
+
+def checked_uid(value: Any) -> int:
+    """A message UID from a request: a positive 32-bit integer, nothing else."""
+    text = str(value)
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        raise BadRequest("uid")
+    uid = int(text)
+    if not 0 < uid < 2**32:
+        raise BadRequest("uid")
+    return uid
+
+
+def checked_uids(values: Iterable[Any]) -> list[int]:
+    """Several UIDs (a selection): each checked, each once, at most MAX_SELECTION."""
+    uids = sorted({checked_uid(value) for value in values})
+    if not uids or len(uids) > MAX_SELECTION:
+        raise BadRequest("selection")
+    return uids
+
+
+def checked_search(text: str) -> str:
+    """Search text from a person: no CR, LF, NUL or other control characters (they
+    would end the IMAP command and start another), and not too long."""
+    text = text.strip()
+    if len(text) > MAX_SEARCH_LENGTH or any(ord(c) < 32 or c == "\x7f" for c in text):
+        raise BadRequest("search")
+    return text
+
+
+def _text(value: bytes | str | None) -> str:
+    """An envelope field as text: RFC 2047 decoded, control characters made spaces."""
+    if value is None:
+        return ""
+    raw = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    from email.header import decode_header, make_header
+
+    try:
+        decoded = str(make_header(decode_header(raw)))
+    except (ValueError, LookupError, UnicodeError):
+        decoded = raw
+    return "".join(" " if ord(c) < 32 or c == "\x7f" else c for c in decoded).strip()
+
+
+def _address(address: Address) -> tuple[str, str]:
+    mailbox = _text(address.mailbox)
+    host = _text(address.host)
+    return _text(address.name), f"{mailbox}@{host}" if host else mailbox
+
+
+def _has_attachment(structure: Any) -> bool:
+    """True when a BODYSTRUCTURE holds a part marked as an attachment or a non-text,
+    non-multipart part that is not inline."""
+    if structure is None:
+        return False
+    if getattr(structure, "is_multipart", False):
+        parts = structure[0] if isinstance(structure[0], list) else []
+        return any(_has_attachment(part) for part in parts)
+    try:
+        kind = structure[0].lower() if isinstance(structure[0], bytes) else b""
+    except (IndexError, TypeError):
+        return False
+    for item in structure[7:]:
+        if isinstance(item, tuple) and item and item[0] in (b"attachment", b"ATTACHMENT"):
+            return True
+    return kind not in (b"text", b"multipart", b"message") and kind != b""
+
+
+def _summary(uid: int, data: dict[bytes, Any]) -> Summary:
+    envelope: Envelope | None = data.get(b"ENVELOPE")
+    flags = {flag.lower() for flag in data.get(b"FLAGS", ())}
+    sender, sender_address, recipients = "", "", ""
+    subject = ""
+    date = data.get(b"INTERNALDATE")
+    if envelope is not None:
+        subject = _text(envelope.subject)
+        if envelope.from_:
+            name, address = _address(envelope.from_[0])
+            sender, sender_address = name or address, address
+        if envelope.to:
+            recipients = ", ".join(
+                name or address for name, address in (_address(a) for a in envelope.to[:5])
+            )
+        date = envelope.date or date
+    return Summary(
+        uid=uid,
+        subject=subject,
+        sender=sender,
+        sender_address=sender_address,
+        recipients=recipients,
+        date=date,
+        size=int(data.get(b"RFC822.SIZE", 0)),
+        seen=b"\\seen" in flags,
+        flagged=b"\\flagged" in flags,
+        answered=b"\\answered" in flags,
+        draft=b"\\draft" in flags,
+        attachment=_has_attachment(data.get(b"BODYSTRUCTURE")),
+    )
+
+
+# -- one person's mailbox -------------------------------------------------------------
+
+
+@dataclass
+class _Connection:
+    client: IMAPClient
+    address: str
+    last_used: float
+    folders: dict[str, str | None] = field(default_factory=dict)  # name -> special use
+    selected: str | None = None
+    # UIDs of a sorted or searched folder, by (folder, sort, reverse, search, state)
+    orders: OrderedDict[tuple[Any, ...], list[int]] = field(default_factory=OrderedDict)
+
+
+class Mailbox:
+    """A person's mailbox on one signed-in connection; every name and number checked."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self.client = connection.client
+        self.address = connection.address
+
+    # -- folders ----------------------------------------------------------------------
+    def _load_folders(self) -> dict[str, str | None]:
+        found: dict[str, str | None] = {}
+        for flags, _delimiter, name in self.client.list_folders():
+            if isinstance(name, bytes):
+                continue
+            if any(flag.lower() == b"\\noselect" for flag in flags):
+                continue
+            special = next((SPECIAL_USE[f] for f in flags if f in SPECIAL_USE), None)
+            found[name] = "INBOX" if name.upper() == "INBOX" else special
+        missing = [name for name in SPECIAL_FOLDERS if name not in found.values()]
+        for name in missing:
+            if name in found:  # a folder of that name without its special use
+                found[name] = name
+                continue
+            try:
+                self.client.create_folder(name)
+                self.client.subscribe_folder(name)
+            except IMAPClientError:
+                continue
+            found[name] = name
+        self._connection.folders = found
+        return found
+
+    def folder_names(self) -> dict[str, str | None]:
+        """Every folder name the server listed, with its special use."""
+        return self._connection.folders or self._load_folders()
+
+    def checked_folder(self, name: str) -> str:
+        """``name`` if the server listed it (listed again once if not yet known)."""
+        if name in self.folder_names() or name in self._load_folders():
+            return name
+        raise BadRequest("folder")
+
+    def special(self, use: str) -> str:
+        """The folder with special use ``use`` (INBOX, Sent, Drafts, Trash)."""
+        for name, special in self.folder_names().items():
+            if special == use:
+                return name
+        return self.checked_folder(use)
+
+    def folders(self) -> list[Folder]:
+        """The folders with their message and unread counts, special ones first."""
+        names = self.folder_names()
+        order = {use: index for index, use in enumerate(SPECIAL_FOLDERS)}
+        listed = sorted(
+            names.items(),
+            key=lambda item: (order.get(item[1] or "", len(order)), item[0].lower()),
+        )
+        result = []
+        for name, special in listed:
+            status = self.client.folder_status(name, [b"MESSAGES", b"UNSEEN"])
+            result.append(
+                Folder(
+                    name=name,
+                    token=folder_token(name),
+                    special=special,
+                    total=int(status.get(b"MESSAGES", 0)),
+                    unread=int(status.get(b"UNSEEN", 0)),
+                )
+            )
+        return result
+
+    def select(self, name: str) -> dict[bytes, Any]:
+        """Select a listed folder (read-write: reading a message marks it read)."""
+        name = self.checked_folder(name)
+        state: dict[bytes, Any] = self.client.select_folder(name)
+        self._connection.selected = name
+        return state
+
+    # -- listing ----------------------------------------------------------------------
+    def page(
+        self,
+        folder: str,
+        *,
+        page: int = 1,
+        sort: str = "arrival",
+        reverse: bool = True,
+        search: str = "",
+        search_field: str = "text",
+    ) -> Page:
+        """One page of ``folder``: newest first by arrival unless sorted or searched."""
+        state = self.select(folder)
+        exists = int(state.get(b"EXISTS", 0))
+        search = checked_search(search)
+        if sort not in SORT_KEYS and sort != "arrival":
+            raise BadRequest("sort")
+        if search_field not in SEARCH_FIELDS:
+            raise BadRequest("field")
+        if sort == "arrival" and not search and reverse:
+            # Newest first by arrival: the last sequence numbers, whatever the folder's
+            # size (no SORT, no UID list of the whole folder).
+            pages = max(1, -(-exists // PAGE_SIZE))
+            page = min(max(page, 1), pages)
+            high = exists - (page - 1) * PAGE_SIZE
+            low = max(1, high - PAGE_SIZE + 1)
+            messages: list[Summary] = []
+            if exists:
+                self.client.use_uid = False
+                try:
+                    fetched = self.client.fetch(list(range(low, high + 1)), LIST_ITEMS)
+                finally:
+                    self.client.use_uid = True
+                rows = sorted(fetched.values(), key=lambda d: -int(d[b"UID"]))
+                messages = [_summary(int(d[b"UID"]), d) for d in rows]
+            return Page(folder, messages, exists, page, pages)
+        uids = self._ordered(folder, state, sort, reverse, search, search_field)
+        pages = max(1, -(-len(uids) // PAGE_SIZE))
+        page = min(max(page, 1), pages)
+        chosen = uids[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        fetched = self.client.fetch(chosen, LIST_ITEMS) if chosen else {}
+        messages = [_summary(uid, fetched[uid]) for uid in chosen if uid in fetched]
+        return Page(folder, messages, len(uids), page, pages)
+
+    def _ordered(
+        self,
+        folder: str,
+        state: dict[bytes, Any],
+        sort: str,
+        reverse: bool,
+        search: str,
+        search_field: str,
+    ) -> list[int]:
+        """The folder's UIDs in the asked order, kept while the folder is unchanged."""
+        key = (
+            folder,
+            sort,
+            reverse,
+            search,
+            search_field,
+            state.get(b"UIDVALIDITY"),
+            state.get(b"UIDNEXT"),
+            state.get(b"EXISTS"),
+            state.get(b"HIGHESTMODSEQ"),
+        )
+        orders = self._connection.orders
+        if key in orders:
+            orders.move_to_end(key)
+            return orders[key]
+        criteria: list[Any] = [SEARCH_FIELDS[search_field], search] if search else ["ALL"]
+        if sort == "arrival":
+            uids = sorted(self.client.search(criteria, charset="UTF-8"))
+        else:
+            uids = list(self.client.sort([SORT_KEYS[sort]], criteria, charset="UTF-8"))
+        if reverse:
+            uids.reverse()
+        orders[key] = uids
+        while len(orders) > 4:
+            orders.popitem(last=False)
+        return uids
+
+    def neighbours(self, folder: str, uid: int) -> tuple[int | None, int | None]:
+        """The newer and older message next to ``uid`` in arrival order."""
+        self.select(folder)
+        newer = self.client.search(["UID", f"{uid + 1}:*"])
+        older = self.client.search(["UID", f"1:{uid - 1}"]) if uid > 1 else []
+        newer_uid = min((u for u in newer if u > uid), default=None)
+        older_uid = max((u for u in older if u < uid), default=None)
+        return newer_uid, older_uid
+
+    # -- one message -------------------------------------------------------------------
+    def fetch(self, folder: str, uid: int) -> tuple[bytes, set[bytes]]:
+        """A message's bytes and flags (without marking it read)."""
+        self.select(folder)
+        data = self.client.fetch([uid], [b"BODY.PEEK[]", b"FLAGS"]).get(uid)
+        if not data or b"BODY[]" not in data:
+            raise BadRequest("uid")
+        return bytes(data[b"BODY[]"]), {flag.lower() for flag in data.get(b"FLAGS", ())}
+
+    # -- changes ----------------------------------------------------------------------
+    def set_flag(self, folder: str, uids: list[int], flag: bytes, on: bool) -> None:
+        """Set or clear ``flag`` (\\Seen, \\Flagged) on messages of ``folder``."""
+        self.select(folder)
+        if on:
+            self.client.add_flags(uids, [flag], silent=True)
+        else:
+            self.client.remove_flags(uids, [flag], silent=True)
+
+    def move(self, folder: str, uids: list[int], target: str) -> None:
+        """Move messages to another listed folder."""
+        target = self.checked_folder(target)
+        self.select(folder)
+        if target == folder:
+            return
+        self.client.move(uids, target)
+
+    def delete(self, folder: str, uids: list[int]) -> bool:
+        """Move messages to Trash; in Trash, remove them for good. True if removed."""
+        trash = self.special("Trash")
+        if folder != trash:
+            self.move(folder, uids, trash)
+            return False
+        self.select(folder)
+        self.client.delete_messages(uids, silent=True)
+        self.client.uid_expunge(uids)
+        return True
+
+    def empty_trash(self) -> None:
+        """Remove every message in Trash."""
+        self.select(self.special("Trash"))
+        self.client.delete_messages("1:*", silent=True)
+        self.client.expunge()
+
+    def append(self, folder: str, message: bytes, flags: tuple[bytes, ...] = ()) -> int | None:
+        """Store ``message`` in a folder; its UID when the server says (UIDPLUS)."""
+        folder = self.checked_folder(folder)
+        reply = self.client.append(folder, message, flags=flags)
+        found = re.search(rb"APPENDUID \d+ (\d+)", reply if isinstance(reply, bytes) else b"")
+        return int(found.group(1)) if found else None
+
+    def remove(self, folder: str, uid: int) -> None:
+        """Remove one message for good (a draft replaced by a newer one, or sent)."""
+        self.select(folder)
+        self.client.delete_messages([uid], silent=True)
+        self.client.uid_expunge([uid])
+
+
+# -- the pool -------------------------------------------------------------------------
+
+_BROKEN = (IMAPClientAbortError, OSError, socket.timeout, ssl.SSLError, imaplib.IMAP4.abort)
+
+
+class StorePool:
+    """Signed-in IMAP connections to the standby store, by person, for one process.
+
+    At most ``per_person`` connections per person (a second request of the same person
+    waits for one to come back) and ``total`` in all (the least recently used idle one
+    is closed to make room); a connection unused for ``idle_seconds`` is closed.
+    """
+
+    def __init__(self, settings: StoreSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Condition()
+        self._idle: dict[str, list[_Connection]] = {}
+        self._busy: dict[str, int] = {}
+
+    # -- connections ------------------------------------------------------------------
+    def _connect(self, address: str) -> _Connection:
+        settings = self.settings
+        context = None
+        if settings.tls:
+            context = ssl.create_default_context(cafile=settings.ca_file)
+        try:
+            client = IMAPClient(
+                settings.host,
+                port=settings.port,
+                ssl=False,
+                timeout=settings.timeout,
+            )
+            if context is not None:
+                client.starttls(context)
+            client.plain_login(
+                settings.master_user,
+                settings.master_password,
+                authorization_identity=address,
+            )
+        except LoginError as error:
+            raise StoreUnavailable(f"the standby store refused {address}: {error}") from None
+        except (*_BROKEN, IMAPClientError) as error:
+            raise StoreUnavailable(f"the standby store cannot be reached: {error}") from None
+        return _Connection(client, address, time.monotonic())
+
+    @staticmethod
+    def _close(connection: _Connection) -> None:
+        try:
+            connection.client.logout()
+        except Exception:  # noqa: BLE001 - a connection being dropped may fail any way
+            with contextlib.suppress(Exception):
+                connection.client.shutdown()
+
+    def _expire(self, now: float) -> list[_Connection]:
+        """Take out the connections idle for too long (closed by the caller, unlocked)."""
+        expired = []
+        for address in list(self._idle):
+            kept = []
+            for connection in self._idle[address]:
+                if now - connection.last_used > self.settings.idle_seconds:
+                    expired.append(connection)
+                else:
+                    kept.append(connection)
+            if kept:
+                self._idle[address] = kept
+            else:
+                del self._idle[address]
+        return expired
+
+    def _count(self) -> int:
+        return sum(len(v) for v in self._idle.values()) + sum(self._busy.values())
+
+    def _take(self, address: str) -> tuple[_Connection | None, list[_Connection]]:
+        """An idle connection of ``address`` (or None: open one) and those to close."""
+        deadline = time.monotonic() + self.settings.timeout
+        with self._lock:
+            closing = self._expire(time.monotonic())
+            while True:
+                idle = self._idle.get(address)
+                if idle:
+                    connection = idle.pop()
+                    if not idle:
+                        del self._idle[address]
+                    self._busy[address] = self._busy.get(address, 0) + 1
+                    return connection, closing
+                if self._busy.get(address, 0) < self.settings.per_person:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreUnavailable("too many requests of one person at once")
+                self._lock.wait(left)
+            while self._count() >= self.settings.total and self._idle:
+                oldest = min(
+                    (c for group in self._idle.values() for c in group),
+                    key=lambda c: c.last_used,
+                )
+                self._idle[oldest.address].remove(oldest)
+                if not self._idle[oldest.address]:
+                    del self._idle[oldest.address]
+                closing.append(oldest)
+            self._busy[address] = self._busy.get(address, 0) + 1
+            return None, closing
+
+    def _give_back(self, address: str, connection: _Connection | None) -> None:
+        with self._lock:
+            self._busy[address] -= 1
+            if not self._busy[address]:
+                del self._busy[address]
+            if connection is not None:
+                connection.last_used = time.monotonic()
+                self._idle.setdefault(address, []).append(connection)
+            self._lock.notify_all()
+
+    def run(self, address: str, work: Callable[[Mailbox], T]) -> T:
+        """Run ``work`` on ``address``'s mailbox; a reused connection found dead is
+        replaced and ``work`` run again on the new one (once)."""
+        address = address.lower()
+        connection, closing = self._take(address)
+        for stale in closing:
+            self._close(stale)
+        reused = connection is not None
+        try:
+            while True:
+                if connection is None:
+                    connection = self._connect(address)
+                try:
+                    return work(Mailbox(connection))
+                except _BROKEN as error:
+                    self._close(connection)
+                    connection = None
+                    if reused:
+                        reused = False
+                        continue
+                    raise StoreUnavailable(f"the standby store went away: {error}") from None
+                except (BadRequest, IMAPClientError):
+                    raise  # the request's own fault (a NO or BAD reply): the connection is fine
+                except BaseException:
+                    self._close(connection)
+                    connection = None
+                    raise
+        finally:
+            self._give_back(address, connection)
+
+    @contextmanager
+    def mailbox(self, address: str) -> Iterator[Mailbox]:
+        """A person's mailbox for a block (no retry: for work that must not run twice)."""
+        address = address.lower()
+        connection, closing = self._take(address)
+        for stale in closing:
+            self._close(stale)
+        try:
+            if connection is None:
+                connection = self._connect(address)
+            try:
+                yield Mailbox(connection)
+            except _BROKEN as error:
+                self._close(connection)
+                connection = None
+                raise StoreUnavailable(f"the standby store went away: {error}") from None
+        finally:
+            self._give_back(address, connection)
+
+    def forget(self, address: str) -> None:
+        """Close a person's idle connections (they signed out or lost access)."""
+        with self._lock:
+            closing = self._idle.pop(address.lower(), [])
+        for connection in closing:
+            self._close(connection)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            closing = [c for group in self._idle.values() for c in group]
+            self._idle.clear()
+        for connection in closing:
+            self._close(connection)
+
+    def open_connections(self) -> int:
+        """How many connections the pool holds now (idle and in use)."""
+        with self._lock:
+            return self._count()

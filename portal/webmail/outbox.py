@@ -1,0 +1,377 @@
+"""The compose page: a new message, a reply, a reply to all, a forward, or a draft
+resumed; sent through the outbound relay or saved in Drafts.
+
+Nothing a person wrote is lost: a relay that is down, a recipient refused by all, or
+an address mistyped next to uploaded files, and the message is saved in Drafts and the
+form shown again from there, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
+
+from portal.request_scope import body_limit, client_address, db, writing
+from portal.webmail import bp
+from portal.webmail.access import current_access, webmail_user
+from portal.webmail.compose import (
+    ComposeError,
+    build_message,
+    forward_fields,
+    parse_recipients,
+    reply_fields,
+)
+from portal.webmail.imap import BadRequest, Mailbox, checked_uid, folder_from_token, folder_token
+from portal.webmail.message import ParsedMessage, parse, part_bytes
+from portal.webmail.sending import RelayDown, recipients_sent_last_hour, record_sent, send
+from portal.webmail.views import _chrome, _read, on_store, pool
+from roster.models import Alias, Domain, Person
+from roster.queue import queue_sent_copy
+
+log = logging.getLogger("continuity.portal.webmail")
+
+MODES = ("new", "reply", "reply_all", "forward", "draft")
+
+
+def sender_addresses(person: Person) -> list[str]:
+    """The addresses a person may send as: their roster address, then their aliases."""
+    from sqlalchemy import select
+
+    aliases = db().scalars(select(Alias.address).where(Alias.person_id == person.id))
+    return [person.mail, *sorted(a for a in aliases if a != person.mail)]
+
+
+def upload_limit() -> int:
+    """The largest total of attachments one message may carry, in bytes."""
+    megabytes = int(current_app.config["CONTINUITY"].webmail.get("max_upload_mb", 25))
+    return megabytes * 1024 * 1024
+
+
+def recipients_per_hour() -> int:
+    """How many recipients one person may send to in an hour."""
+    return int(current_app.config["CONTINUITY"].webmail.get("recipients_per_hour", 200))
+
+
+@dataclass
+class Draft:
+    """What the compose form holds."""
+
+    mode: str = "new"
+    source: str = ""  # "<folder token>/<uid>": the message answered, forwarded or resumed
+    sender: str = ""
+    to: str = ""
+    cc: str = ""
+    bcc: str = ""
+    subject: str = ""
+    body: str = ""
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    kept: list[tuple[str, str, int]] = field(default_factory=list)  # (part, name, size)
+
+
+def _source(value: str) -> tuple[str, int] | None:
+    """A "<folder token>/<uid>" from the form or the URL, checked; None if empty."""
+    if not value:
+        return None
+    token, _slash, uid = value.partition("/")
+    try:
+        return folder_from_token(token), checked_uid(uid)
+    except BadRequest:
+        abort(404)
+
+
+def _addresses(pairs: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{name} <{address}>" if name else address for name, address in pairs)
+
+
+def _from_source(mode: str, parsed: ParsedMessage, own: set[str]) -> Draft:
+    """The form filled for a reply, a forward or a draft of ``parsed``."""
+    if mode in ("reply", "reply_all"):
+        fields = reply_fields(parsed, own, all=mode == "reply_all")
+    elif mode == "forward":
+        fields = forward_fields(parsed)
+    else:  # a draft: the message as saved
+        fields = {
+            "to": parsed.to,
+            "cc": parsed.cc,
+            "bcc": getattr(parsed, "bcc", []),
+            "subject": parsed.subject,
+            "body": parsed.text or "",
+            "in_reply_to": parsed.in_reply_to,
+            "references": parsed.references,
+        }
+    draft = Draft(mode=mode)
+    for name in ("to", "cc", "bcc"):
+        value = fields.get(name, "")
+        setattr(draft, name, value if isinstance(value, str) else _addresses(list(value)))
+    draft.subject = str(fields.get("subject", ""))
+    draft.body = str(fields.get("body", ""))
+    draft.in_reply_to = fields.get("in_reply_to")
+    draft.references = list(fields.get("references", []))
+    if mode in ("forward", "draft"):
+        draft.kept = [(a.part, a.filename, a.size) for a in parsed.attachments if not a.content_id]
+    return draft
+
+
+def _show(draft: Draft, errors: dict[str, str], status: int = 200) -> Any:
+    person = current_access().person
+    if person is None:
+        abort(403)
+    chrome = on_store(lambda box: _chrome(box, ""))
+    return (
+        render_template(
+            "webmail/compose.html",
+            draft=draft,
+            errors=errors,
+            senders=sender_addresses(person),
+            limit_mb=upload_limit() // (1024 * 1024),
+            **chrome,
+        ),
+        status,
+    )
+
+
+@bp.route("/compose", methods=["GET", "POST"])
+@webmail_user
+@body_limit(lambda: upload_limit() + 512 * 1024)
+def compose() -> Any:
+    """Write, send or save a message."""
+    access = current_access()
+    person, domain = access.person, access.domain
+    if person is None or domain is None:
+        abort(403)
+    if request.method == "GET":
+        mode = request.args.get("mode", "new")
+        if mode not in MODES:
+            abort(404)
+        source = _source(request.args.get("source", ""))
+        if mode == "new" or source is None:
+            draft = Draft(to=request.args.get("to", "")[:500])
+            if any(ord(c) < 32 for c in draft.to):
+                draft.to = ""
+            return _show(draft, {})
+        folder, uid = source
+        raw = on_store(lambda box: _read(box, folder, uid))
+        own = {a.lower() for a in sender_addresses(person)}
+        draft = _from_source(mode, parse(raw), own)
+        draft.source = request.args["source"]
+        return _show(draft, {})
+    return _submit(person, domain)
+
+
+def _form_draft() -> Draft:
+    form = request.form
+    mode = form.get("mode", "new")
+    if mode not in MODES:
+        abort(400)
+    draft = Draft(
+        mode=mode,
+        source=form.get("source", ""),
+        sender=form.get("sender", ""),
+        to=form.get("to", ""),
+        cc=form.get("cc", ""),
+        bcc=form.get("bcc", ""),
+        subject=form.get("subject", ""),
+        body=form.get("body", "").replace("\r\n", "\n"),
+    )
+    return draft
+
+
+def _attachments(draft: Draft, source_raw: bytes | None) -> list[tuple[str, str, bytes]]:
+    """The kept attachments of the source message and the uploaded files."""
+    found: list[tuple[str, str, bytes]] = []
+    if source_raw is not None and draft.mode in ("forward", "draft"):
+        for kept in request.form.getlist("keep")[:100]:
+            got = part_bytes(source_raw, kept) if len(kept) < 40 else None
+            if got is not None:
+                found.append((got[0].filename, got[0].content_type, got[1]))
+    for upload in request.files.getlist("attachments"):
+        if upload and upload.filename:
+            data = upload.read()
+            found.append((upload.filename, upload.mimetype or "application/octet-stream", data))
+    return found
+
+
+def _submit(person: Person, domain: Domain) -> Any:
+    draft = _form_draft()
+    action = request.form.get("action", "send")
+    if action not in ("send", "draft"):
+        abort(400)
+    senders = sender_addresses(person)
+    if draft.sender not in senders:
+        draft.sender = senders[0]
+    source = _source(draft.source)
+    source_raw = on_store(lambda box: _read(box, *source)) if source else None
+    source_parsed = parse(source_raw) if source_raw is not None else None
+    if source_parsed is not None:
+        if draft.mode in ("reply", "reply_all"):
+            draft.in_reply_to = source_parsed.message_id
+            draft.references = [
+                *source_parsed.references,
+                *filter(None, [source_parsed.message_id]),
+            ]
+        elif draft.mode == "draft":
+            draft.in_reply_to = source_parsed.in_reply_to
+            draft.references = source_parsed.references
+    attachments = _attachments(draft, source_raw)
+    total = sum(len(data) for _n, _t, data in attachments)
+    errors: dict[str, str] = {}
+    if total > upload_limit():
+        errors["attachments"] = _(
+            "The attachments come to %(size)s MB; a message may carry at most %(limit)d MB.",
+            size=f"{total / 1048576:.1f}",
+            limit=upload_limit() // 1048576,
+        )
+        attachments = []
+    recipients: dict[str, list[tuple[str, str]]] = {}
+    for name in ("to", "cc", "bcc"):
+        try:
+            recipients[name] = parse_recipients(getattr(draft, name), field=name)
+        except ComposeError as error:
+            errors[error.field] = error.message
+            recipients[name] = []
+    everyone = [a for name in ("to", "cc", "bcc") for _n, a in recipients[name]]
+    if action == "send" and not everyone and "to" not in errors:
+        errors["to"] = _("Give at least one recipient.")
+
+    def build(with_bcc: bool) -> EmailMessage:
+        message = build_message(
+            sender=(person.display_name, draft.sender),
+            to=recipients["to"],
+            cc=recipients["cc"],
+            bcc=recipients["bcc"],
+            subject=draft.subject,
+            body=draft.body,
+            attachments=attachments,
+            in_reply_to=draft.in_reply_to,
+            references=draft.references,
+            domain=domain.name,
+        )
+        if with_bcc and recipients["bcc"]:
+            message["Bcc"] = _addresses(recipients["bcc"])
+        return message
+
+    replaces = source if draft.mode == "draft" else None
+    if errors or action == "draft":
+        uploaded = any(upload.filename for upload in request.files.getlist("attachments"))
+        # Saved as a draft when asked, or when files came with a mistake elsewhere (so
+        # that they are not lost); files too large to keep are said so instead.
+        if action == "draft" or (uploaded and "attachments" not in errors):
+            uid = _save_draft(build(True).as_bytes(), replaces)
+            if not errors:
+                flash(_("The draft is saved in Drafts."), "success")
+                return redirect(_draft_url(uid))
+            return _reshow_from_draft(uid, draft, errors)
+        return _show(draft, errors, 400)
+
+    # Sending.
+    limit = recipients_per_hour()
+    already = recipients_sent_last_hour(db(), person.id)
+    if already + len(everyone) > limit:
+        errors["to"] = _(
+            "You may send to %(limit)d recipients an hour; %(left)d are left for now."
+            " Your message is kept in Drafts.",
+            limit=limit,
+            left=max(0, limit - already),
+        )
+        uid = _save_draft(build(True).as_bytes(), replaces)
+        return _reshow_from_draft(uid, draft, errors)
+    message = build(False)
+    dkim = None
+    if domain.dkim_selector and domain.dkim_private_key:
+        dkim = (domain.name, domain.dkim_selector, domain.dkim_private_key)
+    config = current_app.config["CONTINUITY"]
+    try:
+        result = send(config, message, draft.sender, everyone, dkim=dkim)
+    except RelayDown as error:
+        log.warning("webmail: the relay is down for %s: %s", person.mail, error)
+        uid = _save_draft(build(True).as_bytes(), replaces)
+        errors["send"] = _(
+            "The message could not be sent: the outgoing mail server cannot be reached"
+            " right now. It is kept in Drafts; try again in a few minutes."
+        )
+        return _reshow_from_draft(uid, draft, errors)
+    if not result.accepted:
+        uid = _save_draft(build(True).as_bytes(), replaces)
+        errors["send"] = _(
+            "No recipient was accepted; nothing was sent. The message is kept in Drafts."
+        )
+        return _reshow_from_draft(uid, draft, errors, refused=result.refused)
+    with writing() as write:
+        record_sent(write, person, len(result.accepted), client_address())
+        queue_sent_copy(write.connection(), domain, person.id, draft.sender, message.as_bytes())
+    copy = build(True).as_bytes()
+
+    def file_it(box: Mailbox) -> None:
+        box.append(box.special("Sent"), copy, (b"\\Seen",))
+        if source is not None and draft.mode in ("reply", "reply_all"):
+            box.set_flag(source[0], [source[1]], b"\\Answered", True)
+        if source is not None and draft.mode == "draft":
+            box.remove(source[0], source[1])
+
+    try:
+        on_store(file_it)
+    except IMAPClientError as error:
+        log.warning("webmail: sent by %s, but not filed in Sent: %s", person.mail, error)
+        flash(_("The message was sent, but could not be copied to Sent."), "error")
+    log.info(
+        "webmail: %s sent a message to %d recipient(s), %d refused",
+        person.mail,
+        len(result.accepted),
+        len(result.refused),
+    )
+    if result.refused:
+        return render_template(
+            "webmail/sent.html",
+            refused=result.refused,
+            accepted=result.accepted,
+            **on_store(lambda box: _chrome(box, "")),
+        )
+    flash(_("Your message was sent."), "success")
+    return redirect(url_for("webmail.folder", token=folder_token("INBOX")))
+
+
+def _save_draft(raw: bytes, replaces: tuple[str, int] | None) -> int | None:
+    """Store a draft in Drafts (replacing the one it was resumed from); its UID."""
+
+    def work(box: Mailbox) -> int | None:
+        drafts = box.special("Drafts")
+        uid = box.append(drafts, raw, (b"\\Draft", b"\\Seen"))
+        if replaces is not None and replaces[0] == drafts:
+            box.remove(drafts, replaces[1])
+        return uid
+
+    with pool().mailbox(current_access().person.mail) as box:  # type: ignore[union-attr]
+        return work(box)
+
+
+def _draft_url(uid: int | None) -> str:
+    if uid is None:
+        return url_for("webmail.folder", token=folder_token("Drafts"))
+    return url_for("webmail.compose", mode="draft", source=f"{folder_token('Drafts')}/{uid}")
+
+
+def _reshow_from_draft(
+    uid: int | None,
+    typed: Draft,
+    errors: dict[str, str],
+    refused: dict[str, tuple[int, str]] | None = None,
+) -> Any:
+    """The form again, as typed, now resumed from the draft just saved."""
+    if uid is not None:
+        raw = on_store(lambda box: _read(box, box.special("Drafts"), uid))
+        saved = parse(raw)
+        typed.mode = "draft"
+        typed.source = f"{folder_token('Drafts')}/{uid}"
+        typed.kept = [(a.part, a.filename, a.size) for a in saved.attachments if not a.content_id]
+    if refused:
+        errors["refused"] = "; ".join(
+            f"{address}: {code} {text}" for address, (code, text) in sorted(refused.items())
+        )
+    return _show(typed, errors, 400)

@@ -1,0 +1,394 @@
+"""The webmail's pages: folders, the message list, reading, actions, composing."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import (
+    Response,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_babel import gettext as _
+from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
+
+from portal.webmail import bp
+from portal.webmail.access import current_access, webmail_user
+from portal.webmail.imap import (
+    BadRequest,
+    Mailbox,
+    Page,
+    StorePool,
+    StoreUnavailable,
+    checked_uid,
+    checked_uids,
+    folder_from_token,
+    folder_token,
+    settings_from,
+)
+from portal.webmail.message import parse, part_bytes
+from portal.webmail.sanitize import clean_html, frame_policy
+from roster.config import ConfigError
+
+log = logging.getLogger("continuity.portal.webmail")
+T = TypeVar("T")
+
+POOL = "webmail_pool"
+RAW_CACHE = "webmail_raw_cache"
+CACHE_BYTES = 64 * 1024 * 1024
+CACHE_ONE_MAX = 8 * 1024 * 1024
+INLINE_IMAGES = {"image/png", "image/gif", "image/jpeg", "image/webp"}
+SORTS = ("arrival", "date", "from", "subject", "size")
+
+
+# -- the store, per process ---------------------------------------------------------
+
+
+def pool() -> StorePool:
+    """This process's pool of IMAP connections (made at first use)."""
+    found = current_app.extensions.get(POOL)
+    if found is None:
+        with _pool_lock:
+            found = current_app.extensions.get(POOL)
+            if found is None:
+                found = StorePool(settings_from(current_app.config["CONTINUITY"]))
+                current_app.extensions[POOL] = found
+    return found
+
+
+_pool_lock = threading.Lock()
+
+
+class RawCache:
+    """Messages' bytes by (address, folder, UIDVALIDITY, UID), bounded in bytes: the
+    reading page, its HTML frame and its images read the same message once."""
+
+    def __init__(self, limit: int = CACHE_BYTES) -> None:
+        self.limit = limit
+        self._items: OrderedDict[tuple[str, str, int, int], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, int, int]) -> bytes | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, str, int, int], raw: bytes) -> None:
+        if len(raw) > CACHE_ONE_MAX:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = raw
+            self._size += len(raw)
+            while self._size > self.limit:
+                _key, dropped = self._items.popitem(last=False)
+                self._size -= len(dropped)
+
+
+def raw_cache() -> RawCache:
+    found = current_app.extensions.get(RAW_CACHE)
+    if found is None:
+        found = current_app.extensions.setdefault(RAW_CACHE, RawCache())
+    return found  # type: ignore[no-any-return]
+
+
+def on_store(work: Callable[[Mailbox], T]) -> T:
+    """Run ``work`` on the signed-in person's mailbox; 404 for a name or number the
+    mailbox does not have, a page saying so when the store cannot be reached."""
+    address = current_access().person.mail  # type: ignore[union-attr]
+    try:
+        return pool().run(address, work)
+    except BadRequest:
+        abort(404)
+    except ConfigError as error:
+        log.error("webmail: %s", error)
+        raise StoreDown() from None
+    except StoreUnavailable as error:
+        log.warning("webmail: %s", error)
+        raise StoreDown() from None
+
+
+class StoreDown(Exception):
+    """The standby store cannot be reached now (a page says so)."""
+
+
+@bp.errorhandler(StoreDown)
+def store_down(_error: StoreDown) -> Any:
+    return render_template("webmail/unavailable.html", access=current_access()), 503
+
+
+def _folder(token: str) -> str:
+    try:
+        return folder_from_token(token)
+    except BadRequest:
+        abort(404)
+
+
+def _uid(value: str) -> int:
+    try:
+        return checked_uid(value)
+    except BadRequest:
+        abort(404)
+
+
+def _read(box: Mailbox, folder: str, uid: int) -> bytes:
+    """A message's bytes, from the cache when this process read it already."""
+    state = box.select(folder)
+    key = (box.address, folder, int(state.get(b"UIDVALIDITY", 0)), uid)
+    cache = raw_cache()
+    raw = cache.get(key)
+    if raw is None:
+        raw, _flags = box.fetch(folder, uid)
+        cache.put(key, raw)
+    return raw
+
+
+def _chrome(box: Mailbox, current: str) -> dict[str, Any]:
+    """What every webmail page shows around its content: the folders and the state."""
+    return {
+        "folders": box.folders(),
+        "current_folder": current,
+        "access": current_access(),
+        "folder_token": folder_token,
+        "wide_page": True,
+    }
+
+
+# -- pages --------------------------------------------------------------------------
+
+
+@bp.get("")
+@webmail_user
+def index() -> Any:
+    """The webmail's front door: the inbox."""
+    return redirect(url_for("webmail.folder", token=folder_token("INBOX")))
+
+
+@bp.get("/f/<token>")
+@webmail_user
+def folder(token: str) -> Any:
+    """A folder's messages, 50 a page."""
+    name = _folder(token)
+    sort = request.args.get("sort", "arrival")
+    if sort not in SORTS:
+        sort = "arrival"
+    reverse = request.args.get("order", "desc") != "asc"
+    query = request.args.get("q", "")
+    field = request.args.get("in", "text")
+    asked = request.args.get("page", "1")
+    page_number = int(asked) if asked.isdigit() and len(asked) < 7 else 1
+    if (
+        len(query) > 200
+        or any(ord(c) < 32 for c in query)
+        or field
+        not in (
+            "text",
+            "from",
+            "to",
+            "subject",
+        )
+    ):
+        flash(_("That search cannot be made: use shorter text on one line."), "error")
+        return redirect(url_for("webmail.folder", token=token))
+
+    def work(box: Mailbox) -> tuple[Page, dict[str, Any]]:
+        listed = box.page(
+            name, page=page_number, sort=sort, reverse=reverse, search=query, search_field=field
+        )
+        return listed, _chrome(box, name)
+
+    listed, chrome = on_store(work)
+    return render_template(
+        "webmail/folder.html",
+        listing=listed,
+        token=token,
+        sort=sort,
+        reverse=reverse,
+        query=query,
+        field=field,
+        **chrome,
+    )
+
+
+@bp.get("/m/<token>/<uid>")
+@webmail_user
+def message(token: str, uid: str) -> Any:
+    """One message: its headers, its text or (sanitised, in a sandbox) its HTML, its
+    attachments. Opening it marks it read."""
+    name, number = _folder(token), _uid(uid)
+    images = request.args.get("images") == "1"
+
+    def work(box: Mailbox) -> tuple[bytes, tuple[int | None, int | None], dict[str, Any]]:
+        raw = _read(box, name, number)
+        box.set_flag(name, [number], b"\\Seen", True)
+        return raw, box.neighbours(name, number), _chrome(box, name)
+
+    raw, (newer, older), chrome = on_store(work)
+    parsed = parse(raw)
+    blocked = False
+    if parsed.html is not None:
+        _html, blocked = clean_html(parsed.html, cid_url=lambda _cid: "", allow_remote=images)
+    return render_template(
+        "webmail/message.html",
+        token=token,
+        uid=number,
+        msg=parsed,
+        images=images,
+        blocked=blocked,
+        newer=newer,
+        older=older,
+        is_draft=chrome["folders"]
+        and any(f.name == name and f.special == "Drafts" for f in chrome["folders"]),
+        **chrome,
+    )
+
+
+@bp.get("/m/<token>/<uid>/body")
+@webmail_user
+def body(token: str, uid: str) -> Any:
+    """The HTML of a message, sanitised, for the sandboxed frame of the reading page."""
+    name, number = _folder(token), _uid(uid)
+    images = request.args.get("images") == "1"
+    raw = on_store(lambda box: _read(box, name, number))
+    parsed = parse(raw)
+    by_cid = {a.content_id: a.part for a in parsed.attachments if a.content_id}
+
+    def cid_url(content_id: str) -> str | None:
+        part = by_cid.get(content_id.strip("<>"))
+        if part is None:
+            return None
+        return url_for("webmail.part", token=token, uid=number, part=part, inline=1)
+
+    cleaned, _blocked = clean_html(parsed.html or "", cid_url=cid_url, allow_remote=images)
+    document = (
+        '<!doctype html><html><head><meta charset="utf-8">'
+        '<meta name="referrer" content="no-referrer">'
+        "<style>body{font-family:system-ui,sans-serif;margin:8px;overflow-wrap:anywhere}"
+        "img{max-width:100%;height:auto}</style></head><body>"
+        f"{cleaned}</body></html>"
+    )
+    response = Response(document, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = frame_policy(images)
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@bp.get("/m/<token>/<uid>/part/<part>")
+@webmail_user
+def part(token: str, uid: str, part: str) -> Any:
+    """One attachment, as a download whatever the message claims it is (inline only for
+    plain raster images that an HTML message shows by cid:)."""
+    name, number = _folder(token), _uid(uid)
+    if len(part) > 40 or not all(p.isdigit() and len(p) < 5 for p in part.split(".")):
+        abort(404)
+    raw = on_store(lambda box: _read(box, name, number))
+    found = part_bytes(raw, part)
+    if found is None:
+        abort(404)
+    attachment, data = found
+    inline = request.args.get("inline") == "1" and attachment.content_type in INLINE_IMAGES
+    response = Response(data, mimetype=attachment.content_type if inline else None)
+    if not inline:
+        response.headers["Content-Type"] = "application/octet-stream"
+    from urllib.parse import quote
+
+    ascii_name = attachment.filename.encode("ascii", "replace").decode("ascii").replace("?", "_")
+    ascii_name = ascii_name.replace('"', "_").replace("\\", "_")
+    response.headers["Content-Disposition"] = (
+        f'{"inline" if inline else "attachment"}; filename="{ascii_name}";'
+        f" filename*=UTF-8''{quote(attachment.filename, safe='')}"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response.headers["Cache-Control"] = "private, no-store"
+    if inline:
+        response.headers["X-Frame-Options"] = "SAMEORIGIN"
+        response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    return response
+
+
+# -- actions ------------------------------------------------------------------------
+
+ACTIONS = ("read", "unread", "flag", "unflag", "move", "delete")
+
+
+@bp.post("/f/<token>/act")
+@webmail_user
+def act(token: str) -> Any:
+    """Mark read or unread, flag, move or delete one message or a selection."""
+    name = _folder(token)
+    action = request.form.get("action", "")
+    back = request.form.get("back", "")
+    target_token = request.form.get("target", "")
+    if action not in ACTIONS:
+        abort(400)
+    try:
+        uids = checked_uids(request.form.getlist("uid"))
+    except BadRequest:
+        flash(_("Select at least one message first."), "error")
+        return _back(token, back)
+    target = _folder(target_token) if action == "move" else ""
+
+    def work(box: Mailbox) -> bool:
+        if action in ("read", "unread"):
+            box.set_flag(name, uids, b"\\Seen", action == "read")
+        elif action in ("flag", "unflag"):
+            box.set_flag(name, uids, b"\\Flagged", action == "flag")
+        elif action == "move":
+            box.move(name, uids, target)
+        else:
+            return box.delete(name, uids)
+        return False
+
+    try:
+        removed = on_store(work)
+    except IMAPClientError as error:
+        log.warning("webmail: %s on %s refused: %s", action, current_access().person, error)
+        flash(_("The standby store refused that change. Reload the page and try again."), "error")
+        return _back(token, back)
+    count = len(uids)
+    if action == "delete":
+        flash(
+            _("%(count)d message(s) removed for good.", count=count)
+            if removed
+            else _("%(count)d message(s) moved to Trash.", count=count),
+            "success",
+        )
+    elif action == "move":
+        flash(_("%(count)d message(s) moved.", count=count), "success")
+    if action in ("move", "delete"):
+        return redirect(url_for("webmail.folder", token=token))
+    return _back(token, back)
+
+
+def _back(token: str, back: str) -> Any:
+    """Back to the page the form came from, when it is one of this folder's."""
+    prefix = url_for("webmail.folder", token=token)
+    message_prefix = url_for("webmail.index") + f"/m/{token}/"
+    same_folder = back.startswith(prefix) or back.startswith(message_prefix)
+    if same_folder and "\\" not in back and not any(ord(c) < 32 for c in back):
+        return redirect(back)
+    return redirect(prefix)
+
+
+@bp.post("/trash/empty")
+@webmail_user
+def empty_trash() -> Any:
+    """Remove everything in Trash."""
+    on_store(lambda box: box.empty_trash())
+    flash(_("Trash is empty."), "success")
+    return redirect(url_for("webmail.folder", token=folder_token("Trash")))

@@ -12,6 +12,7 @@ from portal.access import METHOD_DIRECTORY, public, signed_in
 from portal.forms import EmergencyPasswordForm, ResetForm
 from portal.ldapauth import BindOutcome, check_password
 from portal.request_scope import client_address, db, writing
+from portal.webmail.access import webmail_access
 from roster import throttle
 from roster.config import Config
 from roster.domains import audit
@@ -72,6 +73,7 @@ def status() -> Any:
         credential=credential,
         can_change=current_user.method == METHOD_DIRECTORY,
         form=EmergencyPasswordForm(),
+        webmail=webmail_access(roster, person),
     )
 
 

@@ -304,6 +304,7 @@ def domain_state(domain: Domain) -> dict[str, Any]:
         "language": domain.language,
         "verify_recipients": domain.verify_recipients,
         "sent_copies_to_primary": domain.sent_copies_to_primary,
+        "webmail_access": domain.webmail_access,
     }
 
 

@@ -32,6 +32,8 @@ from roster.identity import normalise_address
 from roster.models import (
     COVERAGE_ALL,
     COVERAGE_SELECTED,
+    WEBMAIL_ALWAYS,
+    WEBMAIL_OUTAGE,
     Alias,
     ContinuityEvent,
     CoverageEntry,
@@ -133,6 +135,19 @@ def switch_emergency_password(
         _require_active(domain)
     action = "emergency_password.enabled" if enabled else "emergency_password.disabled"
     return _change(session, domain, actor, action, {"emergency_password_enabled": enabled}, client)
+
+
+def set_webmail_access(
+    session: Session, domain: Domain, access: str, actor: str, client: str | None = None
+) -> bool:
+    """Open the standby webmail to the domain's covered people at all times
+    (``WEBMAIL_ALWAYS``: they can try it before an outage) or only while the domain is
+    in a continuity event (``WEBMAIL_OUTAGE``); audited. True when it changed."""
+    if access not in (WEBMAIL_ALWAYS, WEBMAIL_OUTAGE):
+        raise Refused("webmail_access", f"{printable(access, 20)!r} is not always or outage")
+    return _change(
+        session, domain, actor, "webmail.access_changed", {"webmail_access": access}, client
+    )
 
 
 def set_coverage_mode(

@@ -13,7 +13,8 @@ One module a subject: ``page`` (the scope selector and the domain's page), ``ser
 (activate, deactivate), ``coverage`` (all or selected users), ``users`` (the list),
 ``emergency`` (the emergency password), ``primary`` (the primary server and its test),
 ``events`` (continuity events by hand, and their list), ``audit`` (the audit trail),
-``tracking`` (Email Live Tracking); ``scope`` finds the admin's domain, ``wording`` words
+``tracking`` (Email Live Tracking), ``webmail`` (when the standby webmail
+opens); ``scope`` finds the admin's domain, ``wording`` words
 outcomes.
 """
 
@@ -28,6 +29,7 @@ from portal.controlpanel import (
     service,
     tracking,
     users,
+    webmail,
 )
 from portal.controlpanel.scope import PEOPLE_INDEX, bp
 
@@ -43,4 +45,5 @@ __all__ = [
     "service",
     "tracking",
     "users",
+    "webmail",
 ]

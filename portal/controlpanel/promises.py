@@ -1,10 +1,9 @@
 """What the Control Panel's confirmation pages promise: only what the product does today.
 
 The gateway copies covered people's incoming mail into the standby store (issue #9), so
-the pages say what activation, deactivation and removal do to that archive. The standby
-webmail is still being built: its sentences are written here already and stay off until
-the change that makes them true switches them on, so that no page promises a webmail
-that does not exist yet.
+the pages say what activation, deactivation and removal do to that archive. Covered people
+read and send mail in the standby webmail (issue #11), so the pages say what the
+service does to it too.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from roster.models import Domain
 
 STANDBY_COPIES = True
 """True once covered people's incoming mail is copied into the standby store."""
-STANDBY_WEBMAIL = False
+STANDBY_WEBMAIL = True
 """True once covered people can read and send mail in the standby webmail."""
 
 

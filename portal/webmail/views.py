@@ -13,6 +13,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -282,8 +283,7 @@ def body(token: str, uid: str) -> Any:
     )
     response = Response(document, mimetype="text/html")
     response.headers["Content-Security-Policy"] = frame_policy(images)
-    response.headers["X-Frame-Options"] = "SAMEORIGIN"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    g.webmail_frame_headers = {"X-Frame-Options": "SAMEORIGIN", "Referrer-Policy": "no-referrer"}
     return response
 
 
@@ -316,9 +316,25 @@ def part(token: str, uid: str, part: str) -> Any:
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response.headers["Cache-Control"] = "private, no-store"
     if inline:
-        response.headers["X-Frame-Options"] = "SAMEORIGIN"
         response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
+        g.webmail_frame_headers = {"X-Frame-Options": "SAMEORIGIN"}
     return response
+
+
+def _frame_headers(response: Response) -> Response:
+    """The headers of a response shown inside the reading page (the message's frame and
+    its inline images), set after the portal's own: those say ``X-Frame-Options: DENY``
+    for every response, which would leave the frame empty."""
+    for name, value in g.get("webmail_frame_headers", {}).items():
+        response.headers[name] = value
+    return response
+
+
+@bp.record_once
+def _last_after_request(state: Any) -> None:
+    # Flask calls an app's after_request functions in reverse order of registration:
+    # the first in the list runs last, after the portal's security headers.
+    state.app.after_request_funcs.setdefault(None, []).insert(0, _frame_headers)
 
 
 # -- actions ------------------------------------------------------------------------

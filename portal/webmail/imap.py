@@ -27,12 +27,15 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, TypeVar
 
 from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError  # type: ignore[import-untyped]
-from imapclient.response_types import Address, Envelope  # type: ignore[import-untyped]
 
+from portal.webmail.message import header_text
 from roster.config import Config, ConfigError, host_port
 
 T = TypeVar("T")
@@ -44,7 +47,17 @@ SORT_KEYS = {"date": "DATE", "from": "FROM", "subject": "SUBJECT", "size": "SIZE
 SEARCH_FIELDS = {"text": "TEXT", "from": "FROM", "to": "TO", "subject": "SUBJECT"}
 MAX_SEARCH_LENGTH = 200
 MAX_SELECTION = 500
-LIST_ITEMS = [b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE"]
+# What a line of the message list needs: the header fields as one literal each (much
+# cheaper to parse than ENVELOPE and BODYSTRUCTURE's nested lists).
+LIST_ITEMS = [
+    b"UID",
+    b"FLAGS",
+    b"INTERNALDATE",
+    b"RFC822.SIZE",
+    b"BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)]",
+]
+HEADER_KEY = b"BODY[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)]"
+_HEADERS = BytesHeaderParser(policy=compat32)
 _LOOPBACK = re.compile(r"^(127\.|::1$|localhost$)")
 
 
@@ -184,73 +197,44 @@ def checked_search(text: str) -> str:
     return text
 
 
-def _text(value: bytes | str | None) -> str:
-    """An envelope field as text: RFC 2047 decoded, control characters made spaces."""
-    if value is None:
-        return ""
-    raw = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    from email.header import decode_header, make_header
-
+def _addresses(value: str) -> list[tuple[str, str]]:
+    """The (name, address) pairs of an address header, names decoded."""
     try:
-        decoded = str(make_header(decode_header(raw)))
-    except (ValueError, LookupError, UnicodeError):
-        decoded = raw
-    return "".join(" " if ord(c) < 32 or c == "\x7f" else c for c in decoded).strip()
-
-
-def _address(address: Address) -> tuple[str, str]:
-    mailbox = _text(address.mailbox)
-    host = _text(address.host)
-    return _text(address.name), f"{mailbox}@{host}" if host else mailbox
-
-
-def _has_attachment(structure: Any) -> bool:
-    """True when a BODYSTRUCTURE holds a part marked as an attachment or a non-text,
-    non-multipart part that is not inline."""
-    if structure is None:
-        return False
-    if getattr(structure, "is_multipart", False):
-        parts = structure[0] if isinstance(structure[0], list) else []
-        return any(_has_attachment(part) for part in parts)
-    try:
-        kind = structure[0].lower() if isinstance(structure[0], bytes) else b""
-    except (IndexError, TypeError):
-        return False
-    for item in structure[7:]:
-        if isinstance(item, tuple) and item and item[0] in (b"attachment", b"ATTACHMENT"):
-            return True
-    return kind not in (b"text", b"multipart", b"message") and kind != b""
+        pairs = getaddresses([value])
+    except (ValueError, IndexError, TypeError):
+        return []
+    return [(header_text(name), header_text(address)) for name, address in pairs if address]
 
 
 def _summary(uid: int, data: dict[bytes, Any]) -> Summary:
-    envelope: Envelope | None = data.get(b"ENVELOPE")
+    """A list line from the header fields fetched (LIST_ITEMS)."""
     flags = {flag.lower() for flag in data.get(b"FLAGS", ())}
-    sender, sender_address, recipients = "", "", ""
-    subject = ""
+    raw = data.get(HEADER_KEY) or b""
+    try:
+        headers = _HEADERS.parsebytes(bytes(raw))
+    except Exception:  # noqa: BLE001 - a hostile header block shows as an empty line
+        headers = _HEADERS.parsebytes(b"")
+    senders = _addresses(str(headers.get("From", "")))
+    recipients = _addresses(str(headers.get("To", "")))
     date = data.get(b"INTERNALDATE")
-    if envelope is not None:
-        subject = _text(envelope.subject)
-        if envelope.from_:
-            name, address = _address(envelope.from_[0])
-            sender, sender_address = name or address, address
-        if envelope.to:
-            recipients = ", ".join(
-                name or address for name, address in (_address(a) for a in envelope.to[:5])
-            )
-        date = envelope.date or date
+    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+        date = parsedate_to_datetime(str(headers.get("Date", ""))) or date
+    kind = str(headers.get("Content-Type", "")).strip().lower()
+    sender_name, sender_address = senders[0] if senders else ("", "")
     return Summary(
         uid=uid,
-        subject=subject,
-        sender=sender,
+        subject=header_text(headers.get("Subject", "")),
+        sender=sender_name or sender_address,
         sender_address=sender_address,
-        recipients=recipients,
+        recipients=", ".join(name or address for name, address in recipients[:5]),
         date=date,
         size=int(data.get(b"RFC822.SIZE", 0)),
         seen=b"\\seen" in flags,
         flagged=b"\\flagged" in flags,
         answered=b"\\answered" in flags,
         draft=b"\\draft" in flags,
-        attachment=_has_attachment(data.get(b"BODYSTRUCTURE")),
+        # multipart/mixed carries attachments; alternative and related do not.
+        attachment=kind.startswith("multipart/mixed"),
     )
 
 
@@ -525,6 +509,9 @@ class StorePool:
                 ssl=False,
                 timeout=settings.timeout,
             )
+            # Commands go as small writes (AUTHENTICATE's continuation among them): without
+            # this, Nagle's algorithm holds each behind the last one's delayed ACK (40 ms).
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if context is not None:
                 client.starttls(context)
             client.plain_login(

@@ -44,7 +44,10 @@ from tests.servers.dovecot import DovecotServer
 TARGET_COLD_RATIO = 1.2
 TARGET_WARM_MS = 72.0
 TARGET_OPEN_MS = 60.0
-LIST_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)])"
+LIST_ITEMS = (
+    "(UID FLAGS INTERNALDATE RFC822.SIZE"
+    " BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)])"
+)
 SENDERS = ["Ana García <ana@sender.test>", "Bo Berg <bo@other.test>", "carla@third.test"]
 
 
@@ -56,7 +59,8 @@ def message(number: int) -> bytes:
     sender = SENDERS[number % len(SENDERS)]
     headers = (
         f"From: {sender}\r\nTo: person@acme.test\r\nSubject: Report {number:06d}\r\n"
-        f"Date: Mon, {1 + number % 28:02d} Nov 2026 {number % 24:02d}:{number % 60:02d}:00 +0000\r\n"
+        f"Date: Mon, {1 + number % 28:02d} Nov 2026"
+        f" {number % 24:02d}:{number % 60:02d}:00 +0000\r\n"
         f"Message-ID: <{number}.bench@sender.test>\r\nMIME-Version: 1.0\r\n"
     )
     if number % 10:
@@ -225,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         from portal.webmail.imap import folder_token
 
         app, clients = portal(Path(tmp), server, addresses)
-        inbox = f"/webmail/f/{folder_token('INBOX')}"
+        inbox_token = folder_token("INBOX")
+        inbox = f"/webmail/f/{inbox_token}"
         for size, address in zip(sizes, addresses, strict=True):
             client = clients[address]
 
-            def cold() -> None:
+            def cold(client: Any = client) -> None:
                 pool = app.extensions.get("webmail_pool")
                 if pool is not None:
                     pool.close()
@@ -247,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
                     floor_runs.append(second(server, address))
                 with smtplib.LMTP(*server.lmtp, timeout=30) as lmtp:
                     lmtp.sendmail("s@sender.test", [address], message(size + turn))
-                warm_runs.append(timed(lambda: client.get(inbox)))
+                warm_runs.append(timed(lambda client=client: client.get(inbox)))
             uids = random.Random(size).sample(range(1, size + 1), args.rounds)
             open_runs = [
-                timed(lambda uid=uid: client.get(f"/webmail/m/{folder_token('INBOX')}/{uid}"))
+                timed(lambda uid=uid, client=client: client.get(f"/webmail/m/{inbox_token}/{uid}"))
                 for uid in uids
             ]
             figures = {

@@ -847,6 +847,10 @@ from continuity.retention_command import retention  # noqa: E402
 
 cli.add_command(retention)
 
+from continuity.dkim_command import dkim  # noqa: E402
+
+domain.add_command(dkim)
+
 
 def main() -> None:
     """Entry point of the console script."""

@@ -31,6 +31,7 @@ ACTIONS = {
     "emergency_password.reminders_sent": _l("Reminders to set an emergency password sent"),
     "domain.added": _l("Domain added"),
     "staff.added": _l("Staff account added"),
+    "dkim.key_created": _l("DKIM key made for the mail sent from the webmail"),
     # People: signing in, their emergency password, the directory sync
     "sign_in": _l("Signed in"),
     "sign_in.failed": _l("Sign-in refused"),
@@ -45,6 +46,8 @@ ACTIONS = {
     "person.enabled": _l("Enabled again in the directory"),
     "person.removed": _l("Gone from the directory"),
     "person.restored": _l("Back in the directory"),
+    # The standby webmail
+    "webmail_sent": _l("Sent a message from the webmail"),
 }
 
 # Details written by the roster in English, for the pages to word.
@@ -89,6 +92,7 @@ SETTINGS = {
     "address": _l("Address"),
     "role": _l("Role"),
     "retention_days": _l("Days the standby archive keeps mail"),
+    "dkim_selector": _l("DKIM selector"),
 }
 
 VALUES = {
@@ -136,7 +140,9 @@ def audit_sentences(
     """What else an event says beyond its action: each change worded, and its detail."""
     before, after = before or {}, after or {}
     found: list[str] = []
-    if action != "domain.added":  # its "after" is every setting: the action says enough
+    # A domain's "after" is every setting (the action says enough); a message sent has
+    # only its count of recipients, worded below.
+    if action not in ("domain.added", "webmail_sent"):
         other = False
         for key in [*after, *(k for k in before if k not in after)]:
             if key in SAID_BY_ACTION:
@@ -179,6 +185,10 @@ def audit_sentences(
                 "%(num)d individually added users were removed from the list.",
                 emptied,
             )
+        )
+    if action == "webmail_sent" and isinstance(after.get("recipients"), int):
+        found.append(
+            ngettext("To %(num)d recipient.", "To %(num)d recipients.", after["recipients"])
         )
     if action == "emergency_password.reminders_sent" and reminders[0] is not None:
         found.append(ngettext("%(num)d reminder sent.", "%(num)d reminders sent.", reminders[0]))

@@ -164,6 +164,20 @@ def test_cid_without_such_part_loses_its_src():
     assert html == f'<img alt="a"><img src="{PART_URL}3" alt="b">'
 
 
+def test_cid_url_may_give_a_data_url_but_a_message_may_not():
+    png = "data:image/png;base64,iVBORw0KGgo="
+    html, _ = clean_html(
+        f'<img src="cid:a@x"><img src="{png}"><a href="{png}">x</a>',
+        cid_url=lambda cid: png if cid == "a@x" else None,
+        allow_remote=True,
+    )
+    assert structure(html) == [
+        ("img", [("src", png)]),
+        ("img", []),
+        ("a", [("rel", "noopener noreferrer"), ("target", "_blank")]),
+    ]
+
+
 def test_relative_urls_never_point_into_the_portal():
     html, _ = clean_html(
         '<a href="/webmail/logout">a</a><img src="/webmail/x"><img src="../me"><a href="?x">b</a>',

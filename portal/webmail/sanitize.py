@@ -90,7 +90,11 @@ def _url(value: str) -> str:
 def clean_html(
     html: str, *, cid_url: Callable[[str], str | None], allow_remote: bool
 ) -> tuple[str, bool]:
-    """Sanitise a message's HTML; returns (safe body HTML, True if remote images were blocked)."""
+    """Sanitise a message's HTML; returns (safe body HTML, True if remote images were blocked).
+
+    `cid_url` maps a Content-ID the message has to the URL of that part (a same-origin
+    path, or a data: URL) and returns None for an id the message does not have.
+    """
     blocked = False
     approved: set[str] = set()
 
@@ -130,7 +134,9 @@ def clean_html(
             strip_comments=True,
             link_rel="noopener noreferrer",
             set_tag_attribute_values={"a": {"target": "_blank"}},
-            url_schemes={"http", "https", "mailto", "cid"},
+            # data: only ever passes as what cid_url returned: attribute_filter has
+            # already refused every other data: URL.
+            url_schemes={"http", "https", "mailto", "cid", "data"},
             filter_style_properties=STYLE_PROPERTIES,
             url_relative=relative_url,
         )

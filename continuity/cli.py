@@ -506,6 +506,11 @@ def domain_deactivate(state: State, name: str) -> None:
     type=click.Choice(["on", "off"]),
     help="Hand what people send from the webmail during an event to the primary for Sent.",
 )
+@click.option(
+    "--webmail",
+    type=click.Choice(["always", "outage"]),
+    help="Open the standby webmail at all times, or only during a continuity event.",
+)
 @pass_state
 def domain_set(
     state: State,
@@ -522,10 +527,11 @@ def domain_set(
     language: str | None,
     verify_recipients: str | None,
     sent_copies: str | None,
+    webmail: str | None,
 ) -> None:
     """Change a domain's settings; each change is audited."""
     from roster.domains import Refused, check_primary
-    from roster.service import set_primary, switch_emergency_password
+    from roster.service import set_primary, set_webmail_access, switch_emergency_password
 
     state.require_schema()
     primary_options = (
@@ -541,7 +547,8 @@ def domain_set(
         verify_recipients,
         sent_copies,
     )
-    if emergency_password is None and all(value is None for value in primary_options):
+    nothing_else = emergency_password is None and webmail is None
+    if nothing_else and all(value is None for value in primary_options):
         fail("nothing to set: give at least one option (see --help)", EXIT_USAGE)
     parsed: Primary | None = None
     if primary:
@@ -586,6 +593,8 @@ def domain_set(
         if emergency_password is not None:
             switched_on = emergency_password == "on"  # noqa: S105 (on|off, not a password)
             switch_emergency_password(session, found, switched_on, actor())
+        if webmail is not None:
+            set_webmail_access(session, found, webmail, actor())
         state_now = domain_state(found)
     for key, value in state_now.items():
         click.echo(f"{key}: {value}")

@@ -32,6 +32,7 @@ ACTIONS = {
     "domain.added": _l("Domain added"),
     "staff.added": _l("Staff account added"),
     "dkim.key_created": _l("DKIM key made for the mail sent from the webmail"),
+    "webmail.access_changed": _l("Changed when the standby webmail opens"),
     # People: signing in, their emergency password, the directory sync
     "sign_in": _l("Signed in"),
     "sign_in.failed": _l("Sign-in refused"),
@@ -93,6 +94,7 @@ SETTINGS = {
     "role": _l("Role"),
     "retention_days": _l("Days the standby archive keeps mail"),
     "dkim_selector": _l("DKIM selector"),
+    "webmail_access": _l("The standby webmail opens"),
 }
 
 VALUES = {
@@ -107,6 +109,8 @@ VALUES = {
     ("role", "helpdesk"): _l("helpdesk"),
     ("role", "global_admin"): _l("global admin"),
     ("retention_days", "default"): _l("the service's default"),
+    ("webmail_access", "always"): _l("at all times"),
+    ("webmail_access", "outage"): _l("only during a continuity event"),
 }
 
 _OLD_REMINDERS = re.compile(r"(\d+) sent, (\d+) failed")

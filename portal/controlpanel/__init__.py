@@ -13,7 +13,8 @@ One module a subject: ``page`` (the scope selector and the domain's page), ``ser
 (activate, deactivate), ``coverage`` (all or selected users), ``users`` (the list),
 ``emergency`` (the emergency password), ``primary`` (the primary server and its test),
 ``events`` (continuity events by hand, and their list), ``audit`` (the audit trail),
-``tracking`` (Email Live Tracking), ``webmail`` (when the standby webmail
+``tracking`` (Email Live Tracking), ``dkim`` (the DNS records for what the webmail
+sends), ``webmail`` (when the standby webmail
 opens); ``scope`` finds the admin's domain, ``wording`` words
 outcomes.
 """
@@ -22,6 +23,7 @@ outcomes.
 from portal.controlpanel import (
     audit,
     coverage,
+    dkim,
     emergency,
     events,
     page,
@@ -38,6 +40,7 @@ __all__ = [
     "bp",
     "audit",
     "coverage",
+    "dkim",
     "emergency",
     "events",
     "page",

@@ -1,0 +1,133 @@
+"""The webmail in a real browser (Debian's Chromium driven by Playwright) on the real
+Dovecot store and a real relay.
+
+- The XSS corpus (tests/webmail_corpus/*.eml, hostile messages built from the webmail
+  CVEs of recent years) is delivered into a mailbox and every message is opened: no
+  script runs (no dialog, no console message from a script), no request leaves for
+  another host, the top page never navigates away.
+- A full round: sign in, open a message, reply with an attachment, find the reply in
+  Sent, delete it, find it in Trash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from playwright.sync_api import Page, Request, expect
+
+from tests.portal_support import PASSWORD
+from tests.test_browser import chromium, chromium_path, serve
+from tests.webmail_support import Webmail, mail, standby_store, webmail  # noqa: F401
+
+CORPUS = Path(__file__).parent / "webmail_corpus"
+TIMEOUT_MS = 20_000
+
+
+def sign_in(page: Page, base_url: str, address: str) -> None:
+    """Sign in through the form with the directory password."""
+    page.goto(f"{base_url}/sign-in")
+    page.fill("#address", address)
+    page.fill("#password", PASSWORD)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
+    assert urlsplit(page.url).path == "/me", page.url
+
+
+def watched(page: Page, base_url: str) -> Iterator[list[str]]:
+    """What the page did that it must not: requests to other hosts, dialogs, top-level
+    navigations away from the portal, console messages (a running script's trace)."""
+    found: list[str] = []
+    origin = urlsplit(base_url).netloc
+
+    def request(req: Request) -> None:
+        target = urlsplit(req.url)
+        if target.scheme in ("http", "https", "ws", "wss", "ftp") and target.netloc != origin:
+            found.append(f"request to {req.url}")
+
+    page.on("request", request)
+    page.on("dialog", lambda dialog: (found.append(f"dialog {dialog.message}"), dialog.dismiss()))
+    page.on(
+        "framenavigated",
+        lambda frame: (
+            found.append(f"top navigated to {frame.url}")
+            if frame == page.main_frame and urlsplit(frame.url).netloc not in (origin, "")
+            else None
+        ),
+    )
+    page.on(
+        "console",
+        lambda message: (
+            found.append(f"console {message.type}: {message.text}")
+            if message.type in ("log", "info", "warning")
+            and "Content Security Policy" not in message.text
+            else None
+        ),
+    )
+    yield found
+
+
+def test_no_message_of_the_xss_corpus_runs_a_script_or_reaches_another_host(
+    webmail: Webmail,  # noqa: F811
+) -> None:
+    ana = webmail.person("ana")
+    corpus = sorted(CORPUS.glob("*.eml"))
+    assert len(corpus) >= 60, "the corpus holds at least 60 hostile messages"
+    webmail.deliver(ana, *(path.read_bytes() for path in corpus))
+
+    with serve(webmail.portal.app) as base_url, chromium(chromium_path()) as browser:
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        sign_in(page, base_url, ana)
+        for found in watched(page, base_url):
+            hrefs: list[str] = []
+            listing = f"{base_url}/webmail"
+            while listing:
+                page.goto(listing)
+                links = page.locator("table.messages a.open")
+                hrefs += [str(links.nth(i).get_attribute("href")) for i in range(links.count())]
+                older = page.locator("a[rel=next]")
+                listing = f"{base_url}{older.get_attribute('href')}" if older.count() else ""
+            assert len(hrefs) == len(corpus)
+            for href in hrefs:
+                page.goto(f"{base_url}{href}")
+                # The frame has loaded (or there is none): its scripts had their chance.
+                page.wait_for_load_state("load")
+            assert found == []
+
+
+def test_a_full_round_read_reply_with_an_attachment_sent_delete_trash(
+    webmail: Webmail,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    ana = webmail.person("ana")
+    webmail.deliver(ana, mail("Lunch on Friday?", "Shall we meet at noon?\n"))
+    attachment = tmp_path / "agenda.txt"
+    attachment.write_text("12:00 lunch\n", encoding="utf-8")
+
+    with serve(webmail.portal.app) as base_url, chromium(chromium_path()) as browser:
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        sign_in(page, base_url, ana)
+        page.click("#open-webmail")
+        page.click("text=Lunch on Friday?")
+        expect(page.locator("pre.body")).to_contain_text("Shall we meet at noon?")
+        page.click("#reply")
+        expect(page.locator("#to")).to_have_value('"Carla Pérez" <carla@sender.test>')
+        page.fill("#body", "Yes, noon is fine.\n")
+        page.set_input_files("#attachments", str(attachment))
+        page.click("#send")
+        expect(page.locator(".flash")).to_contain_text("Your message was sent.")
+
+        (received,) = webmail.relay.envelopes
+        assert received.rcpt_tos == ["carla@sender.test"]
+        assert b"agenda.txt" in received.original_content
+        page.click("nav.folders >> text=Sent")
+        page.click("text=Re: Lunch on Friday?")
+        expect(page.locator("pre.body")).to_contain_text("Yes, noon is fine.")
+        expect(page.locator("section.attachments")).to_contain_text("agenda.txt")
+        page.click("#delete")
+        expect(page.locator(".flash")).to_contain_text("moved to Trash")
+        page.click("nav.folders >> text=Trash")
+        expect(page.locator("table.messages")).to_contain_text("Re: Lunch on Friday?")

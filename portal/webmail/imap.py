@@ -412,13 +412,23 @@ class Mailbox:
         return uids
 
     def neighbours(self, folder: str, uid: int) -> tuple[int | None, int | None]:
-        """The newer and older message next to ``uid`` in arrival order."""
-        self.select(folder)
-        newer = self.client.search(["UID", f"{uid + 1}:*"])
-        older = self.client.search(["UID", f"1:{uid - 1}"]) if uid > 1 else []
-        newer_uid = min((u for u in newer if u > uid), default=None)
-        older_uid = max((u for u in older if u < uid), default=None)
-        return newer_uid, older_uid
+        """The newer and older message next to ``uid`` in arrival order: by sequence
+        numbers (two small answers, not the UIDs of the whole folder)."""
+        state = self.select(folder)
+        exists = int(state.get(b"EXISTS", 0))
+        self.client.use_uid = False
+        try:
+            found = self.client.search(["UID", str(uid)])
+            if not found:
+                return None, None
+            position = int(found[0])
+            around = [n for n in (position - 1, position + 1) if 1 <= n <= exists]
+            fetched = self.client.fetch(around, [b"UID"]) if around else {}
+        finally:
+            self.client.use_uid = True
+        newer = fetched.get(position + 1, {}).get(b"UID")
+        older = fetched.get(position - 1, {}).get(b"UID")
+        return (int(newer) if newer else None), (int(older) if older else None)
 
     # -- one message -------------------------------------------------------------------
     def fetch(self, folder: str, uid: int) -> tuple[bytes, set[bytes]]:

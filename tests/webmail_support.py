@@ -112,11 +112,14 @@ class Webmail:
         return signed_in_client(self.portal, address)
 
 
-def webmail_world(portal: Portal, store: DovecotServer, **webmail: Any) -> Iterator[Webmail]:
-    """The generator behind the fixture (a test that needs other settings calls it)."""
+def webmail_world(
+    portal: Portal, store: DovecotServer, *, relay_port: int | None = None, **webmail: Any
+) -> Iterator[Webmail]:
+    """The generator behind the fixture (a test that needs other [webmail] settings, or
+    a relay of its own on ``relay_port``, calls it)."""
     relay = Collect()
     with ExitStack() as stack:
-        port = stack.enter_context(smtp_server(relay))
+        port = relay_port or stack.enter_context(smtp_server(relay))
         portal.set_domain(active=True, emergency=True)
         portal.app = portal.build(
             tables={

@@ -23,13 +23,20 @@ from portal.webmail.access import current_access, webmail_user
 from portal.webmail.compose import (
     ComposeError,
     build_message,
+    envelope_recipients,
     forward_fields,
     parse_recipients,
     reply_fields,
 )
 from portal.webmail.imap import BadRequest, Mailbox, checked_uid, folder_from_token, folder_token
 from portal.webmail.message import ParsedMessage, parse, part_bytes
-from portal.webmail.sending import RelayDown, recipients_sent_last_hour, record_sent, send
+from portal.webmail.sending import (
+    NotSent,
+    RelayDown,
+    recipients_sent_last_hour,
+    record_sent,
+    send,
+)
 from portal.webmail.views import _chrome, _read, on_store, pool
 from roster.models import Alias, Domain, Person
 from roster.queue import queue_sent_copy
@@ -236,9 +243,12 @@ def _submit(person: Person, domain: Domain) -> Any:
         except ComposeError as error:
             errors[error.field] = error.message
             recipients[name] = []
-    everyone = [a for name in ("to", "cc", "bcc") for _n, a in recipients[name]]
-    if action == "send" and not everyone and "to" not in errors:
-        errors["to"] = _("Give at least one recipient.")
+    everyone: list[str] = []
+    if action == "send" and not errors:
+        try:  # each address once across To, Cc and Bcc, at most MAX_RECIPIENTS in all
+            everyone = envelope_recipients(recipients["to"], recipients["cc"], recipients["bcc"])
+        except ComposeError as error:
+            errors[error.field] = error.message
 
     def build(with_bcc: bool) -> EmailMessage:
         message = build_message(
@@ -289,13 +299,20 @@ def _submit(person: Person, domain: Domain) -> Any:
     config = current_app.config["CONTINUITY"]
     try:
         result = send(config, message, draft.sender, everyone, dkim=dkim)
-    except RelayDown as error:
-        log.warning("webmail: the relay is down for %s: %s", person.mail, error)
+    except NotSent as error:
+        log.warning("webmail: nothing sent for %s: %s", person.mail, error)
         uid = _save_draft(build(True).as_bytes(), replaces)
-        errors["send"] = _(
-            "The message could not be sent: the outgoing mail server cannot be reached"
-            " right now. It is kept in Drafts; try again in a few minutes."
-        )
+        if isinstance(error, RelayDown):
+            errors["send"] = _(
+                "The message could not be sent: the outgoing mail server cannot be reached"
+                " right now. It is kept in Drafts; try again in a few minutes."
+            )
+        else:  # refused for good, at MAIL or after DATA
+            errors["send"] = _(
+                "The outgoing mail server refused the message (%(reply)s). Nothing was"
+                " sent; the message is kept in Drafts.",
+                reply=f"{error.reply[0]} {error.reply[1]}".strip(),
+            )
         return _reshow_from_draft(uid, draft, errors)
     if not result.accepted:
         uid = _save_draft(build(True).as_bytes(), replaces)

@@ -4,17 +4,27 @@ message list, reading, actions, search, composing, and the pool of IMAP connecti
 from __future__ import annotations
 
 import html
+import io
 import re
 import secrets
 from email import message_from_bytes, policy
 from typing import Any
 
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.test import TestResponse, encode_multipart
 
+from continuity.localslapd import free_port
 from portal.webmail.imap import folder_token
-from tests.portal_support import csrf_token, text
-from tests.webmail_support import Webmail, mail, standby_store, webmail  # noqa: F401
+from tests.portal_support import Portal, csrf_token, text
+from tests.servers.dovecot import DovecotServer
+from tests.webmail_support import (  # noqa: F401
+    Webmail,
+    mail,
+    standby_store,
+    webmail,
+    webmail_world,
+)
 
 INBOX = folder_token("INBOX")
 TRASH = folder_token("Trash")
@@ -85,12 +95,31 @@ def send(client: FlaskClient, query: str = "", **fields: Any) -> TestResponse:
     """Fill the compose form (opened with ``query``) and press Send (or ``action``)."""
     shown, token = compose_form(client, query)
     data: dict[str, Any] = {"csrf_token": token, "action": "send"}
-    for name in ("mode", "source"):
+    # What a browser posts: the form's fields as filled, the kept attachments ticked.
+    for name in ("mode", "source", "to", "cc", "bcc", "subject"):
         found = re.search(rf'name="{name}" value="([^"]*)"', shown)
         if found:
             data[name] = html.unescape(found.group(1))
+    body = re.search(r'<textarea id="body" name="body"[^>]*>(.*?)</textarea>', shown, re.DOTALL)
+    data["body"] = html.unescape(body.group(1)) if body else ""
+    data["keep"] = re.findall(r'name="keep" value="([^"]+)" checked', shown)
     data.update(fields)
-    return client.post("/webmail/compose", data=data, content_type="multipart/form-data")
+    # Encoded here, in memory (the test client would spool a large body to a temporary
+    # file that a refused request leaves open).
+    boundary = f"----form{secrets.token_hex(8)}"
+    files = MultiDict()
+    for name, value in data.items():
+        for one in value if isinstance(value, list) else [value]:
+            if isinstance(one, tuple):
+                stream, filename = one
+                one = FileStorage(stream, filename=filename)
+            files.add(name, one)
+    _ctype, body = encode_multipart(files, boundary)
+    return client.post(
+        "/webmail/compose",
+        data=body,
+        content_type=f"multipart/form-data; boundary={boundary}",
+    )
 
 
 # -- folders and the message list ---------------------------------------------------
@@ -372,3 +401,396 @@ def test_attachments_download_safely(webmail: Webmail) -> None:  # noqa: F811
     # Part paths that are not parts: 404.
     for bad in ("9", "1.9.9", "x", "..%2f..", "1" * 50):
         assert client.get(f"/webmail/m/{INBOX}/{uid}/part/{bad}").status_code == 404, bad
+
+
+# -- actions ------------------------------------------------------------------------
+
+
+def folder_subjects(webmail: Webmail, address: str, name: str) -> list[str]:  # noqa: F811
+    """The subjects in one of a person's folders, as the store has them."""
+    return sorted(
+        str(message_from_bytes(m, policy=policy.default)["Subject"])
+        for m in webmail.folder(address, name)
+    )
+
+
+def test_actions_on_one_message_and_on_a_selection(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(ana, raw("one"), raw("two"), raw("three"), raw("four"))
+    with webmail.imap(ana) as imap:
+        imap.create_folder("Projects")
+    client = webmail.client(ana)
+    listing = page_of(client.get(f"/webmail/f/{INBOX}"))
+    uid = {s: uid_of(listing, s) for s in ("one", "two", "three", "four")}
+
+    def flags(subject: str) -> set[bytes]:
+        with webmail.imap(ana) as imap:
+            imap.select_folder("INBOX", readonly=True)
+            return set(imap.get_flags([uid[subject]])[uid[subject]])
+
+    # One message, from its reading page (it comes back to that page).
+    reading = page_of(client.get(f"/webmail/m/{INBOX}/{uid['one']}"))
+    assert b"\\Seen" in flags("one")
+    answer = client.post(
+        f"/webmail/f/{INBOX}/act",
+        data={
+            "csrf_token": csrf_token(reading),
+            "action": "unread",
+            "uid": uid["one"],
+            "back": f"/webmail/m/{INBOX}/{uid['one']}",
+        },
+    )
+    assert answer.status_code == 302
+    assert answer.headers["Location"].endswith(f"/webmail/m/{INBOX}/{uid['one']}")
+    assert b"\\Seen" not in flags("one")
+    # An outside "back" address is not followed.
+    answer = act(client, INBOX, "read", [uid["one"]], back="https://evil.example/")
+    assert answer.headers["Location"].endswith(f"/webmail/f/{INBOX}")
+    assert b"\\Seen" in flags("one")
+    # A selection.
+    assert act(client, INBOX, "flag", [uid["two"], uid["three"]]).status_code == 302
+    assert b"\\Flagged" in flags("two") and b"\\Flagged" in flags("three")
+    assert b"\\Flagged" not in flags("four")
+    act(client, INBOX, "unflag", [uid["three"]])
+    assert b"\\Flagged" not in flags("three")
+    act(client, INBOX, "read", [uid["two"], uid["three"], uid["four"]])
+    assert all(b"\\Seen" in flags(s) for s in uid)
+    act(client, INBOX, "unread", [uid["two"], uid["four"]])
+    assert [b"\\Seen" in flags(s) for s in ("one", "two", "three", "four")] == [
+        True,
+        False,
+        True,
+        False,
+    ]
+    # Move to a folder of the person's own.
+    moved = act(client, INBOX, "move", [uid["four"]], target=folder_token("Projects"))
+    assert "1 message(s) moved." in text(client.get(moved.headers["Location"]))
+    assert folder_subjects(webmail, ana, "Projects") == ["four"]
+    # A move to a folder that does not exist is refused, and nothing moves.
+    nowhere = folder_token("Nowhere")
+    assert act(client, INBOX, "move", [uid["one"]], target=nowhere).status_code == 404
+    assert act(client, INBOX, "move", [uid["one"]], target="../x").status_code == 404
+    # Delete: to Trash.
+    deleted = act(client, INBOX, "delete", [uid["one"], uid["two"]])
+    assert "2 message(s) moved to Trash." in text(client.get(deleted.headers["Location"]))
+    assert folder_subjects(webmail, ana, "INBOX") == ["three"]
+    assert folder_subjects(webmail, ana, "Trash") == ["one", "two"]
+    # Delete in Trash: gone for good.
+    trash = page_of(client.get(f"/webmail/f/{TRASH}"))
+    assert "Delete for good" in trash and "Empty Trash" in trash
+    gone = act(client, TRASH, "delete", [uid_of(trash, "one")])
+    assert "1 message(s) removed for good." in text(client.get(gone.headers["Location"]))
+    assert folder_subjects(webmail, ana, "Trash") == ["two"]
+    # Empty Trash.
+    act(client, INBOX, "delete", [uid["three"]])
+    trash = page_of(client.get(f"/webmail/f/{TRASH}"))
+    emptied = client.post("/webmail/trash/empty", data={"csrf_token": csrf_token(trash)})
+    assert "Trash is empty." in text(client.get(emptied.headers["Location"]))
+    assert folder_subjects(webmail, ana, "Trash") == []
+    assert folder_subjects(webmail, ana, "INBOX") == []
+    assert folder_subjects(webmail, ana, "Projects") == ["four"]
+    # Nothing selected, an unknown action: told, or refused.
+    assert "Select at least one message first." in text(
+        client.get(act(client, INBOX, "read", []).headers["Location"])
+    )
+    assert act(client, INBOX, "explode", [1]).status_code == 400
+
+
+# -- composing ----------------------------------------------------------------------
+
+
+def relayed(webmail: Webmail) -> list[tuple[str, list[str], Any]]:  # noqa: F811
+    """What the relay received: (envelope sender, recipients, parsed message)."""
+    return [
+        (e.mail_from, list(e.rcpt_tos), message_from_bytes(e.content, policy=policy.default))
+        for e in webmail.relay.envelopes
+    ]
+
+
+def test_sending_goes_once_as_the_person_with_bcc_kept_private(
+    webmail: Webmail,  # noqa: F811
+) -> None:
+    ana = webmail.person("ana", display_name="Ana Pérez")
+    client = webmail.client(ana)
+
+    answer = send(
+        client,
+        to="Bob <bob@far.test>",
+        cc="carol@far.test",
+        bcc="dan@far.test",
+        subject="Meeting moved",
+        body="Thursday instead.\n",
+        sender="boss@acme.test",
+        From="boss@acme.test",
+    )
+    assert answer.status_code == 302, text(answer)
+    assert "Your message was sent." in text(client.get(answer.headers["Location"]))
+    (got,) = relayed(webmail)
+    envelope_from, recipients, message = got
+    assert envelope_from == ana
+    assert sorted(recipients) == ["bob@far.test", "carol@far.test", "dan@far.test"]
+    assert message["From"].addresses[0].addr_spec == ana
+    assert len(message.get_all("From")) == 1
+    assert "Bcc" not in message and b"dan@far.test" not in webmail.relay.envelopes[0].content
+    assert message["Subject"] == "Meeting moved"
+    assert "Thursday instead." in message.get_body(("plain",)).get_content()
+
+    (copy,) = webmail.folder(ana, "Sent")
+    filed = message_from_bytes(copy, policy=policy.default)
+    assert filed["Subject"] == "Meeting moved"
+    assert "dan@far.test" in str(filed["Bcc"])
+    sent_list = page_of(client.get(f"/webmail/f/{SENT}"))
+    assert subjects(sent_list) == ["Meeting moved"]
+    assert ("webmail_sent", ana) in webmail.portal.audit_actions(ana)
+
+
+def test_reply_reply_all_and_forward_are_prefilled(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    original = message_from_bytes(
+        mail(
+            "Plans",
+            "Shall we go?\n",
+            to=f"{ana}, Eve <eve@far.test>",
+            attachments=(("map.pdf", "application/pdf", b"%PDF-1.4 the map"),),
+        ),
+        policy=policy.default,
+    )
+    original["Cc"] = "Finn <finn@far.test>"
+    webmail.deliver(ana, original.as_bytes())
+    client = webmail.client(ana)
+    uid = uid_of(page_of(client.get(f"/webmail/f/{INBOX}")), "Plans")
+    source = f"{INBOX}/{uid}"
+
+    def value(page: str, name: str) -> str:
+        found = re.search(rf'<input id="{name}" name="{name}" value="([^"]*)"', page)
+        assert found, name
+        return html.unescape(found.group(1))
+
+    reply, _token = compose_form(client, f"?mode=reply&source={source}")
+    assert "carla@sender.test" in value(reply, "to")
+    assert value(reply, "cc") == ""
+    assert value(reply, "subject") == "Re: Plans"
+    assert "> Shall we go?" in html.unescape(reply)
+
+    everyone, _token = compose_form(client, f"?mode=reply_all&source={source}")
+    to_and_cc = value(everyone, "to") + ", " + value(everyone, "cc")
+    assert "carla@sender.test" in to_and_cc
+    assert "eve@far.test" in to_and_cc and "finn@far.test" in to_and_cc
+    assert ana not in to_and_cc
+
+    forward, _token = compose_form(client, f"?mode=forward&source={source}")
+    assert value(forward, "subject") == "Fwd: Plans"
+    assert value(forward, "to") == ""
+    kept = re.findall(r'name="keep" value="([^"]+)" checked> map.pdf', forward)
+    assert kept, forward
+    answer = send(client, f"?mode=forward&source={source}", to="gus@far.test", keep=kept)
+    assert answer.status_code == 302, text(answer)
+    (got,) = relayed(webmail)
+    attached = [
+        (part.get_filename(), part.get_content())
+        for part in got[2].iter_attachments()
+        if part.get_filename()
+    ]
+    assert ("map.pdf", b"%PDF-1.4 the map") in attached
+    assert "Shall we go?" in got[2].get_body(("plain",)).get_content()
+
+
+def test_a_reply_to_an_encoded_newline_adds_no_header(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(
+        ana,
+        raw(
+            "=?UTF-8?Q?x=0ABcc:_evil@x.test?=",
+            # "Carla\r\nBcc: evil2@x.test" (base64: a Q-encoded word may not hold the
+            # ":" and "@" in an address's display name).
+            sender="=?UTF-8?B?Q2FybGENCkJjYzogZXZpbDJAeC50ZXN0?= <carla@sender.test>",
+            to=ana,
+            headers="Cc: =?UTF-8?Q?Dora=0AX-Evil=3D1?= <dora@far.test>\r\n"
+            "Content-Type: text/plain; charset=utf-8",
+        ),
+    )
+    client = webmail.client(ana)
+    listing = page_of(client.get(f"/webmail/f/{INBOX}"))
+    uid = int(re.findall(r'data-uid="(\d+)"', listing)[0])
+
+    answer = send(client, f"?mode=reply_all&source={INBOX}/{uid}", body="No.\n")
+    assert answer.status_code == 302, text(answer)
+    (envelope,) = webmail.relay.envelopes
+    assert sorted(envelope.rcpt_tos) == ["carla@sender.test", "dora@far.test"]
+    head = envelope.content.split(b"\r\n\r\n", 1)[0]
+    names = [
+        line.split(b":", 1)[0].lower()
+        for line in head.split(b"\r\n")
+        if not line.startswith((b" ", b"\t"))
+    ]
+    assert b"bcc" not in names and b"x-evil" not in names
+    assert sorted(names) == sorted(set(names))  # no header twice
+    sent = message_from_bytes(envelope.content, policy=policy.default)
+    for name in ("Subject", "To", "Cc"):
+        assert "\n" not in str(sent[name]) and "\r" not in str(sent[name]), name
+    assert sent["Subject"].startswith("Re: x") and "Bcc: evil@x.test" in sent["Subject"]
+    assert [a.addr_spec for a in sent["To"].addresses] == ["carla@sender.test"]
+    assert [a.addr_spec for a in sent["Cc"].addresses] == ["dora@far.test"]
+
+
+def test_invalid_address_is_refused_and_nothing_sent(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    client = webmail.client(ana)
+    answer = send(client, to="bob@far.test, not an address", subject="Hi", body="x")
+    assert answer.status_code == 400
+    assert "is not an email address" in text(answer)
+    assert 'aria-invalid="true"' in answer.get_data(as_text=True)
+    assert 'value="Hi"' in answer.get_data(as_text=True)  # what was typed is kept
+    answer = send(client, to="bob@far.test\r\nBcc: evil@x.test", subject="Hi", body="x")
+    assert answer.status_code == 400
+    answer = send(client, to="", subject="Hi", body="x")
+    assert answer.status_code == 400 and "at least one recipient." in text(answer)
+    assert webmail.relay.envelopes == []
+    assert webmail.folder(ana, "Sent") == []
+
+
+def test_a_relay_that_is_down_keeps_the_message_in_drafts(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.portal.app = webmail.portal.build(
+        tables={
+            "standby": {
+                "imap": f"{webmail.store.imap[0]}:{webmail.store.imap[1]}",
+                "master_user": webmail.store.master_user,
+                "master_password_file": str(webmail.store.master_password_file),
+            },
+            "outbound": {"relay": f"127.0.0.1:{free_port()}"},
+        }
+    )
+    client = webmail.client(ana)
+    answer = send(
+        client,
+        to="bob@far.test",
+        subject="Still here",
+        body="Written during the outage.\n",
+        attachments=(io.BytesIO(b"notes"), "notes.txt"),
+    )
+    assert answer.status_code == 400
+    page = text(answer)
+    assert "the outgoing mail server cannot be reached" in page
+    assert "It is kept in Drafts" in page
+    (draft,) = webmail.folder(ana, "Drafts")
+    saved = message_from_bytes(draft, policy=policy.default)
+    assert saved["Subject"] == "Still here"
+    assert "Written during the outage." in saved.get_body(("plain",)).get_content()
+    assert [p.get_filename() for p in saved.iter_attachments()] == ["notes.txt"]
+    assert webmail.folder(ana, "Sent") == []
+    # The form shown again is the draft's: sending it again later does not leave a copy.
+    assert re.search(rf'name="source" value="{DRAFTS}/\d+"', answer.get_data(as_text=True))
+    assert "webmail_sent" not in [a for a, _who in webmail.portal.audit_actions(ana)]
+
+
+def test_a_recipient_the_relay_refuses_is_reported(webmail: Webmail) -> None:  # noqa: F811
+    async def handle_rcpt(
+        _server: Any, _session: Any, envelope: Any, address: str, _options: Any
+    ) -> str:
+        if address == "gone@far.test":
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    webmail.relay.handle_RCPT = handle_rcpt  # type: ignore[attr-defined]
+    ana = webmail.person("ana")
+    client = webmail.client(ana)
+    answer = send(client, to="bob@far.test, gone@far.test", cc="carol@far.test", subject="Hi")
+    assert answer.status_code == 200
+    page = text(answer)
+    assert "Your message was sent, but not to everyone" in page
+    assert re.search(r"gone@far.test</td><td>550 .*No such user", page), page
+    assert "bob@far.test, carol@far.test" in page
+    (envelope,) = webmail.relay.envelopes
+    assert sorted(envelope.rcpt_tos) == ["bob@far.test", "carol@far.test"]
+    assert len(webmail.folder(ana, "Sent")) == 1
+    # Everyone refused: nothing sent, kept in Drafts.
+    answer = send(client, to="gone@far.test", subject="Again")
+    assert answer.status_code == 400
+    assert "No recipient was accepted" in text(answer) and "550" in text(answer)
+    assert len(webmail.relay.envelopes) == 1
+    assert len(webmail.folder(ana, "Drafts")) == 1
+
+
+def test_a_draft_is_saved_and_resumed_with_its_attachments(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    client = webmail.client(ana)
+    answer = send(
+        client,
+        action="draft",
+        to="bob@far.test",
+        bcc="quiet@far.test",
+        subject="Half written",
+        body="First line.\n",
+        attachments=(io.BytesIO(b"%PDF-1.4 plan"), "plan.pdf"),
+    )
+    assert answer.status_code == 302, text(answer)
+    resume = answer.headers["Location"]
+    assert "The draft is saved in Drafts." in text(client.get(resume))
+    drafts = page_of(client.get(f"/webmail/f/{DRAFTS}"))
+    assert subjects(drafts) == ["Half written"]
+    (link,) = message_links(drafts)
+    assert link.startswith("/webmail/compose?mode=draft")
+    form, _token = compose_form(client, link.removeprefix("/webmail/compose"))
+    assert 'value="bob@far.test"' in form and 'value="quiet@far.test"' in form
+    assert "First line." in form
+    assert re.search(r'name="keep" value="[^"]+" checked> plan.pdf', form), form
+    # Edited and saved again: one draft, the newer.
+    query = link.removeprefix("/webmail/compose")
+    answer = send(client, query, action="draft", body="Both lines.\n")
+    assert answer.status_code == 302
+    (saved,) = webmail.folder(ana, "Drafts")
+    assert b"Both lines." in saved and b"%PDF-1.4 plan" not in saved  # base64
+    # Sent from the draft: the attachment goes, the draft leaves Drafts.
+    latest = message_links(page_of(client.get(f"/webmail/f/{DRAFTS}")))[0]
+    answer = send(client, latest.removeprefix("/webmail/compose"))
+    assert answer.status_code == 302, text(answer)
+    (envelope,) = webmail.relay.envelopes
+    sent = message_from_bytes(envelope.content, policy=policy.default)
+    assert [(p.get_filename(), p.get_content()) for p in sent.iter_attachments()] == [
+        ("plan.pdf", b"%PDF-1.4 plan")
+    ]
+    assert sorted(envelope.rcpt_tos) == ["bob@far.test", "quiet@far.test"]
+    assert webmail.folder(ana, "Drafts") == []
+    assert len(webmail.folder(ana, "Sent")) == 1
+
+
+def test_upload_limit_and_sending_limit(portal: Portal, standby_store: DovecotServer) -> None:  # noqa: F811
+    world = webmail_world(portal, standby_store, max_upload_mb=1, recipients_per_hour=3)
+    limited = next(world)
+    try:
+        ana = limited.person("ana")
+        client = limited.client(ana)
+        answer = send(
+            client,
+            to="bob@far.test",
+            subject="Big",
+            attachments=(io.BytesIO(b"x" * (1024 * 1024 + 10)), "big.bin"),
+        )
+        assert answer.status_code in (400, 413)
+        assert re.search(r"at most 1 MB", text(answer)), text(answer)
+        assert limited.relay.envelopes == []
+        # Well over the limit, the request itself is refused before it is read.
+        answer = send(
+            client,
+            to="bob@far.test",
+            subject="Bigger",
+            attachments=(io.BytesIO(b"x" * (3 * 1024 * 1024)), "bigger.bin"),
+        )
+        assert answer.status_code == 413
+        assert limited.relay.envelopes == []
+
+        assert send(client, to="a@far.test, b@far.test", subject="1").status_code == 302
+        assert send(client, to="c@far.test", subject="2").status_code == 302
+        answer = send(client, to="d@far.test", subject="Fourth", body="Kept.\n")
+        assert answer.status_code == 400
+        assert "You may send to 3 recipients an hour; 0 are left for now." in text(answer)
+        assert "Your message is kept in Drafts." in text(answer)
+        assert len(limited.relay.envelopes) == 2
+        (draft,) = limited.folder(ana, "Drafts")
+        assert b"Fourth" in draft and b"Kept." in draft
+        assert len(limited.portal.audit_actions(ana)) >= 2
+    finally:
+        for _rest in world:  # the fixture's own clean-up: the pool closed, the relay stopped
+            pass

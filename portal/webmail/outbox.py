@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import compat32
+from email.utils import getaddresses
 from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
@@ -29,7 +32,7 @@ from portal.webmail.compose import (
     reply_fields,
 )
 from portal.webmail.imap import BadRequest, Mailbox, checked_uid, folder_from_token, folder_token
-from portal.webmail.message import ParsedMessage, parse, part_bytes
+from portal.webmail.message import ParsedMessage, header_text, parse, part_bytes
 from portal.webmail.sending import (
     NotSent,
     RelayDown,
@@ -97,7 +100,20 @@ def _addresses(pairs: list[tuple[str, str]]) -> str:
     return ", ".join(f"{name} <{address}>" if name else address for name, address in pairs)
 
 
-def _from_source(mode: str, parsed: ParsedMessage, own: set[str]) -> Draft:
+def _bcc(raw: bytes) -> list[tuple[str, str]]:
+    """The Bcc recipients of a draft (ParsedMessage has none: a received message does
+    not show them); names decoded, control characters gone."""
+    headers = BytesParser(policy=compat32).parsebytes(raw, headersonly=True)
+    return [
+        (header_text(name), header_text(address))
+        for name, address in getaddresses([str(v) for v in headers.get_all("Bcc", [])])
+        if address
+    ]
+
+
+def _from_source(
+    mode: str, parsed: ParsedMessage, own: set[str], raw: bytes | None = None
+) -> Draft:
     """The form filled for a reply, a forward or a draft of ``parsed``."""
     if mode in ("reply", "reply_all"):
         fields = reply_fields(parsed, own, all=mode == "reply_all")
@@ -107,7 +123,7 @@ def _from_source(mode: str, parsed: ParsedMessage, own: set[str]) -> Draft:
         fields = {
             "to": parsed.to,
             "cc": parsed.cc,
-            "bcc": getattr(parsed, "bcc", []),
+            "bcc": _bcc(raw) if raw is not None else [],
             "subject": parsed.subject,
             "body": parsed.text or "",
             "in_reply_to": parsed.in_reply_to,
@@ -166,7 +182,7 @@ def compose() -> Any:
         folder, uid = source
         raw = on_store(lambda box: _read(box, folder, uid))
         own = {a.lower() for a in sender_addresses(person)}
-        draft = _from_source(mode, parse(raw), own)
+        draft = _from_source(mode, parse(raw), own, raw)
         draft.source = request.args["source"]
         return _show(draft, {})
     return _submit(person, domain)

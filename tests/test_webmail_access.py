@@ -1,0 +1,258 @@
+"""Who may open the standby webmail, against the real Dovecot store: people who are not
+covered, disabled, of an inactive domain, and staff reach none of its endpoints; a
+domain that opens it only during an outage; one person never reaches another's
+mailbox; and the pool of IMAP connections behind it."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+from flask.testing import FlaskClient
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from werkzeug.routing import Rule
+
+from portal.webmail.imap import folder_token
+from roster.models import WEBMAIL_OUTAGE, ContinuityEvent, Domain, Person
+from tests.portal_support import (
+    DOMAIN,
+    PASSWORD,
+    STAFF_PASSWORD,
+    csrf_token,
+    location_path,
+    sign_in,
+    text,
+)
+from tests.test_webmail import page_of, subjects, uid_of
+from tests.webmail_support import Webmail, mail, standby_store, webmail  # noqa: F401
+
+INBOX = folder_token("INBOX")
+CLOSED = "The standby webmail is not open to you"
+
+
+def webmail_rules(client: FlaskClient) -> list[Rule]:
+    app = client.application
+    rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("webmail.")]
+    assert len(rules) >= 8, rules
+    return rules
+
+
+def url_of(rule: Rule) -> str:
+    """The rule's address with real-looking values (a folder, a message, a part)."""
+    values = {"token": INBOX, "uid": "1", "part": "1"}
+    path = rule.rule
+    for name in rule.arguments:
+        path = path.replace(f"<{name}>", values[name])
+    return path
+
+
+def every_endpoint_refuses(client: FlaskClient, reason: str) -> None:
+    """Every webmail endpoint answers 403 (POSTs with a valid CSRF token); the front
+    page says why."""
+    token = csrf_token(page_of(client.get("/me")))
+    for rule in webmail_rules(client):
+        url = url_of(rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):  # type: ignore[operator]
+            data: dict[str, Any] = {"csrf_token": token, "action": "read", "uid": "1"}
+            answer = client.open(url, method=method, data=data if method == "POST" else None)
+            assert answer.status_code == 403, (method, url, answer.status_code)
+    front = client.get("/webmail")
+    assert front.status_code == 403
+    assert CLOSED in text(front) and reason in text(front)
+
+
+def set_domain_webmail(webmail: Webmail, **values: Any) -> None:  # noqa: F811
+    with Session(webmail.portal.engine) as session, session.begin():
+        session.execute(update(Domain).where(Domain.name == DOMAIN).values(**values))
+
+
+def test_people_the_webmail_is_not_for_reach_none_of_it(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(ana, mail("Private"))
+    bob = webmail.person("bob")
+    client = webmail.client(ana)
+    assert "Private" in text(client.get("/webmail", follow_redirects=True))
+    bob_client = webmail.client(bob)
+    assert '/webmail"' in page_of(bob_client.get("/me"))  # /me links to it
+
+    # Not covered: the domain covers only selected people, and ana is not one.
+    webmail.portal.set_domain(mode="selected")
+    every_endpoint_refuses(client, "You are not covered by Continuity Service")
+    assert '/webmail"' not in page_of(client.get("/me"))
+    webmail.portal.list_person(ana)
+    assert client.get("/webmail", follow_redirects=True).status_code == 200
+    webmail.portal.set_domain(mode="all")
+
+    # An inactive domain.
+    webmail.portal.set_domain(active=False)
+    every_endpoint_refuses(client, "Continuity Service is not active for your domain.")
+    webmail.portal.set_domain(active=True)
+    assert client.get("/webmail", follow_redirects=True).status_code == 200
+
+    # A disabled person: their session ends, they cannot sign in again, and no
+    # webmail endpoint serves them.
+    webmail.portal.disable(bob.partition("@")[0])
+    webmail.portal.sync()
+    every_endpoint_sends_to_sign_in(bob_client)
+    again = sign_in(webmail.portal.client(), bob, PASSWORD)
+    assert again.status_code != 302 or location_path(again) != "/me"
+    # Disabled in the roster while the session still stands (the directory not yet read).
+    with Session(webmail.portal.engine) as session, session.begin():
+        session.execute(update(Person).where(Person.mail == ana).values(disabled=True))
+    every_endpoint_sends_to_sign_in(client)
+
+    # Not signed in: sent to sign in, never served.
+    every_endpoint_sends_to_sign_in(webmail.portal.client())
+
+
+def every_endpoint_sends_to_sign_in(client: FlaskClient) -> None:
+    for rule in webmail_rules(client):
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):  # type: ignore[operator]
+            answer = client.open(url_of(rule), method=method)
+            if method == "POST" and answer.status_code == 400:  # no CSRF token to give
+                continue
+            assert answer.status_code in (302, 403), (method, rule.rule, answer.status_code)
+            if answer.status_code == 302:
+                assert location_path(answer) == "/sign-in", rule.rule
+
+
+def test_staff_accounts_reach_none_of_it(webmail: Webmail) -> None:  # noqa: F811
+    webmail.portal.add_staff("admin@acme.test", "admin")
+    client = webmail.portal.client()
+    assert sign_in(client, "admin@acme.test", STAFF_PASSWORD).status_code == 302
+    every_endpoint_refuses(client, "Only people covered by Continuity Service")
+
+
+def test_a_domain_may_open_it_only_during_an_outage(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(ana, mail("During the outage"))
+    client = webmail.client(ana)
+    calm = text(client.get("/webmail", follow_redirects=True))
+    assert "Your mail server is working." in calm and "During the outage" in calm
+
+    set_domain_webmail(webmail, webmail_access=WEBMAIL_OUTAGE)
+    every_endpoint_refuses(client, "opens the standby webmail only while your mail server is down")
+
+    with Session(webmail.portal.engine) as session, session.begin():
+        domain_id = session.query(Domain.id).filter(Domain.name == DOMAIN).scalar()
+        session.add(ContinuityEvent(domain_id=domain_id, reason="primary does not answer"))
+    opened = client.get("/webmail", follow_redirects=True)
+    page = text(opened)
+    assert opened.status_code == 200
+    assert "Your mail server is down; mail arriving now is kept here" in page
+    assert "During the outage" in page
+
+    with Session(webmail.portal.engine) as session, session.begin():
+        session.execute(update(ContinuityEvent).values(ended_at=ContinuityEvent.started_at))
+    assert client.get("/webmail", follow_redirects=True).status_code == 403
+
+
+def test_one_person_never_reaches_another_mailbox(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    bob = webmail.person("bob")
+    webmail.deliver(ana, mail("Ana's own"))
+    webmail.deliver(bob, mail("Bob 1"), mail("Bob 2"), mail("Bob's secret"))
+    with webmail.imap(bob) as imap:
+        imap.create_folder("Secret")
+        imap.select_folder("INBOX")
+        imap.copy(imap.search(["SUBJECT", "secret"]), "Secret")
+    ana_client, bob_client = webmail.client(ana), webmail.client(bob)
+    bob_inbox = page_of(bob_client.get(f"/webmail/f/{INBOX}"))
+    secret_uid = uid_of(bob_inbox, "Bob's secret")
+    own_uid = uid_of(page_of(ana_client.get(f"/webmail/f/{INBOX}")), "Ana's own")
+    assert secret_uid > own_uid
+    secret = folder_token("Secret")
+    assert page_of(bob_client.get(f"/webmail/f/{secret}"))
+
+    # Bob's message numbers and folders, in ana's browser: not found, or ana's own mail.
+    for url in (
+        f"/webmail/m/{INBOX}/{secret_uid}",
+        f"/webmail/m/{INBOX}/{secret_uid}/body",
+        f"/webmail/m/{INBOX}/{secret_uid}/part/1",
+        f"/webmail/f/{secret}",
+        f"/webmail/m/{secret}/1",
+        f"/webmail/compose?mode=reply&source={INBOX}/{secret_uid}",
+        f"/webmail/compose?mode=forward&source={secret}/1",
+    ):
+        answer = ana_client.get(url)
+        assert answer.status_code == 404, (url, answer.status_code)
+        assert "secret" not in text(answer)
+    assert "Ana's own" in text(ana_client.get(f"/webmail/m/{INBOX}/{own_uid}"))
+    # Other people's mailboxes by name (Dovecot's shared and user namespaces, paths).
+    for name in (
+        f"user/{bob}/INBOX",
+        f"shared/{bob}/INBOX",
+        f"../{bob.partition('@')[0]}/Maildir",
+        "Nothing",
+        "INBOX/../../etc",
+    ):
+        assert ana_client.get(f"/webmail/f/{folder_token(name)}").status_code == 404, name
+        assert ana_client.get(f"/webmail/m/{folder_token(name)}/1").status_code == 404, name
+    # Tokens and numbers that are not what they should be.
+    for url in (
+        "/webmail/f/not*a*token",
+        "/webmail/f/AAAA",  # three NUL bytes
+        f"/webmail/f/{'A' * 500}",
+        f"/webmail/m/{INBOX}/abc",
+        f"/webmail/m/{INBOX}/0",
+        f"/webmail/m/{INBOX}/-1",
+        f"/webmail/m/{INBOX}/1.5",
+        f"/webmail/m/{INBOX}/4294967296",
+        f"/webmail/m/{INBOX}/99999999999999999999999",
+        f"/webmail/m/{INBOX}/{'9' * 5000}",
+        f"/webmail/m/{INBOX}/١",  # an Arabic-Indic one
+        f"/webmail/m/{INBOX}/4294967295",
+    ):
+        assert ana_client.get(url).status_code == 404, url
+    listing = page_of(ana_client.get(f"/webmail/f/{INBOX}"))
+    answer = ana_client.post(
+        f"/webmail/f/{INBOX}/act",
+        data={"csrf_token": csrf_token(listing), "action": "delete", "uid": str(secret_uid)},
+    )
+    assert answer.status_code in (302, 404)
+    assert sorted(subjects(page_of(bob_client.get(f"/webmail/f/{INBOX}")))) == [
+        "Bob 1",
+        "Bob 2",
+        "Bob's secret",
+    ]
+    assert subjects(page_of(ana_client.get(f"/webmail/f/{INBOX}"))) == ["Ana's own"]
+
+
+# -- the pool -----------------------------------------------------------------------
+
+
+def logins(webmail: Webmail, address: str) -> int:  # noqa: F811
+    """How many times the store let the portal in as ``address`` (Dovecot's log)."""
+    return webmail.store.log_file.read_text(errors="replace").count(f"Login: user=<{address}>")
+
+
+def test_connections_are_reused_and_a_dead_one_replaced(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(ana, mail("Kept"), mail("Also kept"))
+    client = webmail.client(ana)
+    before = logins(webmail, ana)
+    for _ in range(5):
+        listing = page_of(client.get(f"/webmail/f/{INBOX}"))
+    page_of(client.get(f"/webmail/m/{INBOX}/{uid_of(listing, 'Kept')}"))
+    pool = webmail.portal.app.extensions["webmail_pool"]
+    assert pool.open_connections() == 1
+    assert logins(webmail, ana) == before + 1
+
+    # The store drops the portal's connection: the next page works all the same.
+    subprocess.run(
+        ["doveadm", "-c", str(webmail.store.config_file), "kick", ana],
+        check=True,
+        capture_output=True,
+        timeout=20,
+    )
+    again = client.get(f"/webmail/f/{INBOX}")
+    assert sorted(subjects(page_of(again))) == ["Also kept", "Kept"]
+    assert logins(webmail, ana) == before + 2
+    assert pool.open_connections() == 1
+
+    # The socket closed under the pool: the same.
+    (connection,) = pool._idle[ana.lower()]
+    connection.client._imap.sock.close()
+    assert "Kept" in text(client.get(f"/webmail/m/{INBOX}/{uid_of(listing, 'Kept')}"))
+    assert pool.open_connections() == 1

@@ -175,6 +175,9 @@ def test_folders_paging_sorting_and_markers(webmail: Webmail) -> None:  # noqa: 
     nav = first[first.index('class="folders"') : first.index('class="pane"')]
     names = [html.unescape(n) for n in re.findall(r'<span class="name">([^<]*)</span>', nav)]
     assert names == ["Inbox", "Sent", "Drafts", "Trash", "Projects"]
+    with webmail.imap(ana) as imap:  # made in the store when missing
+        stored = {name for _flags, _sep, name in imap.list_folders()}
+    assert {"INBOX", "Sent", "Drafts", "Trash", "Projects"} <= stored
     assert re.search(r'Inbox</span>\s*<span class="unread"[^>]*>56</span>', nav), nav
     # Newest first, 50 a page, every line a real link.
     shown = subjects(first)
@@ -352,6 +355,9 @@ def test_html_is_framed_with_its_own_policy_and_remote_images_wait(
     assert picture.mimetype == "image/png" and picture.data == PIXEL
     assert picture.headers["X-Content-Type-Options"] == "nosniff"
 
+    shown = page_of(client.get(f"/webmail/m/{INBOX}/{uid}?images=1"))
+    assert f'src="/webmail/m/{INBOX}/{uid}/body?images=1"' in shown
+    assert 'id="show-images"' not in shown
     allowed = client.get(f"/webmail/m/{INBOX}/{uid}/body?images=1")
     assert 'src="https://tracker.example/pixel.gif"' in page_of(allowed)
     assert "https:" in allowed.headers["Content-Security-Policy"].split("img-src")[1]
@@ -489,6 +495,8 @@ def test_actions_on_one_message_and_on_a_selection(webmail: Webmail) -> None:  #
     assert folder_subjects(webmail, ana, "Trash") == []
     assert folder_subjects(webmail, ana, "INBOX") == []
     assert folder_subjects(webmail, ana, "Projects") == ["four"]
+    emptied = client.post("/webmail/trash/empty", data={"csrf_token": csrf_token(trash)})
+    assert "Trash is empty." in text(client.get(emptied.headers["Location"]))
     # Nothing selected, an unknown action: told, or refused.
     assert "Select at least one message first." in text(
         client.get(act(client, INBOX, "read", []).headers["Location"])
@@ -541,6 +549,7 @@ def test_sending_goes_once_as_the_person_with_bcc_kept_private(
     assert "dan@far.test" in str(filed["Bcc"])
     sent_list = page_of(client.get(f"/webmail/f/{SENT}"))
     assert subjects(sent_list) == ["Meeting moved"]
+    assert re.search(r'class="sender"><a [^>]*>Bob</a>', sent_list), sent_list
     assert ("webmail_sent", ana) in webmail.portal.audit_actions(ana)
 
 
@@ -779,6 +788,7 @@ def test_upload_limit_and_sending_limit(portal: Portal, standby_store: DovecotSe
             attachments=(io.BytesIO(b"x" * (3 * 1024 * 1024)), "bigger.bin"),
         )
         assert answer.status_code == 413
+        assert "larger than the 1 MB a message may carry" in text(answer)
         assert limited.relay.envelopes == []
 
         assert send(client, to="a@far.test, b@far.test", subject="1").status_code == 302
@@ -794,3 +804,21 @@ def test_upload_limit_and_sending_limit(portal: Portal, standby_store: DovecotSe
     finally:
         for _rest in world:  # the fixture's own clean-up: the pool closed, the relay stopped
             pass
+
+
+def test_a_store_that_does_not_answer_gives_a_clear_page(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.portal.app = webmail.portal.build(
+        tables={
+            "standby": {
+                "imap": f"127.0.0.1:{free_port()}",
+                "master_user": webmail.store.master_user,
+                "master_password_file": str(webmail.store.master_password_file),
+            },
+        }
+    )
+    client = webmail.client(ana)
+    for url in (f"/webmail/f/{INBOX}", f"/webmail/m/{INBOX}/1", "/webmail/compose"):
+        answer = client.get(url)
+        assert answer.status_code == 503, url
+        assert "Your standby mailbox cannot be opened right now" in text(answer)

@@ -188,6 +188,21 @@ def compose() -> Any:
     return _submit(person, domain)
 
 
+@bp.errorhandler(413)
+def too_large(_error: Exception) -> Any:
+    """A request over its size limit: for the compose form, which limit it was."""
+    if request.endpoint == "webmail.compose":
+        message = _(
+            "The attached files are larger than the %(limit)d MB a message may carry,"
+            " so the message was neither sent nor saved. Go back, remove or shrink some"
+            " files, and send it again.",
+            limit=upload_limit() // (1024 * 1024),
+        )
+    else:
+        message = _("What you sent is too large.")
+    return render_template("error.html", title=_("Too large"), message=message), 413
+
+
 def _form_draft() -> Draft:
     form = request.form
     mode = form.get("mode", "new")

@@ -487,6 +487,9 @@ def test_actions_on_one_message_and_on_a_selection(webmail: Webmail) -> None:  #
     gone = act(client, TRASH, "delete", [uid_of(trash, "one")])
     assert "1 message(s) removed for good." in text(client.get(gone.headers["Location"]))
     assert folder_subjects(webmail, ana, "Trash") == ["two"]
+    # What was removed is not shown again (the portal had read it before).
+    assert client.get(f"/webmail/m/{TRASH}/{uid_of(trash, 'one')}").status_code == 404
+    assert client.get(f"/webmail/m/{INBOX}/{uid['one']}").status_code == 404
     # Empty Trash.
     act(client, INBOX, "delete", [uid["three"]])
     trash = page_of(client.get(f"/webmail/f/{TRASH}"))

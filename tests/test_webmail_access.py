@@ -6,6 +6,7 @@ mailbox; and the pool of IMAP connections behind it."""
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -256,3 +257,31 @@ def test_connections_are_reused_and_a_dead_one_replaced(webmail: Webmail) -> Non
     connection.client._imap.sock.close()
     assert "Kept" in text(client.get(f"/webmail/m/{INBOX}/{uid_of(listing, 'Kept')}"))
     assert pool.open_connections() == 1
+
+
+def test_many_pages_at_once_share_a_few_connections(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(ana, mail("Busy"))
+    browsers = [webmail.client(ana) for _ in range(3)]
+    uid = uid_of(page_of(browsers[0].get(f"/webmail/f/{INBOX}")), "Busy")
+    before = logins(webmail, ana)
+    pages = [f"/webmail/f/{INBOX}", f"/webmail/m/{INBOX}/{uid}", f"/webmail/m/{INBOX}/{uid}/body"]
+
+    def browse(browser: FlaskClient) -> list[int]:
+        return [browser.get(page).status_code for page in pages * 3]
+
+    with ThreadPoolExecutor(len(browsers) * 2) as pool_of_threads:
+        answers = list(pool_of_threads.map(browse, browsers * 2))
+    assert all(code == 200 for codes in answers for code in codes), answers
+    pool = webmail.portal.app.extensions["webmail_pool"]
+    assert pool.open_connections() <= 2
+    assert logins(webmail, ana) - before <= 1  # at most the second connection
+
+    # A message gone meanwhile (deleted elsewhere): not found, and the list goes on.
+    with webmail.imap(ana) as imap:
+        imap.select_folder("INBOX")
+        imap.delete_messages([uid])
+        imap.expunge()
+    assert browsers[0].get(f"/webmail/m/{INBOX}/{uid}").status_code == 404
+    assert browsers[0].get(f"/webmail/m/{INBOX}/{uid}/body").status_code == 404
+    assert subjects(page_of(browsers[0].get(f"/webmail/f/{INBOX}"))) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from collections import OrderedDict
@@ -48,6 +49,7 @@ RAW_CACHE = "webmail_raw_cache"
 CACHE_BYTES = 64 * 1024 * 1024
 CACHE_ONE_MAX = 8 * 1024 * 1024
 INLINE_IMAGES = {"image/png", "image/gif", "image/jpeg", "image/webp"}
+INLINE_IMAGE_MAX = 2 * 1024 * 1024  # larger inline pictures stay attachments
 SORTS = ("arrival", "date", "from", "subject", "size")
 
 
@@ -154,6 +156,9 @@ def _read(box: Mailbox, folder: str, uid: int) -> bytes:
     if raw is None:
         raw, _flags = box.fetch(folder, uid)
         cache.put(key, raw)
+    elif uid not in box.client.fetch([uid], [b"UID"]):
+        # Deleted or moved since it was read: the copy kept here is not shown again.
+        raise BadRequest("uid")
     return raw
 
 
@@ -268,10 +273,16 @@ def body(token: str, uid: str) -> Any:
     by_cid = {a.content_id: a.part for a in parsed.attachments if a.content_id}
 
     def cid_url(content_id: str) -> str | None:
+        # A data: URL: the frame is sandboxed (an opaque origin), so a request from it
+        # to the portal is cross-site and carries no session cookie (SameSite=Lax).
         part = by_cid.get(content_id.strip("<>"))
-        if part is None:
+        found = part_bytes(raw, part) if part is not None else None
+        if found is None or found[0].content_type not in INLINE_IMAGES:
             return None
-        return url_for("webmail.part", token=token, uid=number, part=part, inline=1)
+        if len(found[1]) > INLINE_IMAGE_MAX:
+            return None
+        encoded = base64.b64encode(found[1]).decode("ascii")
+        return f"data:{found[0].content_type};base64,{encoded}"
 
     cleaned, _blocked = clean_html(parsed.html or "", cid_url=cid_url, allow_remote=images)
     document = (

@@ -131,3 +131,89 @@ def test_a_full_round_read_reply_with_an_attachment_sent_delete_trash(
         expect(page.locator(".flash")).to_contain_text("moved to Trash")
         page.click("nav.folders >> text=Trash")
         expect(page.locator("table.messages")).to_contain_text("Re: Lunch on Friday?")
+
+
+def _with_picture(subject: str) -> bytes:
+    """An HTML message showing an inline (cid:) picture of 8x8 pixels."""
+    import io
+    import struct
+    import zlib
+    from email import message_from_bytes, policy
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + b"\xcc\x33\x33" * 8 for _ in range(8))
+    png = io.BytesIO()
+    png.write(b"\x89PNG\r\n\x1a\n")
+    png.write(chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)))
+    png.write(chunk(b"IDAT", zlib.compress(rows)))
+    png.write(chunk(b"IEND", b""))
+    message = message_from_bytes(
+        mail(subject, "Plain.\n", html='<p>Our logo:</p><img id="logo" src="cid:logo@x">'),
+        policy=policy.default,
+    )
+    part = next(p for p in message.walk() if p.get_content_type() == "text/html")
+    part.add_related(png.getvalue(), maintype="image", subtype="png", cid="<logo@x>")
+    return message.as_bytes()
+
+
+def test_inline_pictures_show_in_the_sandboxed_frame(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(ana, _with_picture("Our new logo"))
+
+    with serve(webmail.portal.app) as base_url, chromium(chromium_path()) as browser:
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        sign_in(page, base_url, ana)
+        page.goto(f"{base_url}/webmail")
+        page.click("text=Our new logo")
+        frame = page.frame_locator("iframe.body")
+        expect(frame.locator("p")).to_have_text("Our logo:")
+        logo = frame.locator("img")
+        expect(logo).to_be_visible()
+        assert logo.evaluate("img => img.complete && img.naturalWidth") == 8
+
+
+def test_the_webmail_works_on_a_phone_and_by_keyboard(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(
+        ana, *(mail(f"Notice number {n} with a fairly long subject line") for n in (1, 2))
+    )
+
+    with serve(webmail.portal.app) as base_url, chromium(chromium_path()) as browser:
+        phone = browser.new_page(viewport={"width": 375, "height": 740}, is_mobile=True)
+        phone.set_default_timeout(TIMEOUT_MS)
+        sign_in(phone, base_url, ana)
+        phone.goto(f"{base_url}/webmail")
+        wide = phone.evaluate("document.documentElement.scrollWidth")
+        assert wide <= 375, f"the list is {wide} px wide on a 375 px screen"
+        expect(
+            phone.locator("text=Notice number 2 with a fairly long subject line")
+        ).to_be_in_viewport()
+        phone.click("text=Notice number 2 with a fairly long subject line")
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 375
+        phone.close()
+
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        sign_in(page, base_url, ana)
+        page.goto(f"{base_url}/webmail")
+        page.keyboard.press("j")  # the newest message
+        page.keyboard.press("j")  # the one before it
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        expect(page.locator("h1.subject")).to_have_text(
+            "Notice number 1 with a fairly long subject line"
+        )
+        with page.expect_navigation():
+            page.keyboard.press("k")  # the newer one
+        expect(page.locator("h1.subject")).to_have_text(
+            "Notice number 2 with a fairly long subject line"
+        )
+        with page.expect_navigation():
+            page.keyboard.press("r")
+        expect(page.locator("#subject")).to_have_value(
+            "Re: Notice number 2 with a fairly long subject line"
+        )

@@ -242,7 +242,7 @@ def test_frame_policy_without_remote_images():
     policy = frame_policy(False)
     directives = {part.split()[0]: part.split()[1:] for part in policy.split("; ")}
     assert directives["default-src"] == ["'none'"]
-    assert directives["img-src"] == ["'self'"]
+    assert directives["img-src"] == ["'self'", "data:"]  # data: only for the view's cid: pictures
     assert directives["style-src"] == ["'unsafe-inline'"]
     assert directives["frame-ancestors"] == ["'self'"]
     assert directives["base-uri"] == ["'none'"]
@@ -253,7 +253,7 @@ def test_frame_policy_without_remote_images():
 
 def test_frame_policy_with_remote_images():
     policy = frame_policy(True)
-    assert "img-src 'self' https: http:" in policy
+    assert "img-src 'self' data: https: http:" in policy
     assert "allow-scripts" not in policy and "allow-same-origin" not in policy
     assert "default-src 'none'" in policy
 

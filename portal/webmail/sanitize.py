@@ -152,7 +152,8 @@ def _content_id(value: str) -> str:
 
 def frame_policy(allow_remote: bool) -> str:
     """The Content-Security-Policy of the iframe document that shows a message's HTML."""
-    images = "img-src 'self' https: http:" if allow_remote else "img-src 'self'"
+    # data: for the message's own inline (cid:) pictures, which the view inlines.
+    images = "img-src 'self' data: https: http:" if allow_remote else "img-src 'self' data:"
     return (
         f"default-src 'none'; {images}; style-src 'unsafe-inline'; frame-ancestors 'self'; "
         "base-uri 'none'; form-action 'none'; "

@@ -825,3 +825,31 @@ def test_a_store_that_does_not_answer_gives_a_clear_page(webmail: Webmail) -> No
         answer = client.get(url)
         assert answer.status_code == 503, url
         assert "Your standby mailbox cannot be opened right now" in text(answer)
+
+
+def test_sending_as_an_alias_and_the_sent_folder_by_recipient(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana", aliases=("sales-desk@acme.test",))
+    client = webmail.client(ana)
+    form, _token = compose_form(client)
+    assert re.findall(r"<option[^>]*>([^<]+)</option>", form) == [ana, "sales-desk@acme.test"]
+    for to, subject in (("Zoe <zoe@far.test>", "first"), ("adam@far.test", "second")):
+        answer = send(client, to=to, subject=subject, sender="sales-desk@acme.test")
+        assert answer.status_code == 302, text(answer)
+    # Someone else's address is never used, whatever is posted.
+    answer = send(client, to="bea@far.test", subject="third", sender="boss@acme.test")
+    assert answer.status_code == 302
+    senders = [(e.mail_from, relayed_from(e.content)) for e in webmail.relay.envelopes]
+    assert senders == [
+        ("sales-desk@acme.test", "sales-desk@acme.test"),
+        ("sales-desk@acme.test", "sales-desk@acme.test"),
+        (ana, ana),
+    ]
+    sent = page_of(client.get(f"/webmail/f/{SENT}"))
+    assert f'href="/webmail/f/{SENT}?sort=to&amp;order=desc"' in sent
+    by_recipient = subjects(page_of(client.get(f"/webmail/f/{SENT}?sort=to&order=asc")))
+    assert by_recipient == ["second", "third", "first"]
+
+
+def relayed_from(content: bytes) -> str:
+    addresses = message_from_bytes(content, policy=policy.default)["From"].addresses
+    return str(addresses[0].addr_spec)

@@ -50,7 +50,7 @@ CACHE_BYTES = 64 * 1024 * 1024
 CACHE_ONE_MAX = 8 * 1024 * 1024
 INLINE_IMAGES = {"image/png", "image/gif", "image/jpeg", "image/webp"}
 INLINE_IMAGE_MAX = 2 * 1024 * 1024  # larger inline pictures stay attachments
-SORTS = ("arrival", "date", "from", "subject", "size")
+SORTS = ("arrival", "date", "from", "to", "subject", "size")
 
 
 # -- the store, per process ---------------------------------------------------------

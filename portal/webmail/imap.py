@@ -33,6 +33,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, TypeVar
 
 from imapclient import IMAPClient  # type: ignore[import-untyped]
+from imapclient.datetime_util import parse_to_datetime  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError  # type: ignore[import-untyped]
 
 from portal.webmail.message import header_text
@@ -57,7 +58,15 @@ LIST_ITEMS = [
     b"BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)]",
 ]
 HEADER_KEY = b"BODY[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)]"
+LIST_QUERY = "(" + " ".join(item.decode("ascii") for item in LIST_ITEMS) + ")"
 _HEADERS = BytesHeaderParser(policy=compat32)
+_ANSWER_START = re.compile(rb"\d+ \(")
+_ROW = {
+    b"UID": re.compile(rb"\bUID (\d+)"),
+    b"FLAGS": re.compile(rb"\bFLAGS \(([^)]*)\)"),
+    b"INTERNALDATE": re.compile(rb'\bINTERNALDATE "([^"]+)"'),
+    b"RFC822.SIZE": re.compile(rb"\bRFC822\.SIZE (\d+)"),
+}
 _LOOPBACK = re.compile(r"^(127\.|::1$|localhost$)")
 
 
@@ -238,6 +247,49 @@ def _summary(uid: int, data: dict[bytes, Any]) -> Summary:
     )
 
 
+def _rows(data: list[Any]) -> list[dict[bytes, Any]]:
+    """FETCH answers of LIST_ITEMS as imaplib hands them (the header fields as a literal,
+    the other items around it), read with a few regular expressions: imapclient's own
+    parser costs more than everything else on the list page."""
+    rows = []
+    pending: dict[bytes, Any] | None = None
+    text = b""
+    for item in data:
+        if isinstance(item, tuple):
+            if pending is not None:
+                rows.append(_row(pending, text))
+            pending, text = {HEADER_KEY: item[1]}, item[0]
+        elif isinstance(item, bytes) and _ANSWER_START.match(item):
+            # An answer without a literal: the header fields given as a quoted string
+            # (empty), or an unsolicited FETCH about flags, which is no row of ours.
+            if pending is not None:
+                rows.append(_row(pending, text))
+            pending, text = None, b""
+            if b"BODY[HEADER.FIELDS" in item:
+                pending, text = {HEADER_KEY: b""}, item
+        elif isinstance(item, bytes) and pending is not None:
+            text += b" " + item
+    if pending is not None:
+        rows.append(_row(pending, text))
+    return rows
+
+
+def _row(row: dict[bytes, Any], text: bytes) -> dict[bytes, Any]:
+    for key, pattern in _ROW.items():
+        found = pattern.search(text)
+        if found is None:
+            continue
+        value = found.group(1)
+        if key == b"FLAGS":
+            row[key] = tuple(value.split())
+        elif key == b"INTERNALDATE":
+            with contextlib.suppress(ValueError, IndexError):
+                row[key] = parse_to_datetime(value)
+        else:
+            row[key] = int(value)
+    return row
+
+
 # -- one person's mailbox -------------------------------------------------------------
 
 
@@ -384,19 +436,19 @@ class Mailbox:
             low = max(1, high - PAGE_SIZE + 1)
             messages: list[Summary] = []
             if exists:
-                self.client.use_uid = False
-                try:
-                    fetched = self.client.fetch(list(range(low, high + 1)), LIST_ITEMS)
-                finally:
-                    self.client.use_uid = True
-                rows = sorted(fetched.values(), key=lambda d: -int(d[b"UID"]))
+                rows = sorted(
+                    self._fetch_rows(f"{low}:{high}", by_uid=False), key=lambda d: -d[b"UID"]
+                )
                 messages = [_summary(int(d[b"UID"]), d) for d in rows]
             return Page(folder, messages, exists, page, pages)
         uids = self._ordered(folder, state, sort, reverse, search, search_field)
         pages = max(1, -(-len(uids) // PAGE_SIZE))
         page = min(max(page, 1), pages)
         chosen = uids[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
-        fetched = self.client.fetch(chosen, LIST_ITEMS) if chosen else {}
+        fetched = {}
+        if chosen:
+            listed = ",".join(str(uid) for uid in chosen)
+            fetched = {row[b"UID"]: row for row in self._fetch_rows(listed, by_uid=True)}
         messages = [_summary(uid, fetched[uid]) for uid in chosen if uid in fetched]
         return Page(folder, messages, len(uids), page, pages)
 
@@ -435,6 +487,17 @@ class Mailbox:
         while len(orders) > 4:
             orders.popitem(last=False)
         return uids
+
+    def _fetch_rows(self, message_set: str, *, by_uid: bool) -> list[dict[bytes, Any]]:
+        """LIST_ITEMS of ``message_set`` (numbers we made), each with its UID."""
+        imap = self.client._imap  # noqa: SLF001 - imaplib underneath, for its plain answers
+        if by_uid:
+            kind, data = imap.uid("FETCH", message_set, LIST_QUERY)
+        else:
+            kind, data = imap.fetch(message_set, LIST_QUERY)
+        if kind != "OK":
+            raise IMAPClientError(f"FETCH failed: {data!r}")
+        return [row for row in _rows(data) if b"UID" in row]
 
     def neighbours(self, folder: str, uid: int) -> tuple[int | None, int | None]:
         """The newer and older message next to ``uid`` in arrival order: by sequence

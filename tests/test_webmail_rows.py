@@ -1,0 +1,46 @@
+"""The message list reads FETCH answers with a few regular expressions (imapclient's
+parser cost more than the rest of the page): each row keeps its own header fields and
+flags, whatever Dovecot puts around them."""
+
+from __future__ import annotations
+
+from portal.webmail.imap import HEADER_KEY, _rows, _summary
+
+
+def test_rows_keep_their_own_fields_and_ignore_unsolicited_answers() -> None:
+    data = [
+        (
+            b'7 (UID 31 FLAGS (\\Seen \\Flagged) INTERNALDATE "30-Nov-2026 08:00:00 +0000"'
+            b" RFC822.SIZE 2048 BODY[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)] {61}",
+            b"From: Ana <ana@x.test>\r\nSubject: =?utf-8?q?Caf=C3=A9?= UID 99\r\n\r\n",
+        ),
+        b")",
+        b"3 (FLAGS (\\Deleted) UID 12)",  # an unsolicited flag change: no row
+        (
+            b"8 (UID 32 BODY[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)] {47}",
+            b"Subject: Plans\r\nContent-Type: multipart/mixed\r\n\r\n",
+        ),
+        b' FLAGS () INTERNALDATE "30-Nov-2026 09:00:00 +0000" RFC822.SIZE 10)',
+        b"9 (UID 33 FLAGS () RFC822.SIZE 5"
+        b' BODY[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)] "")',
+    ]
+
+    rows = _rows(data)
+
+    assert [row[b"UID"] for row in rows] == [31, 32, 33]
+    first, second, third = (_summary(row[b"UID"], row) for row in rows)
+    assert (first.subject, first.sender, first.seen, first.flagged) == (
+        "Café UID 99",
+        "Ana",
+        True,
+        True,
+    )
+    assert first.size == 2048 and first.date is not None
+    assert (second.subject, second.seen, second.attachment, second.size) == (
+        "Plans",
+        False,
+        True,
+        10,
+    )
+    assert (third.subject, third.size) == ("", 5)
+    assert rows[2][HEADER_KEY] == b""

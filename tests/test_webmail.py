@@ -857,3 +857,22 @@ def test_sending_as_an_alias_and_the_sent_folder_by_recipient(webmail: Webmail) 
 def relayed_from(content: bytes) -> str:
     addresses = message_from_bytes(content, policy=policy.default)["From"].addresses
     return str(addresses[0].addr_spec)
+
+
+def test_folders_with_unusual_names_open_and_take_messages(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(ana, raw("one"))
+    names = ['a"b\\c', "100% sure", "star*", "Ünïcødé & Co", "{3}"]
+    with webmail.imap(ana) as imap:
+        for name in names:
+            imap.create_folder(name)
+    client = webmail.client(ana)
+    listing = page_of(client.get(f"/webmail/f/{INBOX}"))
+    for name in names:
+        assert f'href="/webmail/f/{folder_token(name)}"' in listing, name
+        assert client.get(f"/webmail/f/{folder_token(name)}").status_code == 200, name
+    odd = folder_token('a"b\\c')
+    moved = act(client, INBOX, "move", [uid_of(listing, "one")], target=odd)
+    assert moved.status_code == 302
+    assert subjects(page_of(client.get(f"/webmail/f/{odd}"))) == ["one"]
+    assert folder_subjects(webmail, ana, 'a"b\\c') == ["one"]

@@ -18,6 +18,7 @@ from portal.webmail.imap import folder_token
 from roster.models import WEBMAIL_OUTAGE, ContinuityEvent, Domain, Person
 from tests.portal_support import (
     DOMAIN,
+    EMERGENCY,
     PASSWORD,
     STAFF_PASSWORD,
     csrf_token,
@@ -116,6 +117,16 @@ def every_endpoint_sends_to_sign_in(client: FlaskClient) -> None:
             assert answer.status_code in (302, 403), (method, rule.rule, answer.status_code)
             if answer.status_code == 302:
                 assert location_path(answer) == "/sign-in", rule.rule
+
+
+def test_the_emergency_password_opens_it(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(ana, mail("Read with the emergency password"))
+    webmail.portal.set_emergency_password(ana)
+    client = webmail.portal.client()
+    signed_in = sign_in(client, ana, EMERGENCY)
+    assert signed_in.status_code == 302 and location_path(signed_in) == "/me"
+    assert "Read with the emergency password" in text(client.get("/webmail", follow_redirects=True))
 
 
 def test_staff_accounts_reach_none_of_it(webmail: Webmail) -> None:  # noqa: F811

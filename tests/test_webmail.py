@@ -770,6 +770,14 @@ def test_a_draft_is_saved_and_resumed_with_its_attachments(webmail: Webmail) -> 
     assert sorted(envelope.rcpt_tos) == ["bob@far.test", "quiet@far.test"]
     assert webmail.folder(ana, "Drafts") == []
     assert len(webmail.folder(ana, "Sent")) == 1
+    # A received message "resumed" as a draft (an address typed by hand) is sent as a
+    # new message, and stays where it was.
+    webmail.deliver(ana, raw("Received"))
+    received = uid_of(page_of(client.get(f"/webmail/f/{INBOX}")), "Received")
+    answer = send(client, f"?mode=draft&source={INBOX}/{received}", to="bob@far.test")
+    assert answer.status_code == 302, text(answer)
+    assert len(webmail.relay.envelopes) == 2
+    assert folder_subjects(webmail, ana, "INBOX") == ["Received"]
 
 
 def test_upload_limit_and_sending_limit(portal: Portal, standby_store: DovecotServer) -> None:  # noqa: F811

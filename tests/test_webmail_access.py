@@ -19,6 +19,7 @@ from roster.models import WEBMAIL_OUTAGE, ContinuityEvent, Domain, Person
 from tests.portal_support import (
     DOMAIN,
     EMERGENCY,
+    OTHER_DOMAIN,
     PASSWORD,
     STAFF_PASSWORD,
     csrf_token,
@@ -147,6 +148,10 @@ def test_a_domain_may_open_it_only_during_an_outage(webmail: Webmail) -> None:  
     every_endpoint_refuses(client, "opens the standby webmail only while your mail server is down")
 
     with Session(webmail.portal.engine) as session, session.begin():
+        other_id = session.query(Domain.id).filter(Domain.name == OTHER_DOMAIN).scalar()
+        session.add(ContinuityEvent(domain_id=other_id, reason="another domain's outage"))
+    assert client.get("/webmail").status_code == 403  # not this domain's event
+    with Session(webmail.portal.engine) as session, session.begin():
         domain_id = session.query(Domain.id).filter(Domain.name == DOMAIN).scalar()
         session.add(ContinuityEvent(domain_id=domain_id, reason="primary does not answer"))
     opened = client.get("/webmail", follow_redirects=True)
@@ -155,6 +160,13 @@ def test_a_domain_may_open_it_only_during_an_outage(webmail: Webmail) -> None:  
     assert "Your mail server is down; mail arriving now is kept here" in page
     assert "During the outage" in page
 
+    with Session(webmail.portal.engine) as session, session.begin():
+        session.execute(
+            update(ContinuityEvent)
+            .where(ContinuityEvent.domain_id == domain_id)
+            .values(recovery_started_at=ContinuityEvent.started_at)
+        )
+    assert "Your mail server is back." in text(client.get("/webmail", follow_redirects=True))
     with Session(webmail.portal.engine) as session, session.begin():
         session.execute(update(ContinuityEvent).values(ended_at=ContinuityEvent.started_at))
     assert client.get("/webmail", follow_redirects=True).status_code == 403

@@ -360,8 +360,8 @@ def _submit(person: Person, domain: Domain) -> Any:
         box.append(box.special("Sent"), copy, (b"\\Seen",))
         if source is not None and draft.mode in ("reply", "reply_all"):
             box.set_flag(source[0], [source[1]], b"\\Answered", True)
-        if source is not None and draft.mode == "draft":
-            box.remove(source[0], source[1])
+        if source is not None and draft.mode == "draft" and source[0] == box.special("Drafts"):
+            box.remove(source[0], source[1])  # the draft, now sent (never a message elsewhere)
 
     try:
         on_store(file_it)

@@ -22,13 +22,21 @@ from tests.portal_support import (
     OTHER_DOMAIN,
     PASSWORD,
     STAFF_PASSWORD,
+    Portal,
     csrf_token,
     location_path,
     sign_in,
     text,
 )
+from tests.servers.dovecot import DovecotServer
 from tests.test_webmail import page_of, subjects, uid_of
-from tests.webmail_support import Webmail, mail, standby_store, webmail  # noqa: F401
+from tests.webmail_support import (  # noqa: F401
+    Webmail,
+    mail,
+    standby_store,
+    webmail,
+    webmail_world,
+)
 
 INBOX = folder_token("INBOX")
 CLOSED = "The standby webmail is not open to you"
@@ -308,3 +316,34 @@ def test_many_pages_at_once_share_a_few_connections(webmail: Webmail) -> None:  
     assert browsers[0].get(f"/webmail/m/{INBOX}/{uid}").status_code == 404
     assert browsers[0].get(f"/webmail/m/{INBOX}/{uid}/body").status_code == 404
     assert subjects(page_of(browsers[0].get(f"/webmail/f/{INBOX}"))) == []
+
+
+def test_the_pool_is_bounded_and_idle_connections_expire(
+    portal: Portal,
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    world = webmail_world(portal, standby_store, connections=1, idle_seconds=60)
+    small = next(world)
+    try:
+        ana, bob = small.person("ana"), small.person("bob")
+        small.deliver(ana, mail("For ana"))
+        small.deliver(bob, mail("For bob"))
+        ana_client, bob_client = small.client(ana), small.client(bob)
+        before = {who: logins(small, who) for who in (ana, bob)}
+        # One connection in all: each person's page closes the other's idle one.
+        for _ in range(2):
+            assert subjects(page_of(ana_client.get(f"/webmail/f/{INBOX}"))) == ["For ana"]
+            assert subjects(page_of(bob_client.get(f"/webmail/f/{INBOX}"))) == ["For bob"]
+            assert small.portal.app.extensions["webmail_pool"].open_connections() == 1
+        assert logins(small, ana) - before[ana] == 2
+        assert logins(small, bob) - before[bob] == 2
+        # Unused for longer than idle_seconds: closed, and a new one made when needed.
+        page_of(bob_client.get(f"/webmail/f/{INBOX}"))
+        pool = small.portal.app.extensions["webmail_pool"]
+        for connection in pool._idle[bob.lower()]:  # a minute passes, without waiting it
+            connection.last_used -= 61
+        assert subjects(page_of(bob_client.get(f"/webmail/f/{INBOX}"))) == ["For bob"]
+        assert logins(small, bob) - before[bob] == 3
+    finally:
+        for _rest in world:  # the fixture's own clean-up
+            pass

@@ -524,7 +524,7 @@ def walk_the_manual(page: Page, base: str, walk: Walk, t: dict[str, str], shots:
     page.get_by_role("link", name=t["activate"], exact=True).click()
     expect(page).to_have_url(f"{base}{DOMAIN_PAGE}/activate")
     expect(page.locator("h1")).to_have_text(t["activate_heading"])
-    expect(page.locator("ul.points li")).to_have_count(4)
+    expect(page.locator("ul.points li")).to_have_count(5)
     expect(page.locator("#important li").last).to_have_text(t["keep_active"])
     shots.take("activate-confirmation")
     page.get_by_role("button", name=t["confirm"], exact=True).click()

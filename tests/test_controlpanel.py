@@ -242,19 +242,19 @@ def test_activate_and_deactivate_take_effect_at_once(panel: Portal) -> None:
     activated = post(admin, f"{PAGE}/activate")
 
     assert "Activate Continuity Service for acme.test?" in confirm
-    # The manual's "Important" where the admin decides, and no promise of what the
-    # product does not do yet (standby copies, a webmail).
+    # The manual's "Important" where the admin decides, and promises of only what the
+    # product does: standby copies and the webmail, nothing more.
     important = re.search(r'<aside class="important".*?</aside>', confirm, re.DOTALL)
     assert important and "Keep Continuity Service permanently active." in important.group(0)
     assert "not in its archive" in important.group(0)
-    # Standby copies exist (issue #9): the page says what activation does to the
-    # archive; the webmail does not exist yet, so nothing promises it.
+    # Standby copies (issue #9) and the webmail (issue #11) exist: the page says what
+    # activation does to the archive, and that the webmail opens in an outage.
     points = re.search(r'<ul class="points">(.*?)</ul>', confirm, re.DOTALL)
     assert points and re.findall(r"<li>(.*?)</li>", points.group(1))[:2] == [
         "From now on a standby copy of incoming mail is kept for the covered users.",
         "The archive starts now: mail that arrived before the activation is not in it.",
     ]
-    assert "webmail" not in confirm
+    assert "covered users can read and send mail in the standby webmail" in confirm
     assert ">Confirm</button>" in confirm and f'href="{PAGE}">Cancel</a>' in confirm
     assert location_path(activated) == PAGE
     page = text(admin.get(PAGE))
@@ -266,14 +266,16 @@ def test_activate_and_deactivate_take_effect_at_once(panel: Portal) -> None:
     confirm = text(admin.get(f"{PAGE}/deactivate", headers=SPANISH))
     assert "Confirmar" in confirm
     confirm = text(admin.get(f"{PAGE}/deactivate"))
-    assert "Nobody can sign in with an emergency password any more" in confirm
+    assert (
+        "Nobody can sign in to the standby webmail or with an emergency password any more"
+        in confirm
+    )
     assert "Keep Continuity Service permanently active." in confirm
     assert "No more standby copies of incoming mail are kept." in confirm
     assert (
         "The archive of mail copied so far is kept until the retention period removes it."
         in confirm
     )
-    assert "webmail" not in confirm
     assert location_path(post(admin, f"{PAGE}/deactivate")) == PAGE
 
     assert location_path(ana.get("/me")) == "/sign-in"  # her emergency session ended
@@ -493,13 +495,12 @@ def test_remove_a_user_with_the_cross(panel: Portal) -> None:
     removed = post(admin, remove)
 
     assert "Remove ana@acme.test from the Continuity Service users?" in confirm
-    # Standby copies exist (issue #9): the page says what removal does to the archive.
+    # Standby copies (issue #9) and the webmail (issue #11): what removal takes away.
     assert (
-        "They will no longer be covered: no more standby copies of their mail, no emergency"
-        " password sign-in. What was copied so far stays in the archive until the retention"
-        " period removes it." in confirm
+        "They will no longer be covered: no more standby copies of their mail, no standby"
+        " webmail, no emergency password sign-in. What was copied so far stays in the"
+        " archive until the retention period removes it." in confirm
     )
-    assert "webmail" not in confirm
     assert "Lo copiado hasta ahora sigue en el archivo" in spanish_confirm
     assert location_path(removed) == PAGE
     page = text(admin.get(PAGE))

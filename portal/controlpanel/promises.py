@@ -92,8 +92,9 @@ def losing_coverage() -> str:
     """What someone who is no longer covered loses."""
     if STANDBY_COPIES and STANDBY_WEBMAIL:
         return _(
-            "They will no longer be covered: no standby copies of their mail, no"
-            " standby webmail, no emergency password sign-in."
+            "They will no longer be covered: no more standby copies of their mail, no"
+            " standby webmail, no emergency password sign-in. What was copied so far stays"
+            " in the archive until the retention period removes it."
         )
     if STANDBY_COPIES:
         return _(

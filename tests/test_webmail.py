@@ -453,9 +453,23 @@ def test_actions_on_one_message_and_on_a_selection(webmail: Webmail) -> None:  #
     assert answer.status_code == 302
     assert answer.headers["Location"].endswith(f"/webmail/m/{INBOX}/{uid['one']}")
     assert b"\\Seen" not in flags("one")
-    # An outside "back" address is not followed.
-    answer = act(client, INBOX, "read", [uid["one"]], back="https://evil.example/")
-    assert answer.headers["Location"].endswith(f"/webmail/f/{INBOX}")
+    # An outside "back" address is not followed, nor one that climbs out of the folder.
+    for elsewhere in (
+        "https://evil.example/",
+        "//evil.example/",
+        f"/webmail/f/{INBOX}/../../../me",
+        f"/webmail/m/{INBOX}/..%2F..%2F/x",
+        f"/webmail/m/{INBOX}/%2e%2e/%2E%2E/%2e%2e/me",
+        f"/webmail/f/{INBOX}\\evil",
+    ):
+        answer = act(client, INBOX, "read", [uid["one"]], back=elsewhere)
+        assert answer.headers["Location"].endswith(f"/webmail/f/{INBOX}"), elsewhere
+    searched = f"/webmail/f/{INBOX}?q=a%2Fb&in=subject"
+    answer = act(client, INBOX, "read", [uid["one"]], back=searched)
+    assert answer.headers["Location"].endswith(searched)
+    # Without the form's CSRF token, nothing changes.
+    refused = client.post(f"/webmail/f/{INBOX}/act", data={"action": "read", "uid": uid["one"]})
+    assert refused.status_code == 400
     assert b"\\Seen" in flags("one")
     # A selection.
     assert act(client, INBOX, "flag", [uid["two"], uid["three"]]).status_code == 302

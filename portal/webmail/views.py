@@ -407,7 +407,9 @@ def _back(token: str, back: str) -> Any:
     prefix = url_for("webmail.folder", token=token)
     message_prefix = url_for("webmail.index") + f"/m/{token}/"
     same_folder = back.startswith(prefix) or back.startswith(message_prefix)
-    if same_folder and "\\" not in back and not any(ord(c) < 32 for c in back):
+    path = back.partition("?")[0].lower()
+    unusual = "\\" in back or any(part in path for part in ("/..", "//", "%2e", "%2f", "%5c"))
+    if same_folder and not unusual and not any(ord(c) < 32 for c in back):
         return redirect(back)
     return redirect(prefix)
 

@@ -681,15 +681,15 @@ def test_invalid_address_is_refused_and_nothing_sent(webmail: Webmail) -> None: 
 
 def test_a_relay_that_is_down_keeps_the_message_in_drafts(webmail: Webmail) -> None:  # noqa: F811
     ana = webmail.person("ana")
+    tables: dict[str, dict[str, Any]] = {
+        "standby": {
+            "imap": f"{webmail.store.imap[0]}:{webmail.store.imap[1]}",
+            "master_user": webmail.store.master_user,
+            "master_password_file": str(webmail.store.master_password_file),
+        },
+    }
     webmail.portal.app = webmail.portal.build(
-        tables={
-            "standby": {
-                "imap": f"{webmail.store.imap[0]}:{webmail.store.imap[1]}",
-                "master_user": webmail.store.master_user,
-                "master_password_file": str(webmail.store.master_password_file),
-            },
-            "outbound": {"relay": f"127.0.0.1:{free_port()}"},
-        }
+        tables={**tables, "outbound": {"relay": f"127.0.0.1:{free_port()}"}}
     )
     client = webmail.client(ana)
     answer = send(
@@ -709,9 +709,26 @@ def test_a_relay_that_is_down_keeps_the_message_in_drafts(webmail: Webmail) -> N
     assert "Written during the outage." in saved.get_body(("plain",)).get_content()
     assert [p.get_filename() for p in saved.iter_attachments()] == ["notes.txt"]
     assert webmail.folder(ana, "Sent") == []
-    # The form shown again is the draft's: sending it again later does not leave a copy.
-    assert re.search(rf'name="source" value="{DRAFTS}/\d+"', answer.get_data(as_text=True))
     assert "webmail_sent" not in [a for a, _who in webmail.portal.audit_actions(ana)]
+    # The form shown again is the draft's: once the relay is back, Send sends it with
+    # its attachment and the draft leaves Drafts.
+    source = re.search(rf'name="source" value="({DRAFTS}/\d+)"', answer.get_data(as_text=True))
+    assert source
+    webmail.portal.app.extensions["webmail_pool"].close()
+    webmail.portal.app = webmail.portal.build(
+        tables={**tables, "outbound": {"relay": f"127.0.0.1:{webmail.relay_port}"}}
+    )
+    client = webmail.client(ana)
+    answer = send(client, f"?mode=draft&source={source.group(1)}")
+    assert answer.status_code == 302, text(answer)
+    (envelope,) = webmail.relay.envelopes
+    sent = message_from_bytes(envelope.content, policy=policy.default)
+    assert sent["Subject"] == "Still here" and envelope.rcpt_tos == ["bob@far.test"]
+    assert [(p.get_filename(), p.get_content()) for p in sent.iter_attachments()] == [
+        ("notes.txt", "notes")
+    ]
+    assert webmail.folder(ana, "Drafts") == []
+    assert len(webmail.folder(ana, "Sent")) == 1
 
 
 def test_a_recipient_the_relay_refuses_is_reported(webmail: Webmail) -> None:  # noqa: F811

@@ -12,11 +12,14 @@ from email import message_from_bytes, policy
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import TestResponse, encode_multipart
 
 from continuity.localslapd import free_port
 from portal.webmail.imap import folder_token
+from roster.models import AuditEvent
 from tests.portal_support import Portal, csrf_token, text
 from tests.servers.dovecot import DovecotServer
 from tests.webmail_support import (  # noqa: F401
@@ -572,6 +575,12 @@ def test_sending_goes_once_as_the_person_with_bcc_kept_private(
     assert subjects(sent_list) == ["Meeting moved"]
     assert re.search(r'class="sender"><a [^>]*>Bob</a>', sent_list), sent_list
     assert ("webmail_sent", ana) in webmail.portal.audit_actions(ana)
+    with Session(webmail.portal.engine) as session:
+        rows = session.scalars(select(AuditEvent).where(AuditEvent.action == "webmail_sent"))
+        (row,) = [(r.actor, r.after) for r in rows]
+    assert row == (ana, {"recipients": 3})  # how many, never to whom or what
+    stored = webmail.portal.dump()
+    assert "Meeting moved" not in stored and "dan@far.test" not in stored
 
 
 def test_reply_reply_all_and_forward_are_prefilled(webmail: Webmail) -> None:  # noqa: F811

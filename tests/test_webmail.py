@@ -670,6 +670,11 @@ def test_a_reply_to_an_encoded_newline_adds_no_header(webmail: Webmail) -> None:
     assert sent["Subject"].startswith("Re: x") and "Bcc: evil@x.test" in sent["Subject"]
     assert [a.addr_spec for a in sent["To"].addresses] == ["carla@sender.test"]
     assert [a.addr_spec for a in sent["Cc"].addresses] == ["dora@far.test"]
+    # The message answered is marked so.
+    assert "Answered" in page_of(client.get(f"/webmail/f/{INBOX}"))
+    with webmail.imap(ana) as imap:
+        imap.select_folder("INBOX", readonly=True)
+        assert b"\\Answered" in imap.get_flags([uid])[uid]
 
 
 def test_invalid_address_is_refused_and_nothing_sent(webmail: Webmail) -> None:  # noqa: F811

@@ -929,3 +929,30 @@ def test_folders_with_unusual_names_open_and_take_messages(webmail: Webmail) -> 
     assert moved.status_code == 302
     assert subjects(page_of(client.get(f"/webmail/f/{odd}"))) == ["one"]
     assert folder_subjects(webmail, ana, 'a"b\\c') == ["one"]
+
+
+def test_what_was_written_survives_its_source_going_away(webmail: Webmail) -> None:  # noqa: F811
+    ana = webmail.person("ana")
+    webmail.deliver(ana, raw("Answer me"))
+    client = webmail.client(ana)
+    uid = uid_of(page_of(client.get(f"/webmail/f/{INBOX}")), "Answer me")
+    shown, token = compose_form(client, f"?mode=reply&source={INBOX}/{uid}")
+    # The message answered is deleted (in another tab) while the reply is written.
+    act(client, INBOX, "delete", [uid])
+    answer = client.post(
+        "/webmail/compose",
+        data={
+            "csrf_token": token,
+            "action": "send",
+            "mode": "reply",
+            "source": f"{INBOX}/{uid}",
+            "to": "carla@sender.test",
+            "subject": "Re: Answer me",
+            "body": "A long and careful answer.\n",
+        },
+    )
+    assert answer.status_code == 400
+    assert "is no longer there" in text(answer) and "kept in Drafts" in text(answer)
+    assert webmail.relay.envelopes == []
+    (draft,) = webmail.folder(ana, "Drafts")
+    assert b"A long and careful answer." in draft

@@ -19,6 +19,7 @@ from typing import Any
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
+from werkzeug.exceptions import NotFound
 
 from portal.request_scope import body_limit, client_address, db, writing
 from portal.webmail import bp
@@ -245,7 +246,13 @@ def _submit(person: Person, domain: Domain) -> Any:
     if draft.sender not in senders:
         draft.sender = senders[0]
     source = _source(draft.source)
-    source_raw = on_store(lambda box: _read(box, *source)) if source else None
+    source_raw, source_gone = None, False
+    if source is not None:
+        source_folder, source_uid = source
+        try:
+            source_raw = on_store(lambda box: _read(box, source_folder, source_uid))
+        except NotFound:  # deleted or moved since the form was opened
+            source, source_gone = None, True
     source_parsed = parse(source_raw) if source_raw is not None else None
     if source_parsed is not None:
         if draft.mode in ("reply", "reply_all"):
@@ -298,12 +305,19 @@ def _submit(person: Person, domain: Domain) -> Any:
             message["Bcc"] = _addresses(recipients["bcc"])
         return message
 
+    if source_gone and action == "send":
+        errors["send"] = _(
+            "The message you were answering, forwarding or editing is no longer there"
+            " (deleted or moved), so nothing was sent. What you wrote is kept in Drafts:"
+            " check it, then send it again."
+        )
     replaces = source if draft.mode == "draft" else None
     if errors or action == "draft":
         uploaded = any(upload.filename for upload in request.files.getlist("attachments"))
-        # Saved as a draft when asked, or when files came with a mistake elsewhere (so
-        # that they are not lost); files too large to keep are said so instead.
-        if action == "draft" or (uploaded and "attachments" not in errors):
+        # Saved as a draft when asked, when its source went away, or when files came
+        # with a mistake elsewhere (so that they are not lost); files too large to keep
+        # are said so instead.
+        if action == "draft" or source_gone or (uploaded and "attachments" not in errors):
             uid = _save_draft(build(True).as_bytes(), replaces)
             if not errors:
                 flash(_("The draft is saved in Drafts."), "success")

@@ -113,10 +113,15 @@ class Webmail:
 
 
 def webmail_world(
-    portal: Portal, store: DovecotServer, *, relay_port: int | None = None, **webmail: Any
+    portal: Portal,
+    store: DovecotServer,
+    *,
+    relay_port: int | None = None,
+    standby: dict[str, Any] | None = None,
+    **webmail: Any,
 ) -> Iterator[Webmail]:
     """The generator behind the fixture (a test that needs other [webmail] settings, or
-    a relay of its own on ``relay_port``, calls it)."""
+    a relay of its own on ``relay_port``, or more [standby] settings, calls it)."""
     relay = Collect()
     with ExitStack() as stack:
         port = relay_port or stack.enter_context(smtp_server(relay))
@@ -128,6 +133,7 @@ def webmail_world(
                     "lmtp": f"{store.lmtp[0]}:{store.lmtp[1]}",
                     "master_user": store.master_user,
                     "master_password_file": str(store.master_password_file),
+                    **(standby or {}),
                 },
                 "outbound": {"relay": f"127.0.0.1:{port}"},
                 "webmail": webmail,

@@ -49,7 +49,10 @@ def render_config(template: str, replacements: dict[str, str]) -> str:
 class DovecotServer:
     """Dovecot (IMAP and LMTP on free loopback ports) from the deploy configuration."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: a certificate and key (PEM files) for IMAP with STARTTLS required,
+        as deploy/dovecot/dovecot.conf says to set up for a portal on another host."""
+        self.tls = tls
         # Not under pytest's tmp_path: Dovecot's processes run as "mail" and "dovecot",
         # which cannot walk into root's private pytest directory.
         self.workdir = Path(tempfile.mkdtemp(prefix="continuity-dovecot-"))
@@ -99,20 +102,26 @@ class DovecotServer:
         self.master_password_file.write_text(self.master_password, encoding="ascii")
         self.master_password_file.chmod(0o600)
 
-        text = render_config(
-            DEPLOY_CONFIG.read_text(encoding="utf-8"),
-            {
-                "base_dir = /run/dovecot/": f"base_dir = {self.workdir / 'run'}/",
-                "state_dir = /var/lib/dovecot": f"state_dir = {self.workdir / 'state'}",
-                "log_path = syslog": f"log_path = {self.log_file}",
-                "instance_name = dovecot": f"instance_name = continuity-{self.workdir.name}",
-                "/etc/dovecot/continuity-master.passwd": str(master_file),
-                "/var/lib/continuity-standby/continuity-users": str(self.users_file),
-                "/var/mail/continuity/": f"{self.mail_dir}/",
-                "    port = 143\n": f"    port = {self.imap[1]}\n",
-                "    port = 24\n": f"    port = {self.lmtp[1]}\n",
-            },
-        )
+        replacements = {
+            "base_dir = /run/dovecot/": f"base_dir = {self.workdir / 'run'}/",
+            "state_dir = /var/lib/dovecot": f"state_dir = {self.workdir / 'state'}",
+            "log_path = syslog": f"log_path = {self.log_file}",
+            "instance_name = dovecot": f"instance_name = continuity-{self.workdir.name}",
+            "/etc/dovecot/continuity-master.passwd": str(master_file),
+            "/var/lib/continuity-standby/continuity-users": str(self.users_file),
+            "/var/mail/continuity/": f"{self.mail_dir}/",
+            "    port = 143\n": f"    port = {self.imap[1]}\n",
+            "    port = 24\n": f"    port = {self.lmtp[1]}\n",
+        }
+        if self.tls is not None:
+            # Dovecot reads the files as root at start; "required": no plaintext sign-in
+            # at all, even from loopback.
+            cert, key = self.tls
+            replacements["\nssl = no\n"] = (
+                f"\nssl = required\nssl_cert = <{cert}\nssl_key = <{key}\n"
+                "disable_plaintext_auth = yes\n"
+            )
+        text = render_config(DEPLOY_CONFIG.read_text(encoding="utf-8"), replacements)
         self.config_file.write_text(text, encoding="utf-8")
         check = subprocess.run(
             ["dovecot", "-n", "-c", str(self.config_file)],

@@ -440,3 +440,19 @@ def test_arbitrary_bytes_and_header_values_never_raise(data, value):
     parse(b"Content-Type: multipart/mixed; boundary=x\n\n--x\n" + data)
     assert "\n" not in header_text(value)
     assert "\n" not in header_text("=?utf-8?q?" + value + "?=")
+
+
+def test_addresses_survive_encoded_names_holding_a_colon_or_a_comma() -> None:
+    # RFC 2047 forbids ":" and "," in an encoded word of a phrase, but senders write
+    # them: the address is still the one in angle brackets, and a hidden "Bcc:" in the
+    # name adds no recipient.
+    raw = (
+        b"From: =?UTF-8?Q?Carla=0D=0ABcc:_evil2@x.test?= <carla@sender.test>\r\n"
+        b"To: =?UTF-8?Q?Re:_Team?= <j@x.test>, =?UTF-8?Q?P=C3=A9rez,_Ana?= <ana@x.test>,"
+        b" bo@y.test\r\nSubject: x\r\n\r\nbody\r\n"
+    )
+
+    parsed = parse(raw)
+
+    assert [address for _name, address in parsed.from_] == ["carla@sender.test"]
+    assert parsed.to == [("Re: Team", "j@x.test"), ("Pérez, Ana", "ana@x.test"), ("", "bo@y.test")]

@@ -241,6 +241,11 @@ def _first_header(msg: email.message.Message, name: str) -> str | None:
     return values[0] if values else None
 
 
+_SPLIT_WORD = re.compile(r"=\?[^?\s]*\?[QqBb]\?[^?\s]*[:,;][^?\s]*\?=")
+_BARE = re.compile(r"[^\s,;<>]+@[^\s,;<>]+")
+_BRACKETED = re.compile(r"([^<>]*)<([^<>\s@]+@[^<>\s@]+)>")
+
+
 def _addresses(msg: email.message.Message, name: str) -> list[tuple[str, str]]:
     """(display name, address) pairs; display names decoded only after the list is split."""
     raw = [_undo_surrogateescape(value) for value in _raw_headers(msg, name)]
@@ -249,7 +254,19 @@ def _addresses(msg: email.message.Message, name: str) -> list[tuple[str, str]]:
     try:
         pairs = email.utils.getaddresses(raw)
     except Exception:
-        return []
+        pairs = []
+    broken = not any("@" in address for _display, address in pairs)
+    if broken or any(_SPLIT_WORD.search(value) for value in raw):
+        # A display name the parser cannot read (an encoded word with a ":" or a "," in
+        # it, which RFC 2047 forbids in a phrase): the addresses in angle brackets still
+        # are what the sender wrote, with whatever precedes each as its name.
+        joined = " ".join(raw)
+        bracketed = [
+            (display.strip().strip(",").strip(), address)
+            for display, address in _BRACKETED.findall(joined)
+        ]
+        bare = [("", address) for address in _BARE.findall(_BRACKETED.sub(" ", joined))]
+        pairs = bracketed + bare or pairs
     found = []
     for display, address in pairs[:500]:
         display_text = header_text(display)

@@ -378,6 +378,7 @@ def test_security_headers_on_every_response(portal: Portal) -> None:
             "script-src": bool(script) and "'unsafe-inline'" not in script,
             "frame-ancestors": csp.get("frame-ancestors") == ["'none'"],
             "nosniff": response.headers.get("X-Content-Type-Options") == "nosniff",
+            "no framing": response.headers.get("X-Frame-Options") == "DENY",
             "referrer": response.headers.get("Referrer-Policy")
             in {"no-referrer", "same-origin", "strict-origin", "strict-origin-when-cross-origin"},
         }

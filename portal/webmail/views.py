@@ -14,7 +14,6 @@ from flask import (
     abort,
     current_app,
     flash,
-    g,
     redirect,
     render_template,
     request,
@@ -38,7 +37,7 @@ from portal.webmail.imap import (
     settings_from,
 )
 from portal.webmail.message import parse, part_bytes
-from portal.webmail.sanitize import clean_html, frame_policy
+from portal.webmail.sanitize import clean_html, frame_document, frame_policy
 from roster.config import ConfigError
 
 log = logging.getLogger("continuity.portal.webmail")
@@ -285,16 +284,12 @@ def body(token: str, uid: str) -> Any:
         return f"data:{found[0].content_type};base64,{encoded}"
 
     cleaned, _blocked = clean_html(parsed.html or "", cid_url=cid_url, allow_remote=images)
-    document = (
-        '<!doctype html><html><head><meta charset="utf-8">'
-        '<meta name="referrer" content="no-referrer">'
-        "<style>body{font-family:system-ui,sans-serif;margin:8px;overflow-wrap:anywhere}"
-        "img{max-width:100%;height:auto}</style></head><body>"
-        f"{cleaned}</body></html>"
-    )
-    response = Response(document, mimetype="text/html")
+    response = Response(frame_document(cleaned), mimetype="text/html")
     response.headers["Content-Security-Policy"] = frame_policy(images)
-    g.webmail_frame_headers = {"X-Frame-Options": "SAMEORIGIN", "Referrer-Policy": "no-referrer"}
+    # Shown inside the reading page: the portal's DENY would leave the frame empty (it
+    # sets its headers only where a view set none).
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response
 
 
@@ -328,24 +323,8 @@ def part(token: str, uid: str, part: str) -> Any:
     response.headers["Cache-Control"] = "private, no-store"
     if inline:
         response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
-        g.webmail_frame_headers = {"X-Frame-Options": "SAMEORIGIN"}
+        response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response
-
-
-def _frame_headers(response: Response) -> Response:
-    """The headers of a response shown inside the reading page (the message's frame and
-    its inline images), set after the portal's own: those say ``X-Frame-Options: DENY``
-    for every response, which would leave the frame empty."""
-    for name, value in g.get("webmail_frame_headers", {}).items():
-        response.headers[name] = value
-    return response
-
-
-@bp.record_once
-def _last_after_request(state: Any) -> None:
-    # Flask calls an app's after_request functions in reverse order of registration:
-    # the first in the list runs last, after the portal's security headers.
-    state.app.after_request_funcs.setdefault(None, []).insert(0, _frame_headers)
 
 
 # -- actions ------------------------------------------------------------------------

@@ -234,6 +234,7 @@ def test_search_finds_by_field_and_refuses_command_text(webmail: Webmail) -> Non
         ana,
         raw("Budget 2027", sender="Boris <boris@sender.test>", body="The harbour crane.\n"),
         raw("Lunch", sender="lucia@sender.test", to="team@acme.test", body="Noon?\n"),
+        raw("Minutes", headers="Cc: board@acme.test\r\nContent-Type: text/plain"),
     )
     client = webmail.client(ana)
 
@@ -245,6 +246,7 @@ def test_search_finds_by_field_and_refuses_command_text(webmail: Webmail) -> Non
     assert found("boris", "from") == ["Budget 2027"]
     assert found("lunch", "from") == []
     assert found("team@acme.test", "to") == ["Lunch"]
+    assert found("board@acme.test", "to") == ["Minutes"]  # a recipient in Cc too
     assert found("team", "subject") == []
     assert found("budget", "subject") == ["Budget 2027"]
     assert found("crane", "text") == ["Budget 2027"]
@@ -266,7 +268,7 @@ def test_search_finds_by_field_and_refuses_command_text(webmail: Webmail) -> Non
     with webmail.imap(ana) as imap:
         names = [name for _flags, _sep, name in imap.list_folders()]
         assert "Injected" not in names
-        assert imap.select_folder("INBOX", readonly=True)[b"EXISTS"] == 2
+        assert imap.select_folder("INBOX", readonly=True)[b"EXISTS"] == 3
 
 
 # -- reading ------------------------------------------------------------------------

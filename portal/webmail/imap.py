@@ -477,6 +477,8 @@ class Mailbox:
             orders.move_to_end(key)
             return orders[key]
         criteria: list[Any] = [SEARCH_FIELDS[search_field], search] if search else ["ALL"]
+        if search and search_field == "to":  # a recipient is in To, Cc or (in Sent) Bcc
+            criteria = ["OR", "TO", search, "OR", "CC", search, "BCC", search]
         if sort == "arrival":
             uids = sorted(self.client.search(criteria, charset="UTF-8"))
         else:

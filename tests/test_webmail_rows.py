@@ -44,3 +44,20 @@ def test_rows_keep_their_own_fields_and_ignore_unsolicited_answers() -> None:
     )
     assert (third.subject, third.size) == ("", 5)
     assert rows[2][HEADER_KEY] == b""
+
+
+def test_a_line_reads_plain_quoted_encoded_and_raw_8bit_senders() -> None:
+    def line(sender: bytes) -> tuple[str, str]:
+        header = b"From: " + sender + b"\r\nTo: a@x.test,\r\n b@x.test\r\n\r\n"
+        summary = _summary(1, {HEADER_KEY: header})
+        return summary.sender, summary.sender_address
+
+    assert line(b"Ana Garc\xc3\xada <ana@x.test>") == ("Ana García", "ana@x.test")
+    assert line(b"Jos\xe9 <j@x.test>") == ("José", "j@x.test")  # Latin-1 bytes, no charset
+    assert line(b'"P\xc3\xa9rez, Ana" <a@x.test>') == ("Pérez, Ana", "a@x.test")
+    assert line(b"=?UTF-8?Q?Jos=C3=A9?= <j@x.test>") == ("José", "j@x.test")
+    assert line(b"bo@y.test") == ("bo@y.test", "bo@y.test")
+    assert (
+        _summary(1, {HEADER_KEY: b"To: A <a@x.test>,\r\n b@x.test\r\n\r\n"}).recipients
+        == "A, b@x.test"
+    )

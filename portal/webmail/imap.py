@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -59,7 +57,6 @@ LIST_ITEMS = [
 ]
 HEADER_KEY = b"BODY[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)]"
 LIST_QUERY = "(" + " ".join(item.decode("ascii") for item in LIST_ITEMS) + ")"
-_HEADERS = BytesHeaderParser(policy=compat32)
 _ANSWER_START = re.compile(rb"\d+ \(")
 _ROW = {
     b"UID": re.compile(rb"\bUID (\d+)"),
@@ -139,7 +136,7 @@ class Summary:
     subject: str
     sender: str
     sender_address: str
-    recipients: str
+    to: str  # the To header as it came (decoded only for the pages that show it)
     date: datetime | None
     size: int
     seen: bool
@@ -147,6 +144,11 @@ class Summary:
     answered: bool
     draft: bool
     attachment: bool
+
+    @property
+    def recipients(self) -> str:
+        """The first five recipients' names (or addresses), for Sent and Drafts."""
+        return ", ".join(name or address for name, address in _addresses(self.to)[:5])
 
 
 @dataclass(frozen=True)
@@ -215,27 +217,56 @@ def _addresses(value: str) -> list[tuple[str, str]]:
     return [(header_text(name), header_text(address)) for name, address in pairs if address]
 
 
+_FOLDED = re.compile(r"\r?\n[ \t]+")
+_SIMPLE_MAILBOX = re.compile(
+    r'\s*(?:([^"<>,;:@=]*?)\s*<([^<>\s,;"]+@[^<>\s,;"]+)>|([^<>\s,;"]+@[^<>\s,;"]+))\s*'
+)
+
+
+def _fields(raw: bytes) -> dict[str, str]:
+    """The header fields fetched for the list, by lower-case name (the first of each)."""
+    text = _FOLDED.sub(" ", raw.decode("utf-8", "surrogateescape"))
+    fields: dict[str, str] = {}
+    for line in text.split("\n"):
+        name, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(name.strip().lower(), value.strip())
+    return fields
+
+
+def _decoded(value: str) -> str:
+    """``header_text`` where there is anything to decode (most values are plain)."""
+    if "=?" in value or not value.isascii() or any(ord(c) < 32 for c in value):
+        return header_text(value)
+    return value
+
+
+def _first_sender(value: str) -> tuple[str, str]:
+    """The first (name, address) of a From header: plain forms read directly, anything
+    else (quotes, encoded words, groups) by the email package."""
+    simple = _SIMPLE_MAILBOX.fullmatch(value)
+    if simple:
+        if simple.group(3):
+            return "", _decoded(simple.group(3))
+        return _decoded(simple.group(1).strip()), _decoded(simple.group(2))
+    found = _addresses(value)
+    return found[0] if found else ("", "")
+
+
 def _summary(uid: int, data: dict[bytes, Any]) -> Summary:
     """A list line from the header fields fetched (LIST_ITEMS)."""
     flags = {flag.lower() for flag in data.get(b"FLAGS", ())}
-    raw = data.get(HEADER_KEY) or b""
-    try:
-        headers = _HEADERS.parsebytes(bytes(raw))
-    except Exception:  # noqa: BLE001 - a hostile header block shows as an empty line
-        headers = _HEADERS.parsebytes(b"")
-    senders = _addresses(str(headers.get("From", "")))
-    recipients = _addresses(str(headers.get("To", "")))
+    fields = _fields(bytes(data.get(HEADER_KEY) or b""))
+    sender_name, sender_address = _first_sender(fields.get("from", ""))
     date = data.get(b"INTERNALDATE")
     with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-        date = parsedate_to_datetime(str(headers.get("Date", ""))) or date
-    kind = str(headers.get("Content-Type", "")).strip().lower()
-    sender_name, sender_address = senders[0] if senders else ("", "")
+        date = parsedate_to_datetime(fields.get("date", "")) or date
     return Summary(
         uid=uid,
-        subject=header_text(headers.get("Subject", "")),
+        subject=_decoded(fields.get("subject", "")),
         sender=sender_name or sender_address,
         sender_address=sender_address,
-        recipients=", ".join(name or address for name, address in recipients[:5]),
+        to=fields.get("to", ""),
         date=date,
         size=int(data.get(b"RFC822.SIZE", 0)),
         seen=b"\\seen" in flags,
@@ -243,7 +274,7 @@ def _summary(uid: int, data: dict[bytes, Any]) -> Summary:
         answered=b"\\answered" in flags,
         draft=b"\\draft" in flags,
         # multipart/mixed carries attachments; alternative and related do not.
-        attachment=kind.startswith("multipart/mixed"),
+        attachment=fields.get("content-type", "").lower().startswith("multipart/mixed"),
     )
 
 

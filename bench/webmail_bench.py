@@ -7,9 +7,9 @@ indexed by Dovecot once before measuring). The app is the real portal (create_ap
 SQLite roster), called through Flask's test client by a signed-in person.
 
 - **list, cold**: the first view of the inbox in a session (the portal's pool holds no
-  connection: it connects, signs in, lists the folders with their counts, selects the
-  inbox and fetches the newest 50). The floor: a client that sends the same IMAP
-  commands over a socket and reads the replies without parsing them.
+  connection: it connects, signs in, lists the folders, selects the inbox, fetches the
+  newest 50 and the folders' counts). The floor: a client that sends the same IMAP
+  commands in the same order over a socket and reads the replies without parsing them.
 - **list, warm**: the same view again after a new message arrived.
 - **open**: a message not opened before (the reading page), at the largest size.
 
@@ -93,22 +93,27 @@ def fill_maildir(server: DovecotServer, address: str, count: int) -> None:
 
 class RawClient:
     """An IMAP client that sends commands and reads the replies up to their tagged
-    line, without parsing them: the floor."""
+    line, without parsing them: the floor. It sends what the portal's pool sends to
+    open a connection (CAPABILITY, AUTHENTICATE PLAIN with its continuation)."""
 
     def __init__(self, server: DovecotServer, address: str) -> None:
         self.sock = socket.create_connection(server.imap, timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.file = self.sock.makefile("rb")
         self.file.readline()  # the greeting
         self.tag = 0
+        self.command("CAPABILITY")
         token = base64.b64encode(
             f"{address}\0{server.master_user}\0{server.master_password}".encode()
-        ).decode()
-        self.command(f"AUTHENTICATE PLAIN {token}")
-
-    def command(self, text: str) -> bytes:
+        )
         self.tag += 1
         tag = f"r{self.tag}".encode()
-        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
+        self.sock.sendall(tag + b" AUTHENTICATE PLAIN\r\n")
+        self.file.readline()  # "+ "
+        self.sock.sendall(token + b"\r\n")
+        self.read_until(tag)
+
+    def read_until(self, tag: bytes) -> bytes:
         data = []
         while True:
             line = self.file.readline()
@@ -118,21 +123,27 @@ class RawClient:
             if line.startswith(tag + b" "):
                 return b"".join(data)
 
+    def command(self, text: str) -> bytes:
+        self.tag += 1
+        tag = f"r{self.tag}".encode()
+        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
+        return self.read_until(tag)
+
     def close(self) -> None:
         self.command("LOGOUT")
         self.sock.close()
 
 
 def raw_list_page(server: DovecotServer, address: str) -> float:
-    """The cold list page's IMAP commands, raw; seconds."""
+    """The cold list page's IMAP commands, raw and in the portal's order; seconds."""
     began = time.perf_counter()
     client = RawClient(server, address)
     client.command('LIST "" "*"')
-    for name in ("INBOX", "Drafts", "Sent", "Trash"):
-        client.command(f'STATUS "{name}" (MESSAGES UNSEEN)')
     selected = client.command('SELECT "INBOX"')
     exists = int(selected.split(b" EXISTS")[0].rsplit(b"* ", 1)[1])
     client.command(f"FETCH {max(1, exists - 49)}:{exists} {LIST_ITEMS}")
+    for name in ("INBOX", "Sent", "Drafts", "Trash"):
+        client.command(f'STATUS "{name}" (MESSAGES UNSEEN)')
     elapsed = time.perf_counter() - began
     client.close()
     return elapsed

@@ -258,9 +258,12 @@ def _summary(uid: int, data: dict[bytes, Any]) -> Summary:
     flags = {flag.lower() for flag in data.get(b"FLAGS", ())}
     fields = _fields(bytes(data.get(HEADER_KEY) or b""))
     sender_name, sender_address = _first_sender(fields.get("from", ""))
-    date = data.get(b"INTERNALDATE")
+    date: datetime | None = None
     with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-        date = parsedate_to_datetime(fields.get("date", "")) or date
+        date = parsedate_to_datetime(fields.get("date", ""))
+    if date is None and data.get(b"INTERNALDATE"):
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+            date = parse_to_datetime(data[b"INTERNALDATE"])
     return Summary(
         uid=uid,
         subject=_decoded(fields.get("subject", "")),
@@ -314,8 +317,7 @@ def _row(row: dict[bytes, Any], text: bytes) -> dict[bytes, Any]:
         if key == b"FLAGS":
             row[key] = tuple(value.split())
         elif key == b"INTERNALDATE":
-            with contextlib.suppress(ValueError, IndexError):
-                row[key] = parse_to_datetime(value)
+            row[key] = value  # parsed only for a message without a readable Date
         else:
             row[key] = int(value)
     return row

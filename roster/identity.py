@@ -29,6 +29,7 @@ from roster.coverage import is_covered, lists_person, person_is_covered
 from roster.db import connection_of
 from roster.domains import audit
 from roster.models import (
+    COVERAGE_SELECTED,
     Alias,
     CoverageEntry,
     Domain,
@@ -190,7 +191,11 @@ def is_listed(session: Session, person: Person) -> bool:
 def covered(session: Session, person: Person) -> bool:
     """True when Continuity Service covers the person now."""
     domain = session.get(Domain, person.domain_id)
-    return domain is not None and person_is_covered(domain, person, is_listed(session, person))
+    if domain is None:
+        return False
+    # The list matters only with "only selected users": no query for it otherwise.
+    listed = domain.coverage_mode == COVERAGE_SELECTED and is_listed(session, person)
+    return person_is_covered(domain, person, listed)
 
 
 def may_use_emergency_password(session: Session, person: Person) -> bool:

@@ -45,14 +45,22 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 @contextmanager
-def writing(engine: Engine) -> Iterator[Connection]:
+def writing(engine: Engine, *, durable: bool = True) -> Iterator[Connection]:
     """A write transaction on a plain connection, committed at the end. On SQLite it takes
     the write lock at BEGIN (IMMEDIATE): a transaction that read first and then writes
-    would otherwise fail at once when another writer committed in between."""
+    would otherwise fail at once when another writer committed in between.
+
+    ``durable=False`` is for writes whose loss in a crash of the database server only
+    repeats work (a standby copy's claim or outcome: the copy is made again): on
+    PostgreSQL the commit then does not wait for its WAL to reach the disk
+    (``synchronous_commit = off`` for this transaction; a crash loses at most the last
+    fraction of a second of such commits, never anything acknowledged with a 250)."""
     with (
         engine.connect().execution_options(begin_immediate=True) as connection,
         connection.begin(),
     ):
+        if not durable and connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         yield connection
 
 

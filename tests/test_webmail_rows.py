@@ -61,3 +61,20 @@ def test_a_line_reads_plain_quoted_encoded_and_raw_8bit_senders() -> None:
         _summary(1, {HEADER_KEY: b"To: A <a@x.test>,\r\n b@x.test\r\n\r\n"}).recipients
         == "A, b@x.test"
     )
+
+
+def test_dates_read_directly_agree_with_the_email_package() -> None:
+    from email.utils import parsedate_to_datetime
+
+    from portal.webmail.imap import _date
+
+    for value in (
+        "Mon, 30 Nov 2026 08:00:00 +0000",
+        "1 Nov 2026 23:05 -0330",
+        "Tue, 3 Feb 2026 10:00:00 +0100 (CET)",
+        "30 Nov 2026 08:00:00 GMT",
+        "Wed, 4 Mar 2026 10:00:00 +0530",
+    ):
+        assert _date(value) == parsedate_to_datetime(value), value
+    assert _date("Mon, 31 Feb 2026 08:00:00 +0000") is None
+    assert _date("not a date") is None

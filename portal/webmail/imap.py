@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -253,14 +253,46 @@ def _first_sender(value: str) -> tuple[str, str]:
     return found[0] if found else ("", "")
 
 
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+_COMMON_DATE = re.compile(
+    r"(?:[A-Za-z]{3},\s*)?(\d{1,2}) ([A-Z][a-z]{2}) (\d{4}) (\d{2}):(\d{2})(?::(\d{2}))?"
+    r" ([+-])(\d{2})(\d{2})(?:\s*\(.*\))?\s*"
+)
+
+
+def _date(value: str) -> datetime | None:
+    """A Date header: the common form read directly (fifty a page), others by the email
+    package; None when it cannot be read."""
+    found = _COMMON_DATE.fullmatch(value)
+    if found and found.group(2) in _MONTHS:
+        day, month, year, hour, minute, second, sign, zone_h, zone_m = found.groups()
+        offset = timedelta(hours=int(zone_h), minutes=int(zone_m))
+        with contextlib.suppress(ValueError, OverflowError):
+            return datetime(
+                int(year),
+                _MONTHS[month],
+                int(day),
+                int(hour),
+                int(minute),
+                int(second or 0),
+                tzinfo=timezone(-offset if sign == "-" else offset),
+            )
+    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+        return parsedate_to_datetime(value)
+    return None
+
+
 def _summary(uid: int, data: dict[bytes, Any]) -> Summary:
     """A list line from the header fields fetched (LIST_ITEMS)."""
     flags = {flag.lower() for flag in data.get(b"FLAGS", ())}
     fields = _fields(bytes(data.get(HEADER_KEY) or b""))
     sender_name, sender_address = _first_sender(fields.get("from", ""))
-    date: datetime | None = None
-    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-        date = parsedate_to_datetime(fields.get("date", ""))
+    date = _date(fields.get("date", ""))
     if date is None and data.get(b"INTERNALDATE"):
         with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
             date = parse_to_datetime(data[b"INTERNALDATE"])

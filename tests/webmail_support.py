@@ -7,6 +7,7 @@ Its fixture is ``webmail``.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import smtplib
 import time
@@ -20,11 +21,30 @@ import pytest
 from flask.testing import FlaskClient
 from imapclient import IMAPClient
 
-from gateway.standby_users import write_users_file
+from gateway.standby_users import users_file_content, write_users_file
 from tests.portal_support import DOMAIN, Portal, signed_in_client
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import Collect, smtp_server
 from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
+
+PREFIX = "wm"
+PREPARED = 5000  # more people than the whole suite makes
+_numbers = itertools.count()
+
+
+def prepare(store: DovecotServer) -> None:
+    """The session store's users file lists every address ``Webmail.person`` will hand
+    out, written once (again only after another test wrote its own): Dovecot looks at
+    the file at most once a second, and a person need not wait for it."""
+    wanted = [f"{PREFIX}{n:04d}@{DOMAIN}" for n in range(PREPARED)]
+    expected, _left_out = users_file_content(wanted)
+    try:
+        current = store.users_file.read_bytes()
+    except FileNotFoundError:
+        current = b""
+    if current != expected:
+        write_users_file(store.users_file, wanted)
+        next_second()
 
 
 def next_second() -> None:
@@ -68,19 +88,18 @@ class Webmail:
     covered: list[str] = field(default_factory=list)
 
     def person(self, label: str = "ana", **options: Any) -> str:
-        """A covered person of acme.test with a mailbox of their own; their address."""
-        uid = f"{label}{secrets.token_hex(3)}"
+        """A covered person of acme.test with a mailbox of their own; their address.
+
+        The address is the next one of the store's prepared users file (``prepare``),
+        so nothing waits for Dovecot to read the file again; ``label`` is their name.
+        """
+        uid = f"{PREFIX}{next(_numbers):04d}"
+        options.setdefault("display_name", label.capitalize())
         self.portal.add_person(uid, **options)
         self.portal.sync()
         address = f"{uid}@{DOMAIN}"
         self.covered.append(address)
-        self.cover()
         return address
-
-    def cover(self) -> None:
-        """Write the store's users file from ``covered``, as the gateway does."""
-        write_users_file(self.store.users_file, self.covered)
-        next_second()
 
     def deliver(self, address: str, *messages: bytes) -> None:
         """Messages into ``address``'s INBOX over LMTP, as the gateway's standby copies."""
@@ -125,6 +144,7 @@ def webmail_world(
     relay = Collect()
     with ExitStack() as stack:
         port = relay_port or stack.enter_context(smtp_server(relay))
+        prepare(store)
         portal.set_domain(active=True, emergency=True)
         portal.app = portal.build(
             tables={

@@ -41,6 +41,7 @@ def tls_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Doveco
         server.remove()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # IMAP only: once
 def test_the_webmail_reads_the_store_over_tls_and_checks_its_certificate(
     portal: Portal, tls_store: tuple[DovecotServer, Path]
 ) -> None:

@@ -4,7 +4,6 @@ TLS required (deploy/dovecot/dovecot.conf's setup for a portal on another host).
 
 from __future__ import annotations
 
-import smtplib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from continuity.localslapd import make_test_ca
-from gateway.standby_users import write_users_file
 from tests.portal_support import Portal, text
 from tests.servers.dovecot import DovecotServer
-from tests.webmail_support import mail, next_second, webmail_world
+from tests.webmail_support import mail, webmail_world
 
 
 def logins_of(store: DovecotServer, address: str, wait: float = 5.0) -> list[str]:
@@ -46,27 +44,20 @@ def test_the_webmail_reads_the_store_over_tls_and_checks_its_certificate(
     portal: Portal, tls_store: tuple[DovecotServer, Path]
 ) -> None:
     store, ca = tls_store
-    portal.add_person("ana")
-    portal.sync()
-    write_users_file(store.users_file, ["ana@acme.test"])
-    next_second()
-    with smtplib.LMTP(*store.lmtp, timeout=20) as lmtp:
-        lmtp.sendmail("s@sender.test", ["ana@acme.test"], mail("Over TLS"))
-
     for world in webmail_world(portal, store, standby={"imap_tls": True, "ca_file": str(ca)}):
-        page = world.client("ana@acme.test").get("/webmail", follow_redirects=True)
+        ana = world.person("ana")
+        world.deliver(ana, mail("Over TLS"))
+        page = world.client(ana).get("/webmail", follow_redirects=True)
         assert page.status_code == 200
         assert "Over TLS" in text(page)
     # Dovecot's own word for it: the portal's sign-in came over TLS (its log process
     # writes the line a moment later).
-    assert any(", TLS," in line for line in logins_of(store, "ana@acme.test")), logins_of(
-        store, "ana@acme.test"
-    )
+    assert any(", TLS," in line for line in logins_of(store, ana)), logins_of(store, ana)
 
     for world in webmail_world(portal, store, standby={"imap_tls": True}):
         # The system's CAs do not know the store's certificate: nothing is shown, and
         # the page says the mailbox cannot be opened now.
-        page = world.client("ana@acme.test").get("/webmail", follow_redirects=True)
+        page = world.client(ana).get("/webmail", follow_redirects=True)
         assert page.status_code == 503
         assert "Over TLS" not in text(page)
         assert "cannot be opened right now" in text(page)

@@ -679,6 +679,9 @@ class StorePool:
                 ssl=False,
                 timeout=settings.timeout,
             )
+        except (*_BROKEN, IMAPClientError) as error:
+            raise StoreUnavailable(f"the standby store cannot be reached: {error}") from None
+        try:
             # Commands go as small writes (AUTHENTICATE's continuation among them): without
             # this, Nagle's algorithm holds each behind the last one's delayed ACK (40 ms).
             client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -689,10 +692,16 @@ class StorePool:
                 settings.master_password,
                 authorization_identity=address,
             )
-        except LoginError as error:
-            raise StoreUnavailable(f"the standby store refused {address}: {error}") from None
-        except (*_BROKEN, IMAPClientError) as error:
-            raise StoreUnavailable(f"the standby store cannot be reached: {error}") from None
+        except BaseException as error:
+            # A connection that cannot be used is closed here (a refused certificate or
+            # sign-in left its socket open until the garbage collector found it).
+            with contextlib.suppress(Exception):
+                client.shutdown()
+            if isinstance(error, LoginError):
+                raise StoreUnavailable(f"the standby store refused {address}: {error}") from None
+            if isinstance(error, (*_BROKEN, IMAPClientError)):
+                raise StoreUnavailable(f"the standby store cannot be reached: {error}") from None
+            raise
         return _Connection(client, address, time.monotonic())
 
     @staticmethod

@@ -821,13 +821,6 @@ class StorePool:
         finally:
             self._give_back(address, connection)
 
-    def forget(self, address: str) -> None:
-        """Close a person's idle connections (they signed out or lost access)."""
-        with self._lock:
-            closing = self._idle.pop(address.lower(), [])
-        for connection in closing:
-            self._close(connection)
-
     def close(self) -> None:
         """Close every idle connection."""
         with self._lock:

@@ -78,3 +78,19 @@ def test_dates_read_directly_agree_with_the_email_package() -> None:
         assert _date(value) == parsedate_to_datetime(value), value
     assert _date("Mon, 31 Feb 2026 08:00:00 +0000") is None
     assert _date("not a date") is None
+
+
+def test_a_resumed_draft_keeps_names_with_commas_as_one_recipient() -> None:
+    from portal.webmail.compose import parse_recipients
+    from portal.webmail.message import parse
+    from portal.webmail.outbox import _from_source
+
+    raw = (
+        b'From: a@acme.test\r\nTo: "P\xc3\xa9rez, Ana" <ana@x.test>\r\n'
+        b'Bcc: "Berg, Bo" <bo@y.test>\r\nSubject: Plans\r\n\r\nText.\r\n'
+    )
+
+    draft = _from_source("draft", parse(raw), set(), raw)
+
+    assert parse_recipients(draft.to) == [("Pérez, Ana", "ana@x.test")]
+    assert parse_recipients(draft.bcc, field="bcc") == [("Berg, Bo", "bo@y.test")]

@@ -27,14 +27,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.datetime_util import parse_to_datetime  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError  # type: ignore[import-untyped]
 
-from portal.webmail.message import header_text
+from portal.webmail.message import addresses_of, header_text
 from roster.config import Config, ConfigError, host_port
 
 T = TypeVar("T")
@@ -209,12 +209,8 @@ def checked_search(text: str) -> str:
 
 
 def _addresses(value: str) -> list[tuple[str, str]]:
-    """The (name, address) pairs of an address header, names decoded."""
-    try:
-        pairs = getaddresses([value])
-    except (ValueError, IndexError, TypeError):
-        return []
-    return [(header_text(name), header_text(address)) for name, address in pairs if address]
+    """The (name, address) pairs of an address header that have an address."""
+    return [(name, address) for name, address in addresses_of([value]) if address]
 
 
 _FOLDED = re.compile(r"\r?\n[ \t]+")

@@ -247,8 +247,13 @@ _BRACKETED = re.compile(r"([^<>]*)<([^<>\s@]+@[^<>\s@]+)>")
 
 
 def _addresses(msg: email.message.Message, name: str) -> list[tuple[str, str]]:
-    """(display name, address) pairs; display names decoded only after the list is split."""
-    raw = [_undo_surrogateescape(value) for value in _raw_headers(msg, name)]
+    """(display name, address) pairs of a message's header ``name``."""
+    return addresses_of([_undo_surrogateescape(value) for value in _raw_headers(msg, name)])
+
+
+def addresses_of(raw: list[str]) -> list[tuple[str, str]]:
+    """(display name, address) pairs of raw address header values; display names
+    decoded only after the list is split."""
     if not raw:
         return []
     try:

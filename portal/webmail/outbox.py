@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import compat32
-from email.utils import getaddresses
 from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
@@ -28,12 +27,13 @@ from portal.webmail.compose import (
     ComposeError,
     build_message,
     envelope_recipients,
+    format_recipients,
     forward_fields,
     parse_recipients,
     reply_fields,
 )
 from portal.webmail.imap import BadRequest, Mailbox, checked_uid, folder_from_token, folder_token
-from portal.webmail.message import ParsedMessage, header_text, parse, part_bytes
+from portal.webmail.message import ParsedMessage, addresses_of, parse, part_bytes
 from portal.webmail.sending import (
     NotSent,
     RelayDown,
@@ -97,19 +97,11 @@ def _source(value: str) -> tuple[str, int] | None:
         abort(404)
 
 
-def _addresses(pairs: list[tuple[str, str]]) -> str:
-    return ", ".join(f"{name} <{address}>" if name else address for name, address in pairs)
-
-
 def _bcc(raw: bytes) -> list[tuple[str, str]]:
     """The Bcc recipients of a draft (ParsedMessage has none: a received message does
-    not show them); names decoded, control characters gone."""
+    not show them)."""
     headers = BytesParser(policy=compat32).parsebytes(raw, headersonly=True)
-    return [
-        (header_text(name), header_text(address))
-        for name, address in getaddresses([str(v) for v in headers.get_all("Bcc", [])])
-        if address
-    ]
+    return addresses_of([str(value) for value in headers.get_all("Bcc", [])])
 
 
 def _from_source(
@@ -133,7 +125,7 @@ def _from_source(
     draft = Draft(mode=mode)
     for name in ("to", "cc", "bcc"):
         value = fields.get(name, "")
-        setattr(draft, name, value if isinstance(value, str) else _addresses(list(value)))
+        setattr(draft, name, value if isinstance(value, str) else format_recipients(value))
     draft.subject = str(fields.get("subject", ""))
     draft.body = str(fields.get("body", ""))
     draft.in_reply_to = fields.get("in_reply_to")
@@ -302,7 +294,7 @@ def _submit(person: Person, domain: Domain) -> Any:
             domain=domain.name,
         )
         if with_bcc and recipients["bcc"]:
-            message["Bcc"] = _addresses(recipients["bcc"])
+            message["Bcc"] = format_recipients(recipients["bcc"])
         return message
 
     if source_gone and action == "send":

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session as DbSession
 from gateway import headers, recipients
 from gateway.commit import GroupCommitter
 from gateway.limits import ClientLimits
+from gateway.listener import TrackedSMTP
 from roster.logs import log_event
 from roster.queue import Incoming, Recipient, domain_named, new_queue_id, resolve_recipient
 
@@ -256,7 +257,7 @@ def _peer(session: Session) -> str:
     return ""
 
 
-class GatewaySMTP(SMTP):
+class GatewaySMTP(TrackedSMTP):
     """aiosmtpd's server with the gateway's per-connection rules: a limit on concurrent
     connections per client, and source routes refused (aiosmtpd drops them silently)."""
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from aiosmtpd.controller import Controller
 from sqlalchemy import Engine, select
 
 from gateway.callout import Callout
 from gateway.commit import GroupCommitter, make_durable
 from gateway.copier import Copier, UsersFile
 from gateway.limits import ClientLimits, GatewayLimits
+from gateway.listener import ClosingController
 from gateway.monitor import Monitor
 from gateway.receiver import GatewayHandler, GatewaySMTP, ReceiverSettings
 from gateway.retention import DailyRetention
@@ -120,11 +120,17 @@ def settings_from(config: Config) -> GatewaySettings:
     )
 
 
-class _Controller(Controller):
-    """aiosmtpd's controller making the gateway's server class."""
+class _Controller(ClosingController):
+    """aiosmtpd's controller making the gateway's server class; stopping tells the
+    clients still connected 421 (they try again later: nothing they sent was taken)."""
 
     def __init__(self, handler: GatewayHandler, settings: GatewaySettings) -> None:
-        super().__init__(handler, hostname=settings.host, port=settings.port)
+        super().__init__(
+            handler,
+            hostname=settings.host,
+            port=settings.port,
+            goodbye=b"421 4.3.2 Service shutting down, try again later\r\n",
+        )
         self._settings = settings
 
     def factory(self) -> GatewaySMTP:
@@ -136,6 +142,7 @@ class _Controller(Controller):
             enable_SMTPUTF8=True,
             tls_context=self._settings.tls_context,
             ident="Continuity",
+            connections=self.connections,
         )
 
 

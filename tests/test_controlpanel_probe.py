@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
@@ -28,6 +27,7 @@ from tests.portal_support import (
     submit,
     text,
 )
+from tests.servers.smtp import smtp_server as serving
 
 PAGE = f"/admin/domains/{DOMAIN}"
 TYPED = {"tls": "none", "probe_interval": "60", "failures_before_failover": "3"}
@@ -51,13 +51,8 @@ class Counting:
 def smtp_server() -> Iterator[tuple[int, Counting]]:
     """A real SMTP server on 127.0.0.1; yields its port and its handler."""
     handler = Counting()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
+    with serving(handler) as port:
         yield port, handler
-    finally:
-        controller.stop()
 
 
 def admin(portal: Portal, **gateway: Any) -> FlaskClient:

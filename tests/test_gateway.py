@@ -651,6 +651,45 @@ def test_malformed_commands_and_long_lines_get_replies_and_the_server_goes_on(ma
     assert len(mail.primary.handler.wait_for(1)) == 1
 
 
+def test_a_client_connected_when_the_gateway_stops_hears_421_and_nothing_half_sent_is_kept(
+    engine: Engine, database_url: str
+) -> None:
+    """Stopping the gateway in the middle of a client's DATA tells the client 421 and
+    closes the connection (it will try again: it never had a 250), and keeps nothing of
+    the half-sent message."""
+    primary, relay = Primary().start(), Primary().start()
+    people(engine, primary.port)
+    gateway = Gateway(gateway_config(database_url, relay.port), engine=engine, idle=0.05)
+    gateway.start()
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", gateway.settings.port), timeout=10) as raw,
+            raw.makefile("rb") as reader,
+        ):
+
+            def say(line: bytes) -> bytes:
+                raw.sendall(line + b"\r\n")
+                reply = reader.readline()
+                while reply[3:4] == b"-":
+                    reply = reader.readline()
+                return reply
+
+            assert reader.readline().startswith(b"220")
+            assert say(b"EHLO client.test").startswith(b"250")
+            assert say(b"MAIL FROM:<a@sender.test>").startswith(b"250")
+            assert say(b"RCPT TO:<ana@acme.test>").startswith(b"250")
+            assert say(b"DATA").startswith(b"354")
+            raw.sendall(b"Subject: half\r\n\r\nthe first half\r\n")
+            gateway.stop()
+            assert reader.readline().startswith(b"421 4.3.2")
+            assert reader.readline() == b""
+    finally:
+        primary.stop()
+        relay.stop()
+    with Session(engine) as session:
+        assert session.scalars(select(MailMessage)).all() == []
+
+
 def test_a_sender_the_primary_refuses_costs_only_its_own_message(mail: Mail) -> None:
     """Regression: a refusal at MAIL (a sender the primary's policy refuses) was taken as
     a failure of the whole session, and every later message of the batch was bounced

@@ -11,8 +11,8 @@ and new handlers (a primary that answers 4xx, one that times out) are added here
   everyone or for chosen recipients), and that keeps what it received, XFORWARD
   attributes included.
 
-Stopping either closes the connections still open (a client that died leaves one
-aiosmtpd never closes, and its socket would be collected still open).
+Stopping either closes the connections still open (``gateway.listener``: aiosmtpd alone
+leaves a connection accepted just before the stop open, to be collected later).
 """
 
 from __future__ import annotations
@@ -25,43 +25,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Sink
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from continuity.localslapd import free_port
+from gateway.listener import ClosingController, TrackedSMTP
 
 RcptArgument = Callable[[str], str | None]
 """Given RCPT's raw argument (after ``TO:``), a reply to give instead, or None to go on."""
 
 
-class _SMTP(SMTP):
-    """aiosmtpd keeping its open connections (so that stopping the server closes them),
-    and asking ``rcpt_argument``, if given, about RCPT's raw argument: aiosmtpd hands
-    the RCPT hook ``user@d`` for ``<@relay:user@d>``."""
+class _SMTP(TrackedSMTP):
+    """aiosmtpd asking ``rcpt_argument``, if given, about RCPT's raw argument: aiosmtpd
+    hands the RCPT hook ``user@d`` for ``<@relay:user@d>``."""
 
-    def __init__(
-        self,
-        handler: Any,
-        connections: set[asyncio.Transport],
-        rcpt_argument: RcptArgument | None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, handler: Any, rcpt_argument: RcptArgument | None, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self._connections = connections
         self._rcpt_argument = rcpt_argument
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Remember the connection."""
-        super().connection_made(transport)
-        if isinstance(transport, asyncio.Transport):
-            self._connections.add(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        """Forget it."""
-        if self.transport is not None:
-            self._connections.discard(self.transport)
-        super().connection_lost(error)
 
     async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd's name)
         """The raw argument to ``rcpt_argument`` first, within a transaction."""
@@ -87,8 +67,8 @@ class _XforwardSMTP(_SMTP):
         await self.push("250 2.0.0 Ok")
 
 
-class _Controller(Controller):
-    """A Controller on 127.0.0.1 whose stop() also closes the connections still open."""
+class _Controller(ClosingController):
+    """A controller on 127.0.0.1 whose stop() also closes the connections still open."""
 
     def __init__(
         self,
@@ -102,27 +82,11 @@ class _Controller(Controller):
         super().__init__(handler, hostname="127.0.0.1", port=port, **options)
         self._smtp = smtp
         self._rcpt_argument = rcpt_argument
-        self.connections: set[asyncio.Transport] = set()
 
     def factory(self) -> SMTP:
-        return self._smtp(self.handler, self.connections, self._rcpt_argument, **self.SMTP_kwargs)
-
-    def stop(self, no_assert: bool = False) -> None:
-        """Stop listening first, then close every connection, in the server's own loop:
-        a client that connects between the two would otherwise be left open (a flaky
-        ResourceWarning when its socket was collected)."""
-        done = threading.Event()
-
-        def close_all() -> None:
-            if self.server is not None:
-                self.server.close()
-            for transport in list(self.connections):
-                transport.abort()
-            done.set()
-
-        self.loop.call_soon_threadsafe(close_all)
-        done.wait(5)
-        super().stop(no_assert)
+        return self._smtp(
+            self.handler, self._rcpt_argument, connections=self.connections, **self.SMTP_kwargs
+        )
 
 
 class Collect:

@@ -1,0 +1,120 @@
+"""aiosmtpd's threaded controller, made to close every connection when it stops.
+
+aiosmtpd's ``Controller.stop()`` cancels the connections' tasks and closes its loop,
+and that leaves sockets open in two ways: a connection whose task had not started when
+it was cancelled is never closed, and a connection accepted a moment before the stop
+fails its setup inside asyncio (the server it attaches to is already closed) with its
+socket still open. Either stays open until the garbage collector finds it (a
+ResourceWarning in whatever runs then) and its client waits for a reply that never
+comes. So the connections are counted here, and stopping goes in order: stop reading the
+listening sockets, let the connections accepted by then finish their setup, close the
+server, tell every open connection ``421`` and drop it (and drop any connection set up
+after that at once), and only then let aiosmtpd stop the loop.
+
+``ClosingController`` is the controller, ``Connections`` the count its server objects
+keep (``TrackedSMTP`` is aiosmtpd's ``SMTP`` keeping it). The gateway's receiver and the
+test suite's SMTP servers both use them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+STOP_WAIT_SECONDS = 5.0
+
+
+class Connections:
+    """The open connections of one server, touched only in the server's loop."""
+
+    def __init__(self, goodbye: bytes = b"") -> None:
+        self.goodbye = goodbye
+        self.open: set[asyncio.Transport] = set()
+        self.closing = False
+
+    def made(self, transport: asyncio.BaseTransport) -> None:
+        """Count a new connection, or drop it at once when the server is stopping."""
+        if not isinstance(transport, asyncio.Transport):
+            return
+        if self.closing:
+            self._drop(transport)
+        else:
+            self.open.add(transport)
+
+    def lost(self, transport: asyncio.BaseTransport | None) -> None:
+        """Forget a connection that ended."""
+        if isinstance(transport, asyncio.Transport):
+            self.open.discard(transport)
+
+    def close_all(self) -> None:
+        """From now on, no connection stays open; the ones open now are dropped."""
+        self.closing = True
+        for transport in list(self.open):
+            self._drop(transport)
+
+    def _drop(self, transport: asyncio.Transport) -> None:
+        if self.goodbye and not transport.is_closing():
+            transport.write(self.goodbye)  # a send that fails is the transport's own affair
+        transport.abort()
+        self.open.discard(transport)
+
+
+class TrackedSMTP(SMTP):
+    """aiosmtpd's server object, counting its connection in ``connections``."""
+
+    def __init__(self, handler: Any, *, connections: Connections, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._connections = connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Counted (or dropped at once, when the server is stopping)."""
+        super().connection_made(transport)
+        self._connections.made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """No longer counted."""
+        self._connections.lost(self.transport)
+        super().connection_lost(error)
+
+
+class ClosingController(Controller):
+    """A threaded aiosmtpd controller whose stop() leaves no connection open.
+
+    Subclasses build their server objects with ``connections=self.connections``."""
+
+    def __init__(self, handler: Any, *, goodbye: bytes = b"", **options: Any) -> None:
+        super().__init__(handler, **options)
+        self.connections = Connections(goodbye)
+
+    def stop(self, no_assert: bool = False) -> None:
+        """Stop accepting, drop every connection, then let aiosmtpd stop the loop.
+
+        In the server's loop, in three turns. First the listening sockets are no longer
+        read, and ``closing`` is set. Connections accepted just before have their setup
+        still queued: the next turn lets it run, then closes the server and drops every
+        connection counted (closing the server while a setup is still queued makes
+        asyncio fail that setup and lose its socket, open). A connection whose
+        ``connection_made`` comes after that is dropped by it, and the wait ends a turn
+        later still, once those drops are done."""
+        loop, server = self.loop, self.server
+        if self._thread is not None and isinstance(server, asyncio.Server) and loop.is_running():
+            done = threading.Event()
+
+            def stop_accepting() -> None:
+                self.connections.closing = True
+                for listening in server.sockets:
+                    loop.remove_reader(listening.fileno())
+                loop.call_soon(close)
+
+            def close() -> None:
+                server.close()
+                self.connections.close_all()
+                loop.call_soon(done.set)
+
+            loop.call_soon_threadsafe(stop_accepting)
+            done.wait(STOP_WAIT_SECONDS)
+        super().stop(no_assert)

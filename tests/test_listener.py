@@ -1,0 +1,94 @@
+"""Stopping an SMTP server leaves no connection behind (``gateway.listener``).
+
+aiosmtpd alone leaves a connection accepted a moment before the stop open: its socket is
+collected later, a ResourceWarning in whichever test runs then, and its client waits for
+a reply that never comes. These tests stop servers under clients that keep connecting,
+and with clients in the middle of a transaction."""
+
+from __future__ import annotations
+
+import gc
+import socket
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from aiosmtpd.handlers import Sink
+
+from continuity.localslapd import free_port
+from gateway.listener import ClosingController, TrackedSMTP
+
+
+class _Server(ClosingController):
+    def factory(self) -> TrackedSMTP:
+        return TrackedSMTP(self.handler, connections=self.connections, **self.SMTP_kwargs)
+
+
+@contextmanager
+def unclosed_transports() -> Iterator[list[str]]:
+    """The "unclosed transport" warnings of the sockets collected inside the block."""
+    found: list[str] = []
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        yield found
+        gc.collect()
+    found.extend(str(w.message) for w in caught if "unclosed" in str(w.message))
+
+
+def _hammer(port: int, stop: threading.Event, replies: list[bytes]) -> None:
+    """Connect again and again until told to stop, reading what the server says."""
+    while not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                client.settimeout(5)
+                data = b""
+                while chunk := client.recv(1024):
+                    data += chunk
+                    if data.endswith(b"\r\n") and b"421" in data:
+                        break
+                replies.append(data)
+        except OSError:
+            pass  # refused once the server stopped listening: the next round ends
+
+
+def test_a_server_stopped_under_a_stream_of_connections_leaves_none_open() -> None:
+    """Ten stops, each with clients connecting as fast as they can: every connection
+    the server accepted ends (the client sees the 421 and the close, not a hang), and
+    no socket is left for the garbage collector."""
+    with unclosed_transports() as leaked:
+        for _ in range(10):
+            server = _Server(Sink(), hostname="127.0.0.1", port=free_port(), goodbye=b"421 bye\r\n")
+            server.start()
+            stop = threading.Event()
+            replies: list[bytes] = []
+            clients = [
+                threading.Thread(target=_hammer, args=(server.port, stop, replies))
+                for _ in range(4)
+            ]
+            for client in clients:
+                client.start()
+            server.stop()
+            stop.set()
+            for client in clients:
+                client.join(10)
+                assert not client.is_alive(), "a client still waits on a stopped server"
+    assert leaked == [], "\n".join(leaked)
+
+
+def test_a_client_in_the_middle_of_a_message_is_told_421_when_the_server_stops() -> None:
+    """A client between RCPT and DATA hears the server go (421, then the close)."""
+    server = _Server(Sink(), hostname="127.0.0.1", port=free_port(), goodbye=b"421 bye\r\n")
+    server.start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        reader = client.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        for line in (b"HELO client.test", b"MAIL FROM:<a@b.test>", b"RCPT TO:<c@d.test>"):
+            client.sendall(line + b"\r\n")
+            assert reader.readline().startswith(b"250")
+        with unclosed_transports() as leaked:
+            server.stop()
+        assert reader.readline() == b"421 bye\r\n"
+        assert reader.readline() == b""
+    assert leaked == [], "\n".join(leaked)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from imapclient import IMAPClient
@@ -163,6 +164,19 @@ def mail(engine: Engine, database_url: str) -> Iterator[Mail]:
         running.stop()
         primary.stop()
         relay.stop()
+
+
+def talking(raw: socket.socket, reader: BinaryIO) -> Callable[[bytes], bytes]:
+    """``say(line)`` on a raw SMTP connection: send the line, get the reply's last line."""
+
+    def say(line: bytes) -> bytes:
+        raw.sendall(line + b"\r\n")
+        reply = reader.readline()
+        while reply[3:4] == b"-":
+            reply = reader.readline()
+        return reply
+
+    return say
 
 
 def test_mail_reaches_the_primary_once_with_the_clients_identity(mail: Mail) -> None:
@@ -630,13 +644,7 @@ def test_malformed_commands_and_long_lines_get_replies_and_the_server_goes_on(ma
         socket.create_connection(("127.0.0.1", mail.gateway.settings.port), timeout=10) as raw,
         raw.makefile("rb") as reader,
     ):
-
-        def say(line: bytes) -> bytes:
-            raw.sendall(line + b"\r\n")
-            reply = reader.readline()
-            while reply[3:4] == b"-":
-                reply = reader.readline()
-            return reply
+        say = talking(raw, reader)
 
         assert reader.readline().startswith(b"220")
         assert say(b"EHLO client.test").startswith(b"250")
@@ -666,13 +674,7 @@ def test_a_client_connected_when_the_gateway_stops_hears_421_and_nothing_half_se
             socket.create_connection(("127.0.0.1", gateway.settings.port), timeout=10) as raw,
             raw.makefile("rb") as reader,
         ):
-
-            def say(line: bytes) -> bytes:
-                raw.sendall(line + b"\r\n")
-                reply = reader.readline()
-                while reply[3:4] == b"-":
-                    reply = reader.readline()
-                return reply
+            say = talking(raw, reader)
 
             assert reader.readline().startswith(b"220")
             assert say(b"EHLO client.test").startswith(b"250")

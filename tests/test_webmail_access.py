@@ -6,6 +6,7 @@ mailbox; and the pool of IMAP connections behind it."""
 from __future__ import annotations
 
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -288,6 +289,43 @@ def test_connections_are_reused_and_a_dead_one_replaced(webmail: Webmail) -> Non
     connection.client._imap.sock.close()
     assert "Kept" in text(client.get(f"/webmail/m/{INBOX}/{uid_of(listing, 'Kept')}"))
     assert pool.open_connections() == 1
+
+
+def unused_connections(webmail: Webmail) -> int:  # noqa: F811
+    """How many connections to the store closed without signing in (Dovecot's log)."""
+    return webmail.store.log_file.read_text(errors="replace").count("no auth attempts")
+
+
+def test_a_first_page_opens_one_connection_ahead_and_a_refused_person_none(
+    webmail: Webmail,  # noqa: F811
+) -> None:
+    """The first page of a visit opens its connection while the portal checks who may
+    come in (one connection, signed in, none wasted); later pages reuse it and open
+    nothing; a person refused the webmail opens nothing ahead more than once."""
+    ana = webmail.person("ana")
+    webmail.deliver(ana, mail("Ahead"))
+    client = webmail.client(ana)
+    pool = webmail.portal.app.extensions.get("webmail_pool")
+    if pool is not None:
+        pool.close()
+    before = logins(webmail, ana), unused_connections(webmail)
+    for _ in range(3):
+        assert subjects(page_of(client.get(f"/webmail/f/{INBOX}"))) == ["Ahead"]
+    pool = webmail.portal.app.extensions["webmail_pool"]
+    assert pool.open_connections() == 1
+    assert logins(webmail, ana) == before[0] + 1
+
+    set_domain_webmail(webmail, webmail_access=WEBMAIL_OUTAGE)
+    pool.close()
+    for _ in range(4):
+        assert client.get(f"/webmail/f/{INBOX}").status_code == 403
+    assert pool.open_connections() == 0
+    # Only the first refused page opened one ahead, and it was closed unused.
+    deadline = time.monotonic() + 10
+    while unused_connections(webmail) == before[1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert unused_connections(webmail) - before[1] == 1
+    assert logins(webmail, ana) == before[0] + 1
 
 
 def test_many_pages_at_once_share_a_few_connections(webmail: Webmail) -> None:  # noqa: F811

@@ -24,6 +24,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -46,6 +48,7 @@ SORT_KEYS = {"date": "DATE", "from": "FROM", "to": "TO", "subject": "SUBJECT", "
 SEARCH_FIELDS = {"text": "TEXT", "from": "FROM", "to": "TO", "subject": "SUBJECT"}
 MAX_SEARCH_LENGTH = 200
 MAX_SELECTION = 500
+GREETERS = 4  # connections being opened ahead of their request, at once, per process
 # What a line of the message list needs: the header fields as one literal each (much
 # cheaper to parse than ENVELOPE and BODYSTRUCTURE's nested lists).
 LIST_ITEMS = [
@@ -661,13 +664,15 @@ class StorePool:
         self._lock = threading.Condition()
         self._idle: dict[str, list[_Connection]] = {}
         self._busy: dict[str, int] = {}
+        # The session's user key -> address (None: refused the webmail last time).
+        self._addresses: dict[str, str | None] = {}
+        self._greeters: ThreadPoolExecutor | None = None
 
     # -- connections ------------------------------------------------------------------
-    def _connect(self, address: str) -> _Connection:
+    def _open(self) -> IMAPClient:
+        """A connection to the store, greeted and (off loopback) under TLS, not yet
+        signed in: nothing in it depends on who will sign in."""
         settings = self.settings
-        context = None
-        if settings.tls:
-            context = ssl.create_default_context(cafile=settings.ca_file)
         try:
             client = IMAPClient(
                 settings.host,
@@ -681,24 +686,59 @@ class StorePool:
             # Commands go as small writes (AUTHENTICATE's continuation among them): without
             # this, Nagle's algorithm holds each behind the last one's delayed ACK (40 ms).
             client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if context is not None:
-                client.starttls(context)
+            if settings.tls:
+                client.starttls(ssl.create_default_context(cafile=settings.ca_file))
+        except BaseException as error:
+            _shut(client)
+            if isinstance(error, (*_BROKEN, IMAPClientError)):
+                raise StoreUnavailable(f"the standby store cannot be reached: {error}") from None
+            raise
+        return client
+
+    def _connect(self, address: str, greeting: Greeting | None = None) -> _Connection:
+        """A new connection signed in as ``address``: the request's early greeting when
+        there is one, else a connection opened now."""
+        client = greeting.take(self.settings.timeout) if greeting is not None else None
+        if client is None:
+            client = self._open()
+        try:
             client.plain_login(
-                settings.master_user,
-                settings.master_password,
+                self.settings.master_user,
+                self.settings.master_password,
                 authorization_identity=address,
             )
         except BaseException as error:
             # A connection that cannot be used is closed here (a refused certificate or
             # sign-in left its socket open until the garbage collector found it).
-            with contextlib.suppress(Exception):
-                client.shutdown()
+            _shut(client)
             if isinstance(error, LoginError):
                 raise StoreUnavailable(f"the standby store refused {address}: {error}") from None
             if isinstance(error, (*_BROKEN, IMAPClientError)):
                 raise StoreUnavailable(f"the standby store cannot be reached: {error}") from None
             raise
         return _Connection(client, address, time.monotonic())
+
+    def greet(self, user: str | None) -> Greeting | None:
+        """Start opening a connection for a request of ``user`` (the session's user key)
+        that will need a new one, in the background: the store greets it while the
+        portal reads the session and checks access. None when ``user`` has an idle
+        connection (or none is known to be needed)."""
+        if user is None:
+            return None
+        address = self._addresses.get(user, "")
+        with self._lock:
+            if address is None or (address and self._idle.get(address)):
+                return None
+            if self._greeters is None:
+                self._greeters = ThreadPoolExecutor(
+                    max_workers=GREETERS, thread_name_prefix="imap-greeting"
+                )
+            return Greeting(self._greeters.submit(self._open))
+
+    def learn(self, user: str, address: str | None) -> None:
+        """Remember whose mailbox ``user``'s requests open (for ``greet``); None: they
+        were refused, so their requests open nothing ahead until one is let in."""
+        self._addresses[user] = address.lower() if address else None
 
     @staticmethod
     def _close(connection: _Connection) -> None:
@@ -768,9 +808,12 @@ class StorePool:
                 self._idle.setdefault(address, []).append(connection)
             self._lock.notify_all()
 
-    def run(self, address: str, work: Callable[[Mailbox], T]) -> T:
+    def run(
+        self, address: str, work: Callable[[Mailbox], T], greeting: Greeting | None = None
+    ) -> T:
         """Run ``work`` on ``address``'s mailbox; a reused connection found dead is
-        replaced and ``work`` run again on the new one (once)."""
+        replaced and ``work`` run again on the new one (once). ``greeting``, the
+        request's early connection, is used when a new connection is needed."""
         address = address.lower()
         connection, closing = self._take(address)
         for stale in closing:
@@ -779,7 +822,8 @@ class StorePool:
         try:
             while True:
                 if connection is None:
-                    connection = self._connect(address)
+                    connection = self._connect(address, greeting)
+                    greeting = None
                 try:
                     return work(Mailbox(connection))
                 except _BROKEN as error:
@@ -799,7 +843,7 @@ class StorePool:
             self._give_back(address, connection)
 
     @contextmanager
-    def mailbox(self, address: str) -> Iterator[Mailbox]:
+    def mailbox(self, address: str, greeting: Greeting | None = None) -> Iterator[Mailbox]:
         """A person's mailbox for a block (no retry: for work that must not run twice)."""
         address = address.lower()
         connection, closing = self._take(address)
@@ -807,7 +851,7 @@ class StorePool:
             self._close(stale)
         try:
             if connection is None:
-                connection = self._connect(address)
+                connection = self._connect(address, greeting)
             try:
                 yield Mailbox(connection)
             except _BROKEN as error:
@@ -829,3 +873,46 @@ class StorePool:
         """How many connections the pool holds now (idle and in use)."""
         with self._lock:
             return self._count()
+
+
+def _shut(client: IMAPClient) -> None:
+    """Drop a connection that will not be used, whatever state it is in."""
+    with contextlib.suppress(Exception):
+        client.shutdown()
+
+
+class Greeting:
+    """A connection being opened in the background for one request. The request takes
+    it when it needs a new connection; if it does not, ``discard`` closes it."""
+
+    def __init__(self, future: Future[IMAPClient]) -> None:
+        self._future = future
+        self._taken = False
+
+    def take(self, timeout: float) -> IMAPClient | None:
+        """The greeted connection (waiting for it), or None once it was taken; its
+        failure, as opening one would."""
+        if self._taken:
+            return None
+        self._taken = True
+        try:
+            return self._future.result(timeout)
+        except FutureTimeout:
+            self._future.add_done_callback(_discarded)
+            raise StoreUnavailable("the standby store did not greet in time") from None
+
+    def discard(self) -> bool:
+        """Not needed after all: close it once it is open. False if it was used."""
+        if self._taken:
+            return False
+        self._taken = True
+        self._future.add_done_callback(_discarded)
+        return True
+
+
+def _discarded(future: Future[IMAPClient]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        client = future.result()
+        with contextlib.suppress(Exception):
+            client.logout()
+        _shut(client)

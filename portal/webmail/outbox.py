@@ -15,7 +15,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 from typing import Any
 
-from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
 from werkzeug.exceptions import NotFound
@@ -41,7 +41,7 @@ from portal.webmail.sending import (
     record_sent,
     send,
 )
-from portal.webmail.views import _chrome, _read, on_store, pool
+from portal.webmail.views import GREETING, _chrome, _read, on_store, pool
 from roster.models import Alias, Domain, Person
 from roster.queue import queue_sent_copy
 
@@ -401,7 +401,8 @@ def _save_draft(raw: bytes, replaces: tuple[str, int] | None) -> int | None:
             box.remove(drafts, replaces[1])
         return uid
 
-    with pool().mailbox(current_access().person.mail) as box:  # type: ignore[union-attr]
+    address = current_access().person.mail  # type: ignore[union-attr]
+    with pool().mailbox(address, g.get(GREETING)) as box:
         return work(box)
 
 

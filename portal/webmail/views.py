@@ -14,9 +14,11 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
 from flask_babel import gettext as _
@@ -107,12 +109,54 @@ def raw_cache() -> RawCache:
     return found  # type: ignore[no-any-return]
 
 
+GREETING = "webmail_greeting"
+
+
+@bp.before_request
+def _greet_early() -> None:
+    """A request of a person with no idle connection starts opening one at once: the
+    store greets it (and, off loopback, negotiates TLS) while the portal reads the
+    session and asks who may open the webmail. Signing in waits for that answer."""
+    user = session.get("_user_id")
+    if request.endpoint == "webmail.index" or not isinstance(user, str):
+        return
+    try:
+        greeting = pool().greet(user)
+    except ConfigError:
+        return  # on_store says so
+    if greeting is not None:
+        g.setdefault(GREETING, greeting)
+
+
+@bp.after_request
+def _after_greeting(response: Response) -> Response:
+    """A greeting the request did not use is closed; when the request was refused, the
+    person's next requests open nothing ahead (until one is let in)."""
+    greeting = g.pop(GREETING, None)
+    if greeting is not None and greeting.discard() and response.status_code == 403:
+        user = session.get("_user_id")
+        if isinstance(user, str):
+            pool().learn(user, None)
+    return response
+
+
+@bp.teardown_request
+def _drop_greeting(_error: BaseException | None) -> None:
+    greeting = g.pop(GREETING, None)
+    if greeting is not None:
+        greeting.discard()
+
+
 def on_store(work: Callable[[Mailbox], T]) -> T:
     """Run ``work`` on the signed-in person's mailbox; 404 for a name or number the
     mailbox does not have, a page saying so when the store cannot be reached."""
     address = current_access().person.mail  # type: ignore[union-attr]
     try:
-        return pool().run(address, work)
+        store = pool()
+        user = session.get("_user_id")
+        if isinstance(user, str):
+            store.learn(user, address)
+        return store.run(address, work, g.get(GREETING))
     except BadRequest:
         abort(404)
     except ConfigError as error:

@@ -226,14 +226,27 @@ def end_event(
     """Close an event with its counts: recipients held, and handed back to the primary."""
     now = now or utcnow()
     event = connection.execute(select(ContinuityEvent).where(ContinuityEvent.id == event_id)).one()
+    held, handed_back = event_counts(connection, event.domain_id, event.started_at)
+    connection.execute(
+        update(ContinuityEvent)
+        .where(ContinuityEvent.id == event_id)
+        .values(ended_at=now, ended_by=actor, held=held, handed_back=handed_back)
+    )
+    return Transition(ENDED, event.domain_id, event_id)
+
+
+def event_counts(connection: Connection, domain_id: int, started_at: datetime) -> tuple[int, int]:
+    """Recipients held by the domain's event that started at ``started_at``, and how many
+    of them the primary has taken back so far: the counts an event ends with, and the
+    hand-back's progress while it runs."""
     # Held by this event: its domain's recipients via Continuity that arrived during it
     # or were still waiting after it started (delivered, or given up, since then).
     during = and_(
-        MailRecipient.domain_id == event.domain_id,
+        MailRecipient.domain_id == domain_id,
         MailRecipient.via_continuity.is_(True),
         or_(
-            MailMessage.received_at >= event.started_at,
-            MailRecipient.last_attempt_at >= event.started_at,
+            MailMessage.received_at >= started_at,
+            MailRecipient.last_attempt_at >= started_at,
         ),
     )
     counted = select(func.count(MailRecipient.id)).join(
@@ -241,15 +254,25 @@ def end_event(
     )
     held = connection.scalar(counted.where(during)) or 0
     handed_back = (
-        connection.scalar(counted.where(during, MailRecipient.delivered_at >= event.started_at))
-        or 0
+        connection.scalar(counted.where(during, MailRecipient.delivered_at >= started_at)) or 0
     )
-    connection.execute(
-        update(ContinuityEvent)
-        .where(ContinuityEvent.id == event_id)
-        .values(ended_at=now, ended_by=actor, held=held, handed_back=handed_back)
+    return held, handed_back
+
+
+def domain_states(connection: Connection, domain_ids: list[int]) -> dict[int, str]:
+    """The continuity state of each domain with an event not ended: "outage" (its mail is
+    held) or "recovering" (handed back now); a domain without one is left out."""
+    if not domain_ids:
+        return {}
+    rows = connection.execute(
+        select(ContinuityEvent.domain_id, ContinuityEvent.recovery_started_at)
+        .where(ContinuityEvent.domain_id.in_(domain_ids), ContinuityEvent.ended_at.is_(None))
+        .order_by(ContinuityEvent.id)
     )
-    return Transition(ENDED, event.domain_id, event_id)
+    return {
+        domain_id: "outage" if recovery_started_at is None else RECOVERING
+        for domain_id, recovery_started_at in rows
+    }
 
 
 def events_in_recovery(connection: Connection) -> list[int]:

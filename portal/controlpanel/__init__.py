@@ -15,13 +15,15 @@ One module a subject: ``page`` (the scope selector and the domain's page), ``ser
 ``events`` (continuity events by hand, and their list), ``audit`` (the audit trail),
 ``tracking`` (Email Live Tracking), ``dkim`` (the DNS records for what the webmail
 sends), ``webmail`` (when the standby webmail
-opens); ``scope`` finds the admin's domain, ``wording`` words
+opens); ``badges`` shows a domain's state and its hand-back at a glance;
+``scope`` finds the admin's domain, ``wording`` words
 outcomes.
 """
 
 # Each module registers its views on ``bp`` when imported.
 from portal.controlpanel import (
     audit,
+    badges,
     coverage,
     dkim,
     emergency,
@@ -39,6 +41,7 @@ __all__ = [
     "PEOPLE_INDEX",
     "bp",
     "audit",
+    "badges",
     "coverage",
     "dkim",
     "emergency",

@@ -269,17 +269,30 @@ class Postfix:
         last = out.splitlines()[-1] if out else ""
         return int(last.split()[-2]) if last.startswith("--") else 0
 
-    def clean(self) -> None:
-        """Delete every queued message (again while its queue manager moved some between
-        queues as postsuper walked them)."""
-        deadline = time.monotonic() + 30
+    def settle(self, timeout: float = 30.0) -> int:
+        """How many messages its queue holds once the count stops moving (the last
+        messages of a run are still being filed by cleanup when the client is done)."""
+        deadline = time.monotonic() + timeout
+        count = self.queued()
         while True:
+            time.sleep(0.3)
+            again = self.queued()
+            if again == count:
+                return count
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Postfix's queue did not settle ({count}, then {again})")
+            count = again
+
+    def clean(self) -> None:
+        """Delete every queued message, once the queue has settled (a run's last
+        messages filed after the delete would be counted in the next run's)."""
+        deadline = time.monotonic() + 30
+        while self.settle():
+            if time.monotonic() > deadline:
+                raise RuntimeError("Postfix's queue could not be emptied")
             subprocess.run(
                 ["postsuper", "-c", str(self.etc), "-d", "ALL"], capture_output=True, check=False
             )
-            if not self.queued() or time.monotonic() > deadline:
-                return
-            time.sleep(0.2)
 
     def stop(self) -> None:
         """Empty the queue and stop."""
@@ -524,8 +537,7 @@ def postfix_accept(postfix: Postfix, args: argparse.Namespace) -> float:
     """Messages per second Postfix accepts into its queue."""
     postfix.clean()
     seconds = smtp_source(postfix.port, args)
-    time.sleep(0.5)  # its queue manager files the last ones
-    queued = postfix.queued()
+    queued = postfix.settle()
     postfix.clean()
     if queued != args.messages:
         raise RuntimeError(f"Postfix queued {queued} of {args.messages} messages")

@@ -283,7 +283,9 @@ def message(token: str, uid: str) -> Any:
     def work(box: Mailbox) -> tuple[bytes, tuple[int | None, int | None], dict[str, Any]]:
         raw = _read(box, name, number)
         box.set_flag(name, [number], b"\\Seen", True)
-        return raw, box.neighbours(name, number), _chrome(box, name)
+        # The folder's newest messages beside the one read (the three panes of a desktop).
+        chrome = {**_chrome(box, name), "listing": box.page(name)}
+        return raw, box.neighbours(name, number), chrome
 
     raw, (newer, older), chrome = on_store(work)
     parsed = parse(raw)

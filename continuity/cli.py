@@ -803,15 +803,22 @@ def staff_add(
 
 @cli.command()
 @click.option("--listen", default=None, help="HOST:PORT to listen on (default [portal].listen).")
-@click.option("--workers", default=2, show_default=True, help="Worker processes (1 or more).")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Worker processes, 1 or more (default [portal].workers, else 2 a core plus 1, at most 5).",
+)
 @pass_state
-def serve(state: State, listen: str | None, workers: int) -> None:
-    """Run the portal."""
+def serve(state: State, listen: str | None, workers: int | None) -> None:
+    """Run the portal under gunicorn until SIGTERM or Ctrl-C."""
     from portal import create_app
-    from portal.server import serve_app
+    from portal.server import default_workers, serve_app
 
     config = state.config
     address = _listen_option(listen) or str(config.portal.get("listen", "127.0.0.1:8080"))
+    if workers is None:
+        workers = int(config.portal.get("workers") or default_workers())
     if workers < 1:
         # gunicorn would run a master with no worker: a portal that answers nobody.
         fail(f"--workers: must be at least 1, got {workers}", EXIT_USAGE)

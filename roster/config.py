@@ -590,6 +590,8 @@ _TABLES: dict[str, dict[str, Check]] = {
         "secret_key": _secret(32),
         "base_url": _base_url,
         "listen": host_port,
+        # gunicorn's worker processes (`continuity serve`; --workers wins).
+        "workers": _whole(1, 64),
         "secure_cookies": _flag,
         "access_log": _flag,
         # Upper bounds keep a typo from making sessions or codes live for years (and

@@ -67,3 +67,34 @@
     }, WAIT_MS);
   });
 })();
+
+// Control Panel, "Add or remove many users at once": while the lines are sent and
+// checked (up to a minute for 10,000), say so and how many lines went; the report
+// replaces the page when all are done. Without this file the browser's own loading
+// indicator is all there is.
+(function () {
+  "use strict";
+
+  var form = document.getElementById("bulk-form");
+  var shown = document.getElementById("bulk-progress");
+  if (!form || !shown) {
+    return;
+  }
+  form.addEventListener("submit", function () {
+    var pasted = document.getElementById("addresses");
+    var file = document.getElementById("csv_file");
+    var count = document.getElementById("bulk-progress-lines");
+    var lines = pasted
+      ? pasted.value.split(/\r?\n/).filter(function (line) {
+          return line.trim() !== "";
+        }).length
+      : 0;
+    if (file && file.files && file.files.length) {
+      count.textContent = count.getAttribute("data-file") + " (" + file.files[0].name + ")";
+    } else {
+      count.textContent = String(lines);
+    }
+    shown.hidden = false;
+    form.setAttribute("aria-busy", "true");
+  });
+})();

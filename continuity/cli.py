@@ -840,15 +840,86 @@ def _listen_option(value: str | None) -> str | None:
         fail(str(error), EXIT_USAGE)
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--workdir", default=".demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--listen", default="127.0.0.1:8080", show_default=True)
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="The portal.")
+@click.option(
+    "--gateway", "gateway_listen", default="127.0.0.1:2525", show_default=True, help="SMTP in."
+)
+@click.option(
+    "--probe-interval",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 3600),
+    help="Seconds between checks of each primary (below 10 only for tests).",
+)
 @click.option("--no-serve", is_flag=True, help="Set up and sync, then stop.")
-def demo(workdir: str, listen: str, no_serve: bool) -> None:
-    """Run the product on its embedded default: a demo directory, SQLite, the portal."""
-    from continuity.demo import run_demo
+@click.option("--no-seed", is_flag=True, help="Send no demo mail.")
+@click.pass_context
+def demo(
+    ctx: click.Context,
+    workdir: str,
+    listen: str,
+    gateway_listen: str,
+    probe_interval: int,
+    no_serve: bool,
+    no_seed: bool,
+) -> None:
+    """Run the whole product on this machine with demo data, until Ctrl-C."""
+    from pathlib import Path
 
-    sys.exit(run_demo(workdir, _listen_option(listen) or listen, serve=not no_serve))
+    ctx.obj = Path(workdir)
+    if ctx.invoked_subcommand is not None:
+        return
+    from continuity.demo import DemoError, DemoOptions, run_demo
+
+    options = DemoOptions(
+        workdir=Path(workdir),
+        listen=_listen_option(listen) or listen,
+        gateway=host_port_option(gateway_listen, "--gateway"),
+        probe_interval=probe_interval,
+        serve=not no_serve,
+        seed=not no_seed,
+    )
+    try:
+        status = run_demo(options)
+    except DemoError as error:
+        fail(str(error), 1)
+    sys.exit(status)
+
+
+def host_port_option(value: str, option: str) -> str:
+    """A HOST:PORT option checked as the configuration's addresses are (exit 2 if bad)."""
+    try:
+        return host_port(value, option)
+    except ConfigError as error:
+        fail(str(error), EXIT_USAGE)
+
+
+@demo.command("outage")
+@click.argument("domain")
+@click.pass_obj
+def demo_outage(workdir: Any, domain: str) -> None:
+    """Take a demo domain's primary mail server down (in the running demo)."""
+    _switch(workdir, domain, down=True)
+
+
+@demo.command("recover")
+@click.argument("domain")
+@click.pass_obj
+def demo_recover(workdir: Any, domain: str) -> None:
+    """Bring a demo domain's primary mail server back (in the running demo)."""
+    _switch(workdir, domain, down=False)
+
+
+def _switch(workdir: Any, domain: str, *, down: bool) -> None:
+    """Ask the running demo to take a primary down or bring it back; say what happened."""
+    from continuity.demo import DemoError, switch_primary
+
+    try:
+        click.echo(switch_primary(workdir, domain, down))
+    except DemoError as error:
+        fail(str(error), 1)
 
 
 # The mail path's commands live in a module of their own (it imports this one).

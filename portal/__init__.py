@@ -124,6 +124,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
 
     for blueprint in (health.bp, auth.bp, me.bp, helpdesk.bp, controlpanel.bp, webmail.bp):
         app.register_blueprint(blueprint)
+    if config.demo.get("enabled"):
+        # Only in the configuration `continuity demo` writes for itself, never in production.
+        if not config.demo.get("control_dir"):
+            raise ConfigError("[demo].control_dir: missing ([demo] enabled is true)")
+        from portal import demo
+
+        app.register_blueprint(demo.bp)
     errors.register(app)
     app.jinja_env.globals["audit_text"] = audit_text
     return app

@@ -100,6 +100,7 @@ class Config:
     outbound: dict[str, Any] = field(default_factory=dict)
     portal: dict[str, Any] = field(default_factory=dict)
     webmail: dict[str, Any] = field(default_factory=dict)
+    demo: dict[str, Any] = field(default_factory=dict)
     sync_lock_seconds: int = 900
     sync_stale_after_minutes: int = 60
 
@@ -612,6 +613,9 @@ _TABLES: dict[str, dict[str, Check]] = {
         "connections": _whole(1, 10_000),
         "idle_seconds": _whole(5, 3600),
     },
+    # Written only by `continuity demo` into its own configuration: the portal's demo
+    # page (take a stand-in primary down, bring it back) exists only where this is on.
+    "demo": {"enabled": _flag, "control_dir": _absolute_path},
 }
 # The tables the Config keeps as plain dicts of checked values.
-_FREE_TABLES = ("standby", "gateway", "outbound", "portal", "webmail")
+_FREE_TABLES = ("standby", "gateway", "outbound", "portal", "webmail", "demo")

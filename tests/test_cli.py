@@ -1,23 +1,20 @@
-"""The `continuity` command: database, domains, roster listing, the demo, and its errors."""
+"""The `continuity` command: database, domains, roster listing, and its errors (the demo:
+tests/test_demo.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, select
 
-from continuity.localslapd import free_port
-from roster.db import MIGRATIONS, make_engine
-from roster.models import AuditEvent, Domain
+from roster.db import MIGRATIONS
+from roster.models import AuditEvent
 from tests.directory import Continuity
 
 HEAD = ScriptDirectory(str(MIGRATIONS)).get_current_head()
@@ -196,95 +193,3 @@ def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("continuity: configuration error: --config: cannot")
-
-
-def test_the_demo_sets_up_and_syncs_a_directory(tmp_path: Path) -> None:
-    workdir = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, "-m", "continuity", "demo", "--workdir", str(workdir), "--no-serve"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "directory sync: success, 10 people, 2 staff roles" in result.stdout
-    listed = subprocess.run(
-        [sys.executable, "-m", "continuity", "--config", str(workdir / "continuity.toml")]
-        + ["roster", "list", "--domain", "acme.test", "--json"],
-        capture_output=True,
-        text=True,
-    )
-    people = {p["mail"]: p for p in json.loads(listed.stdout)}
-    assert people["jorge.ruiz@acme.test"]["status"] == "disabled"
-    assert people["maria.lopez@acme.test"]["aliases"] == ["contacto@acme.test", "info@acme.test"]
-    _the_audit_trail_tells_the_domain_as_it_is(workdir / "roster.db")
-
-
-def _the_audit_trail_tells_the_domain_as_it_is(roster: Path) -> None:
-    """Bug: the demo set its domain active behind the audit's back, so its trail said
-    the service was off while the demo ran it active; it now changes it as an admin does."""
-    engine = make_engine(f"sqlite:///{roster}")
-    try:
-        with engine.connect() as connection:
-            (domain,) = connection.execute(select(Domain)).all()
-            events = connection.execute(
-                select(AuditEvent)
-                .where(AuditEvent.domain_id == domain.id, AuditEvent.person_id.is_(None))
-                .order_by(AuditEvent.id)
-            ).all()
-    finally:
-        engine.dispose()
-    told: dict[str, object] = {}
-    for event in events:
-        told.update(event.after or {})
-    assert domain.continuity_active and domain.emergency_password_enabled
-    assert told["continuity_active"] is True
-    assert told["emergency_password_enabled"] is True
-    assert [e.action for e in events][:3] == [
-        "domain.added",
-        "service.activated",
-        "emergency_password.enabled",
-    ]
-    assert {e.actor for e in events[:3]} == {"demo"}
-
-
-def test_the_demo_prints_the_sign_in_page_it_serves(tmp_path: Path) -> None:
-    """Bug: `scripts/demo` printed only the /health address, not where to sign in."""
-    port = free_port()
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "continuity", "demo", "--workdir", str(tmp_path / "demo")]
-        + ["--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert demo.stdout is not None
-        lines = []
-        for line in demo.stdout:
-            lines.append(line)
-            if line.startswith("sign in at:"):
-                break
-        address = lines[-1].split()[-1]
-        assert address == f"http://127.0.0.1:{port}/sign-in", lines
-        page = _get_when_up(address)
-        assert 'type="password"' in page and 'name="csrf_token"' in page
-    finally:
-        demo.send_signal(signal.SIGINT)
-        demo.wait(timeout=30)
-        if demo.stdout is not None:
-            demo.stdout.close()
-
-
-def _get_when_up(address: str, seconds: float = 20) -> str:
-    """The page at ``address`` once the server there answers."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(address, timeout=5) as response:  # noqa: S310
-                body: str = response.read().decode("utf-8")
-                return body
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)

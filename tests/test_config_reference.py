@@ -313,13 +313,7 @@ def test_the_example_loads_with_the_real_loader(tmp_path: Path, variant: str) ->
     else:
         assert [d.name for d in config.directories] == ["corp", "lab"]
         assert config.outbound["password"].startswith("s3cret-")
-        tables = {
-            "standby": config.standby,
-            "gateway": config.gateway,
-            "outbound": config.outbound,
-            "portal": config.portal,
-            "webmail": config.webmail,
-        }
+        tables = {table: getattr(config, table) for table in DICT_TABLES}
         for table, values in tables.items():
             shown = {key for t, key in documented() if t == table}
             assert set(values) == shown, f"[{table}]: every documented key, in force"

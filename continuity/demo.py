@@ -40,7 +40,7 @@ from continuity import demo_seed
 from continuity.demo_mail import StandInPrimary, StandInRelay
 from continuity.localdovecot import Dovecot, DovecotError
 from continuity.localslapd import Slapd, SlapdError, _free_ports, die_with_parent, log_tail
-from portal.demo import DemoControl
+from portal.demo import DemoControl, DemoNotRunning
 from roster import service
 from roster.config import Config, load_config
 from roster.db import make_engine, session_factory, transaction, upgrade
@@ -99,6 +99,15 @@ def prepare_workdir(workdir: Path) -> None:
     Mode 0711: Dovecot's users (mail, dovecot) pass through to the store's own folder;
     nobody else reads anything (the secrets are 0600 files)."""
     if workdir.exists():
+        try:
+            DemoControl(workdir / "control").primaries()
+        except DemoNotRunning:
+            pass
+        else:
+            raise DemoError(
+                f"a demo is running in {workdir}; stop it (Ctrl-C in its terminal) first,"
+                " or choose another --workdir"
+            )
         if not (workdir / MARKER).is_file():
             if any(workdir.iterdir()):
                 raise DemoError(
@@ -556,8 +565,6 @@ def _watch(
 
 def switch_primary(workdir: Path, domain: str, down: bool) -> str:
     """Ask the running demo in ``workdir`` to take ``domain``'s primary down or back."""
-    from portal.demo import DemoNotRunning
-
     control = DemoControl(workdir.resolve() / "control")
     try:
         state = control.ask(domain.strip().lower(), down)

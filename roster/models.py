@@ -428,6 +428,10 @@ class MailRecipient(Base):
             postgresql_where=text("status IN ('queued', 'deferred')"),
         ),
         Index("ix_mail_recipient_domain_status", "domain_id", "status"),
+        # The mail-flow chart (roster.flow): a domain's days are a range of queue ids.
+        Index(
+            "ix_mail_recipient_domain_queue_id", "domain_id", "queue_id", "status", "via_continuity"
+        ),
         # Email Live Tracking's filters: one recipient, mail via Continuity Service.
         Index("ix_mail_recipient_address", "address"),
         Index(

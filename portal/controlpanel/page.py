@@ -7,6 +7,7 @@ from typing import Any
 from flask import abort, current_app, render_template, request
 
 from portal.access import staff
+from portal.controlpanel.flowchart import flow_chart
 from portal.controlpanel.scope import PAGE, admin_scope, bp, domain_or_404, page_number
 from portal.controlpanel.wording import PROBE_STAGES, SYNC_OUTCOMES, probe_error_text, sync_counts
 from portal.forms import CoverageForm, EmergencySwitchForm, PrimaryForm
@@ -105,6 +106,7 @@ def domain_view(
             probe_stages=PROBE_STAGES,
             probe_error_text=probe_error_text,
             relay_configured=relay_configured(config),
+            flow_chart=flow_chart(session, domain),
         ),
         status,
     )

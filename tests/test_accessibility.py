@@ -7,7 +7,9 @@ Chromium shows it: sign-in, the emergency password reset, health, /me, the helpd
 search and person pages, the Control Panel's domain list, a domain's page (with its
 list of selected users and a hand-back in progress), adding users (with a bulk report),
 a confirmation step, the audit trail, the continuity events, Email Live Tracking's list
-and one message, and the webmail's folder, message and compose pages.
+and one message, and the webmail's folder, message and compose pages. In English, the
+Control Panel's domain pages are also opened on a phone's screen: nothing wider than it,
+the domain's navigation above the content, table rows as cards.
 
 Everything is real: the portal behind a WSGI server on loopback, the roster, a slapd
 subtree, the session's Dovecot standby store. One browser serves the whole test session.
@@ -281,6 +283,38 @@ def walk(browser: Browser, base: str, checker: Checker, ana: str) -> None:
     context.close()
 
 
+TOO_WIDE = """() => [...document.querySelectorAll("body *")]
+  .filter((e) => e.getBoundingClientRect().right > 376)
+  .filter((e) => e.parentElement.getBoundingClientRect().right <= 376)
+  .map((e) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + "." + e.className)"""
+"""The outermost elements that reach past the right edge of the window."""
+
+
+def on_a_phone(browser: Browser, base: str, shots: Path) -> None:
+    """At 375 px: nothing wider than the screen; the domain's navigation above the
+    content; a table's rows as cards of label: value."""
+    context = browser.new_context(
+        locale="en-GB", viewport={"width": 375, "height": 740}, is_mobile=True
+    )
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    sign_in(page, base, ADMIN, STAFF_PASSWORD)
+    for path in (PAGE, f"{PAGE}/events", f"{PAGE}/audit", f"{PAGE}/tracking"):
+        open_page(page, f"{base}{path}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, (path, width, page.evaluate(TOO_WIDE))
+        side, main = page.locator("nav.side").bounding_box(), page.locator("main").bounding_box()
+        assert side and main and side["y"] + side["height"] <= main["y"], (path, side, main)
+        page.screenshot(path=str(shots / f"phone-{path.rsplit('/', 1)[-1]}.png"), full_page=True)
+    # The users table: each row a card, each cell under its column's heading.
+    open_page(page, f"{base}{PAGE}")
+    cell = page.locator("#listed tbody tr").first.locator("td").first
+    assert cell.get_attribute("data-label") == "Address"
+    head = page.locator("#listed thead").bounding_box()
+    assert head is None or head["height"] <= 1, head  # the headings move into the cards
+    context.close()
+
+
 # What axe checks does not depend on the roster's database: SQLite only.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("lang", ["en", "es"])
@@ -294,6 +328,8 @@ def test_every_main_page_has_no_serious_or_critical_axe_violation(
     ana, _bo = prepare(webmail)
     with serve(webmail.portal.app) as base:
         walk(browser, base, checker, ana)
+        if lang == "en":
+            on_a_phone(browser, base, checker.shots)
     print(f"screenshots: {checker.shots}")
     assert len(checker.checked) == 19, checker.checked
     report = "\n".join(str(found) for found in checker.found)

@@ -9,10 +9,11 @@ import http.client
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,6 +58,32 @@ def _workers(pid: int, count: int) -> set[int]:
     while len(found := _children(pid)) < count and time.monotonic() < deadline:
         time.sleep(0.05)
     return found
+
+
+def _holds(pid: int, server_port: int, client_port: int) -> bool:
+    """True when ``pid`` holds the server's end of the connection from ``client_port``
+    (the accepted socket, found by its inode in /proc/net/tcp)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == (
+            client_port
+        ):
+            inodes.add(f"socket:[{inode}]")
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            held.add(os.readlink(fd))
+    return bool(inodes & held)
+
+
+def _until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Wait until ``condition`` holds (fail after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
@@ -152,6 +179,36 @@ def test_serve_answers_logs_and_stops_on_sigterm_without_leaving_a_worker(
     # gunicorn's control socket (~/.gunicorn/gunicorn.ctl) is not opened.
     assert not (tmp_path / "home" / ".gunicorn").exists()
     assert "Control socket" not in log
+
+
+def test_a_request_in_flight_at_sigterm_gets_its_answer(tmp_path: Path, roster: str) -> None:
+    """Graceful: a form half sent when `systemctl stop` comes is still read and answered
+    (here the sign-in's "form may have expired", it carries no CSRF token), then the
+    command exits 0."""
+    config = _configure(tmp_path, roster, "")
+    with serving(tmp_path, config, "--workers", "1") as (process, port):
+        body = b"address=ana%40acme.test&password=wrong&csrf_token=none"
+        head = (
+            b"POST /sign-in HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        (worker,) = _workers(process.pid, 1)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(head + body[:10])
+            mine = client.getsockname()[1]
+            _until(lambda: _holds(worker, port, mine))  # the worker took the connection
+            process.send_signal(signal.SIGTERM)
+            _until(lambda: "Handling signal: term" in (tmp_path / "serve.log").read_text())
+            assert process.poll() is None  # still finishing the request
+            client.sendall(body[10:])
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        assert process.wait(10) == 0
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 400 BAD REQUEST"
+    assert b"The form may have expired" in rest
 
 
 def test_serve_logs_no_request_unless_asked(tmp_path: Path, roster: str) -> None:

@@ -938,6 +938,11 @@ from continuity.dkim_command import dkim  # noqa: E402
 
 domain.add_command(dkim)
 
+from continuity.health_command import gateway_health, sync_health_command  # noqa: E402
+
+gateway.add_command(gateway_health)
+sync.add_command(sync_health_command)
+
 
 def main() -> None:
     """Entry point of the console script."""

@@ -23,12 +23,16 @@ from roster.models import Domain
 from roster.queue import message_detail, pending_messages, retry_now, writing
 
 
-@click.command()
-@pass_state
-def gateway(state: State) -> None:
-    """Run the gateway: receive mail, deliver it to the primary, copy it to the standby."""
+@click.group(invoke_without_command=True)
+@click.pass_context
+def gateway(ctx: click.Context) -> None:
+    """Run the gateway: receive mail, deliver it to the primary, copy it to the standby
+    (`gateway health`: is the mail path healthy)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from gateway.service import Gateway
 
+    state: State = ctx.obj
     state.require_schema()
     try:
         running = Gateway(state.config, engine=state.engine)

@@ -93,6 +93,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
         health,
         helpdesk,
         me,
+        metrics,
         request_scope,
         webmail,
     )
@@ -124,6 +125,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, config: Config | No
 
     for blueprint in (health.bp, auth.bp, me.bp, helpdesk.bp, controlpanel.bp, webmail.bp):
         app.register_blueprint(blueprint)
+    metrics.init_app(app)
+    app.register_blueprint(metrics.bp)
     if config.demo.get("enabled"):
         # Only in the configuration `continuity demo` writes for itself, never in production.
         if not config.demo.get("control_dir"):

@@ -5,25 +5,32 @@ People get a page in their language with times they can read; monitors get JSON
 The answer is 200 whenever the portal can serve, "degraded" included: a directory
 outage is when people need the emergency sign-in, and a load balancer must keep the
 portal then. Only a roster the portal cannot use is 503.
+
+Beside it, two short answers for load balancers and orchestrators: ``/healthz`` (the
+process serves requests; it reads nothing) and ``/readyz`` (it can read the roster).
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from babel.dates import format_timedelta
 from flask import Blueprint, current_app, render_template, request
 from flask_babel import get_locale
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from portal.access import public
 from roster.config import Config
 from roster.db import current_revision
-from roster.models import utcnow
+from roster.logs import log_event
+from roster.models import Domain, utcnow
 from roster.syncruns import SyncHealth, sync_health
 
 bp = Blueprint("health", __name__)
+log = logging.getLogger("continuity.portal")
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -95,3 +102,28 @@ def health() -> Any:
     return render_template(
         "health/index.html", health=body, found=found, ago=ago, revision=body.get("schema_revision")
     ), status
+
+
+_PLAIN = {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@bp.get("/healthz")
+@public
+def healthz() -> Any:
+    """The process lives and serves requests (it reads nothing, not even the roster)."""
+    return "ok\n", 200, _PLAIN
+
+
+@bp.get("/readyz")
+@public
+def readyz() -> Any:
+    """Ready when a trivial query of the roster succeeds; 503 with a short reason when
+    not (the database's own words stay in the log: the answer is public)."""
+    sessions = current_app.extensions["roster_sessions"]
+    try:
+        with sessions() as session:
+            session.execute(select(Domain.id).limit(1)).first()
+    except SQLAlchemyError as error:
+        log_event(log, logging.WARNING, "readyz_failed", error=type(error).__name__)
+        return "not ready: the roster database cannot be read\n", 503, _PLAIN
+    return "ready\n", 200, _PLAIN

@@ -21,7 +21,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:////var/lib/continuity/roster.db"
-SECRET_KEYS = frozenset({"bind_password", "master_password", "secret_key", "password"})
+SECRET_KEYS = frozenset(
+    {"bind_password", "master_password", "secret_key", "password", "metrics_token"}
+)
 
 PROFILE_ATTRIBUTES: dict[str, dict[str, str]] = {
     "openldap": {
@@ -601,6 +603,9 @@ _TABLES: dict[str, dict[str, Check]] = {
         "session_lifetime_hours": _whole(1, 30 * 24),
         "reset_code_hours": _whole(1, 7 * 24),
         "trusted_proxies": _whole(0, 10),
+        # Who may read /metrics: a bearer token, and networks let in without one.
+        "metrics_token": _secret(32),
+        "metrics_networks": _networks,
     },
     "webmail": {
         # What one person may send, in recipients per hour (a stolen emergency password

@@ -24,7 +24,17 @@ from tests.portal_support import (
 )
 
 # Anyone may call these; every other endpoint needs a signed-in person or staff.
-PUBLIC = {"auth.index", "auth.sign_in", "auth.language", "health.health", "me.reset"}
+PUBLIC = {
+    "auth.index",
+    "auth.sign_in",
+    "auth.language",
+    "health.health",
+    "health.healthz",
+    "health.readyz",
+    "me.reset",
+}
+# Monitors only: an allowed network or the metrics token (tests/test_metrics.py).
+MONITORING = {"metrics.metrics"}
 UNTAGGED = {"static"}
 COOKIE = "continuity_session"
 
@@ -71,12 +81,14 @@ def test_every_endpoint_declares_who_may_call_it(portal: Portal) -> None:
 def test_public_endpoints_are_the_short_allow_list(portal: Portal) -> None:
     public = {e for e in portal.app.view_functions if access(portal.app, e) == "public"}
     assert public == PUBLIC
+    monitoring = {e for e in portal.app.view_functions if access(portal.app, e) == "monitoring"}
+    assert monitoring == MONITORING
 
 
 def test_every_protected_endpoint_sends_anonymous_to_sign_in(portal: Portal) -> None:
     answers = {}
     for endpoint, method, url in routes(portal.app):
-        if access(portal.app, endpoint) == "public":
+        if access(portal.app, endpoint) in ("public", "monitoring"):
             continue
         response = call(portal.client(), method, url)
         where = location_path(response) if response.status_code == 302 else None

@@ -42,6 +42,7 @@ log = logging.getLogger("continuity.portal")
 
 F = TypeVar("F", bound=Callable[..., Any])
 REGISTRY = "metrics_registry"
+NETWORKS = "metrics_networks"
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 _FORWARDED = ("X-Forwarded-For", "Forwarded", "X-Real-Ip")
 
@@ -372,7 +373,7 @@ def _allowed() -> bool:
     if not config.portal.get("trusted_proxies") and any(h in request.headers for h in _FORWARDED):
         # Sent on by a proxy the portal was not told of: its address is the proxy's.
         return False
-    networks = config.portal.get("metrics_networks", LOOPBACK)
+    networks = current_app.extensions[NETWORKS]
     try:
         client = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
@@ -402,6 +403,8 @@ def init_app(app: Flask) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RosterCollector(app.extensions["roster_sessions"], app.config["CONTINUITY"]))
     app.extensions[REGISTRY] = registry
+    given = app.config["CONTINUITY"].portal.get("metrics_networks", LOOPBACK)
+    app.extensions[NETWORKS] = tuple(ipaddress.ip_network(n, strict=False) for n in given)
 
 
 @bp.get("/metrics")

@@ -152,7 +152,7 @@ class Figures:
 # ---------------------------------------------------------------------------
 def domain_names(connection: Connection) -> dict[int, str]:
     """Every domain's name by id (a small table)."""
-    return dict(connection.execute(select(Domain.id, Domain.name)).tuples().all())
+    return {row.id: row.name for row in connection.execute(select(Domain.id, Domain.name))}
 
 
 def primaries(connection: Connection) -> list[PrimaryState]:
@@ -260,9 +260,7 @@ def _received_at(connection: Connection, queue_ids: set[str]) -> dict[str, datet
             select(MailMessage.queue_id, MailMessage.received_at).where(
                 MailMessage.queue_id.in_(sorted(queue_ids))
             )
-        )
-        .tuples()
-        .all()
+        ).all()
     )
 
 

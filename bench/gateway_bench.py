@@ -784,8 +784,8 @@ def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"  {label:62} {medians[name]:10.1f} {shown_ratio:>6} {shown_target:>7}  ({turns})")
     print(
         f"  group commit, median of the accept turns: {result['messages_per_commit']} messages "
-        f"a commit, {result['ms_per_commit']} ms a commit, the committing thread busy "
-        f"{result['committer_busy']:.0%} of the run"
+        f"a commit, {result['ms_per_commit']} ms a commit, the committing threads busy "
+        f"{result['committer_busy']:.0%} of the run (summed: two threads on PostgreSQL)"
     )
     print("  gateway process memory, VmRSS at 10% / 50% / 100% of its longest run, and peak:")
     for name, memory in result["memory"].items():
@@ -803,7 +803,9 @@ def main(argv: list[str] | None = None) -> int:
         "--turns", type=int, help="turns of each measure (3; 1 from 10,001 messages up)"
     )
     parser.add_argument("--delivery-workers", type=int, default=4, help="the gateway's default")
-    parser.add_argument("--copy-workers", type=int, default=4, help="the gateway's default")
+    parser.add_argument(
+        "--copy-workers", type=int, default=8, help="the gateway's default (its LMTP connections)"
+    )
     parser.add_argument(
         "--mailboxes", type=int, default=20, help="standby mailboxes the copies go to"
     )

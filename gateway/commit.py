@@ -1,10 +1,16 @@
 """Group commit: the messages that arrive together share one durable commit.
 
-The receiver hands each message over and waits; one thread writes everything that is
-waiting in one transaction and then wakes every waiter. While a commit runs, the next
-messages gather, so the number of commits per second stays near what the disk allows
-while the number of messages per commit grows with the load. A 250 goes out only after
-the commit that covers its message returned.
+The receiver hands each message over and waits; a committing thread writes everything
+that is waiting in one transaction and then wakes every waiter. While a commit runs, the
+next messages gather, so the number of commits per second stays near what the disk
+allows while the number of messages per commit grows with the load. A 250 goes out only
+after the commit that covers its message returned.
+
+On PostgreSQL two threads commit, each on its own connection: while one waits for its
+commit's WAL flush, the other writes the next group, and the server flushes the two
+together or one right after the other (one thread left the connection idle during every
+flush: the gateway accepted 0.72 of Postfix's rate). On SQLite, with its one writer, a
+second thread would only wait for the first.
 """
 
 from __future__ import annotations
@@ -48,25 +54,39 @@ def make_durable(engine: Engine) -> None:
     event.listen(engine, "checkout", full)
 
 
-class GroupCommitter:
-    """A thread that stores waiting messages together, one transaction per group."""
+def committing_threads(engine: Engine) -> int:
+    """How many groups may be committing at once on this database."""
+    return 2 if engine.dialect.name == "postgresql" else 1
 
-    def __init__(self, engine: Engine) -> None:
+
+class GroupCommitter:
+    """Threads that store waiting messages together, one transaction per group."""
+
+    def __init__(self, engine: Engine, threads: int | None = None) -> None:
         self._engine = engine
         self._waiting: queue.Queue[tuple[Incoming, Future[None]] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"group-commit-{index}", daemon=True)
+            for index in range(threads or committing_threads(engine))
+        ]
+        self._counting = threading.Lock()
         self.commits = 0
         self.messages = 0
-        self.seconds = 0.0  # spent writing and committing: busy/elapsed shows the headroom
+        # Spent writing and committing, summed over the threads: busy/elapsed shows the
+        # headroom (up to the number of threads).
+        self.seconds = 0.0
 
     def start(self) -> None:
-        """Start the writing thread."""
-        self._thread.start()
+        """Start the writing threads."""
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         """Write what is waiting, then stop."""
-        self._waiting.put(None)
-        self._thread.join()
+        for _ in self._threads:
+            self._waiting.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def submit(self, message: Incoming) -> Future[None]:
         """Queue ``message`` for the next commit; the future completes once it is durable."""
@@ -131,8 +151,9 @@ class GroupCommitter:
             for _, done in group:
                 done.set_exception(error)
             return
-        self.commits += 1
-        self.messages += len(group)
-        self.seconds += time.perf_counter() - started
+        with self._counting:
+            self.commits += 1
+            self.messages += len(group)
+            self.seconds += time.perf_counter() - started
         for _, done in group:
             done.set_result(None)

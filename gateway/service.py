@@ -105,7 +105,9 @@ def settings_from(config: Config) -> GatewaySettings:
             max_message_size=gateway.get("max_message_size", 50 * 1024 * 1024),
         ),
         delivery_workers=gateway.get("delivery_workers", 4),
-        copy_workers=gateway.get("copy_workers", 4),
+        # A copier holds one LMTP connection at a time: as many copiers as connections
+        # (four copiers on eight connections made 0.6 of Dovecot's own rate).
+        copy_workers=gateway.get("copy_workers", config.standby.get("copy_connections", 8)),
         lease=timedelta(seconds=gateway.get("claim_seconds", 600)),
         delay_warning=timedelta(hours=gateway.get("delay_warning_hours", 4)),
         lifetime=timedelta(days=gateway.get("max_queue_days", 5)),

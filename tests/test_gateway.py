@@ -4,6 +4,7 @@ notices are what a sender and a mail administrator would see. On SQLite and Post
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
@@ -14,6 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -43,7 +45,7 @@ from roster.models import (
     Person,
     StandbyCopy,
 )
-from roster.queue import Incoming, new_queue_id, retry_now, writing
+from roster.queue import Incoming, new_queue_id, retry_now, store, writing
 from tests.directory import Continuity
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import Primary
@@ -739,6 +741,44 @@ def test_a_client_that_leaves_while_its_commit_waits_stores_nothing(
     with Session(engine) as session:
         stored = set(session.scalars(select(MailMessage.queue_id)))
     assert stored == {kept.queue_id, after.queue_id}
+
+
+def test_a_stalled_commit_holds_back_no_other_message_on_postgresql(engine: Engine) -> None:
+    """On PostgreSQL two groups may be committing at once: a message whose commit is held
+    up (here by another transaction's lock on its row) does not hold back the messages
+    after it. On SQLite, with its one writer, the next message waits, and both are
+    stored once the lock goes."""
+    committer = GroupCommitter(engine)
+    stalled = Incoming(queue_id=new_queue_id(), sender="a@sender.test", body=b"x", recipients=[])
+    nextone = Incoming(queue_id=new_queue_id(), sender="b@sender.test", body=b"y", recipients=[])
+    with engine.connect() as blocker:
+        if engine.dialect.name == "sqlite":
+            blocker.execution_options(begin_immediate=True)
+            blocker.begin()  # BEGIN IMMEDIATE: the one write lock
+        else:
+            blocker.begin()
+            store(blocker, [stalled])  # the same queue id, not committed: its row is locked
+        committer.start()
+        try:
+            first = committer.submit(stalled)
+            deadline = time.monotonic() + 10
+            while not first.running() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            second = committer.submit(nextone)
+            with contextlib.suppress(FutureTimeout):
+                second.result(timeout=0.5 if engine.dialect.name == "sqlite" else 10)
+            seen = first.running(), first.done(), second.done()
+        finally:
+            blocker.rollback()
+            committer.stop()
+    first.result(timeout=0)
+    second.result(timeout=0)
+    # The first was being committed; the second was stored while the first waited, on
+    # PostgreSQL only.
+    assert seen == (True, False, engine.dialect.name == "postgresql")
+    with Session(engine) as session:
+        stored = set(session.scalars(select(MailMessage.queue_id)))
+    assert stored == {stalled.queue_id, nextone.queue_id}
 
 
 def test_every_connection_of_the_gateway_commits_durably(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import imaplib
 import re
 import socket
@@ -233,9 +234,12 @@ def _fields(raw: bytes) -> dict[str, str]:
     return fields
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _decoded(value: str) -> str:
     """``header_text`` where there is anything to decode (most values are plain)."""
-    if "=?" in value or not value.isascii() or any(ord(c) < 32 for c in value):
+    if "=?" in value or not value.isascii() or _CONTROL.search(value):
         return header_text(value)
     return value
 
@@ -264,13 +268,19 @@ _COMMON_DATE = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=64)
+def _zone(sign: str, hours: str, minutes: str) -> timezone:
+    """The time zone of a Date header's offset (a page holds few of them)."""
+    offset = timedelta(hours=int(hours), minutes=int(minutes))
+    return timezone(-offset if sign == "-" else offset)
+
+
 def _date(value: str) -> datetime | None:
     """A Date header: the common form read directly (fifty a page), others by the email
     package; None when it cannot be read."""
     found = _COMMON_DATE.fullmatch(value)
     if found and found.group(2) in _MONTHS:
         day, month, year, hour, minute, second, sign, zone_h, zone_m = found.groups()
-        offset = timedelta(hours=int(zone_h), minutes=int(zone_m))
         with contextlib.suppress(ValueError, OverflowError):
             return datetime(
                 int(year),
@@ -279,7 +289,7 @@ def _date(value: str) -> datetime | None:
                 int(hour),
                 int(minute),
                 int(second or 0),
-                tzinfo=timezone(-offset if sign == "-" else offset),
+                tzinfo=_zone(sign, zone_h, zone_m),
             )
     with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
         return parsedate_to_datetime(value)

@@ -138,27 +138,33 @@ class StandbyIMAP:
     master_password: str
     ca_file: str | None = None
     timeout: float = IMAP_TIMEOUT
+    tls: bool | None = None  # None: unless the store is on loopback
 
     @classmethod
     def from_config(cls, config: Config) -> StandbyIMAP | None:
-        """From [standby] imap, master_user and master_password; None when not all set."""
+        """From [standby] imap, master_user, master_password, imap_tls and ca_file (as the
+        webmail reads them); None when not all needed are set."""
         standby = config.standby
         if not (standby.get("imap") and standby.get("master_password")):
             return None
         host, _, port = str(standby["imap"]).rpartition(":")
+        tls = standby.get("imap_tls")
         return cls(
             host.strip("[]"),
             int(port),
             standby.get("master_user", "portal"),
             standby["master_password"],
-            config.gateway.get("ca_file"),
+            standby.get("ca_file"),
+            tls=None if tls is None else bool(tls),
         )
 
-    def _loopback(self) -> bool:
+    def _uses_tls(self) -> bool:
+        if self.tls is not None:
+            return self.tls
         try:
-            return ipaddress.ip_address(self.host).is_loopback
+            return not ipaddress.ip_address(self.host).is_loopback
         except ValueError:
-            return self.host == "localhost"
+            return self.host != "localhost"
 
     @contextlib.contextmanager
     def mailbox(self, address: str) -> Iterator[IMAPClient]:
@@ -171,7 +177,7 @@ class StandbyIMAP:
         except (OSError, IMAPClientError) as error:
             raise StoreUnavailable(f"{self.host}:{self.port}: {error}") from error
         try:
-            if not self._loopback():
+            if self._uses_tls():
                 # The master password never crosses the network in clear.
                 if not client.has_capability("STARTTLS"):
                     raise StoreUnavailable(f"{self.host}:{self.port} offers no STARTTLS")

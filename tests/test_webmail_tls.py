@@ -4,6 +4,7 @@ TLS required (deploy/dovecot/dovecot.conf's setup for a portal on another host).
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from continuity.localslapd import make_test_ca
+from gateway.retention import StandbyIMAP
+from gateway.standby_users import write_users_file
+from roster.config import Config
 from tests.portal_support import Portal, text
 from tests.servers.dovecot import DovecotServer
 from tests.webmail_support import mail, webmail_world
@@ -61,3 +65,34 @@ def test_the_webmail_reads_the_store_over_tls_and_checks_its_certificate(
         assert page.status_code == 503
         assert "Over TLS" not in text(page)
         assert "cannot be opened right now" in text(page)
+
+
+def test_retention_reads_the_store_with_the_webmails_tls_settings(
+    tls_store: tuple[DovecotServer, Path],
+) -> None:
+    """The daily retention signs in to the store as the webmail does: over TLS, the
+    certificate checked against [standby] ca_file. [gateway] ca_file (the primaries'
+    CA) is not the store's: it used to be the one read, and the store was refused."""
+    store, ca = tls_store
+    write_users_file(store.users_file, ["keeper@acme.test"])
+    time.sleep(1.1)  # Dovecot looks at the users file at most once a second
+    standby = {
+        "imap": f"{store.imap[0]}:{store.imap[1]}",
+        "master_user": store.master_user,
+        "master_password": store.master_password,
+        "imap_tls": True,
+    }
+    reading = StandbyIMAP.from_config(
+        Config(database_url="sqlite://", standby={**standby, "ca_file": str(ca)})
+    )
+    assert reading is not None
+    with reading.mailbox("keeper@acme.test") as client:
+        assert client.select_folder("INBOX")[b"EXISTS"] == 0
+    assert any(", TLS," in line for line in logins_of(store, "keeper@acme.test"))
+
+    primaries_ca = StandbyIMAP.from_config(
+        Config(database_url="sqlite://", standby=standby, gateway={"ca_file": str(ca)})
+    )
+    assert primaries_ca is not None
+    with pytest.raises(ssl.SSLCertVerificationError), primaries_ca.mailbox("keeper@acme.test"):
+        pass

@@ -30,6 +30,10 @@ log = logging.getLogger("continuity.gateway")
 COPY_BACKOFF_SECONDS = (10, 30, 60, 300, 900)
 BATCH = 50
 USERS_FILE_SETTLE_SECONDS = 2
+# The gateway that writes the users file looks at the roster this often (service.py);
+# a gateway that does not write it gives a refused copy one more try after that.
+USERS_REFRESH_SECONDS = 10.0
+ANOTHER_WRITER_SECONDS = USERS_REFRESH_SECONDS + USERS_FILE_SETTLE_SECONDS + 3
 RECORD_EVERY = 10  # outcomes written per transaction
 
 
@@ -114,14 +118,10 @@ class Copier:
         # Outcomes are written a few at a time, in one transaction each: a transaction
         # per copy queued the copiers on SQLite's one writer (copies ran at 0.43 of
         # Dovecot's rate). A crash can repeat at most the copies not yet written.
-        outcomes: list[tuple[Copy, CopyResult, bool]] = []
+        outcomes: list[tuple[Copy, CopyResult, float | None]] = []
         for copy in copies:
             result = self._copy(copy)
-            # Refused as unknown, but the person may have been covered a moment ago: when
-            # writing the users file changes it, try again once Dovecot has read it (it
-            # looks at the file at most once a second).
-            again = result.permanent and self.users.refresh()
-            outcomes.append((copy, result, again))
+            outcomes.append((copy, result, self._again_in(copy, result)))
             if len(outcomes) >= RECORD_EVERY:
                 self._record(outcomes)
                 outcomes = []
@@ -132,14 +132,31 @@ class Copier:
     def _copy(self, copy: Copy) -> CopyResult:
         return self.store.deliver(copy.body, [copy.mailbox], sender=copy.sender)[copy.mailbox]
 
-    def _record(self, outcomes: list[tuple[Copy, CopyResult, bool]]) -> None:
+    def _again_in(self, copy: Copy, result: CopyResult) -> float | None:
+        """Seconds until a copy refused as unknown is tried once more, or None.
+
+        A copy is made only for a person the roster covers, so the store refusing the
+        mailbox means its users file lags the roster: the person was covered a moment
+        ago. When writing the file changes it, once Dovecot has read it (it looks at the
+        file at most once a second); when another gateway writes it, once after its next
+        look at the roster.
+        """
+        if not result.permanent:
+            return None
+        if self.users.refresh():
+            return USERS_FILE_SETTLE_SECONDS
+        if self.users.path is None and copy.attempts == 0:
+            return ANOTHER_WRITER_SECONDS
+        return None
+
+    def _record(self, outcomes: list[tuple[Copy, CopyResult, float | None]]) -> None:
         now = utcnow()
         rows = []
-        for copy, result, retry_soon in outcomes:
+        for copy, result, again_in in outcomes:
             if result.copied:
                 status, retry = COPY_DONE, None
-            elif retry_soon:
-                status, retry = COPY_PENDING, now + timedelta(seconds=USERS_FILE_SETTLE_SECONDS)
+            elif again_in is not None:
+                status, retry = COPY_PENDING, now + timedelta(seconds=again_in)
             elif result.permanent:
                 status, retry = COPY_FAILED, None
             else:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from gateway.callout import Callout
 from gateway.commit import GroupCommitter, make_durable
-from gateway.copier import Copier, UsersFile
+from gateway.copier import USERS_REFRESH_SECONDS, Copier, UsersFile
 from gateway.limits import ClientLimits, GatewayLimits
 from gateway.listener import ClosingController
 from gateway.monitor import Monitor
@@ -39,7 +39,6 @@ from roster.queue import worker_name
 
 log = logging.getLogger("continuity.gateway")
 
-USERS_REFRESH_SECONDS = 10.0
 RETENTION_CHECK_SECONDS = 3600.0
 
 

@@ -17,24 +17,27 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 from imapclient import IMAPClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from continuity.localslapd import free_port, make_test_ca
 from gateway.commit import GroupCommitter
+from gateway.copier import ANOTHER_WRITER_SECONDS
 from gateway.service import Gateway
+from gateway.standby_users import refresh_users_file, write_users_file
 from roster.config import Config
 from roster.db import make_engine, session_factory, transaction
 from roster.domains import add_domain, parse_primary
 from roster.models import (
     BOUNCED,
     COPY_DONE,
+    COPY_FAILED,
     COPY_PENDING,
     DEFERRED,
     DELIVERED,
@@ -488,6 +491,74 @@ def test_covered_people_find_their_mail_in_the_standby_store(
         "carla@beta.test",
         "sales@acme.test",
     ]
+
+
+def test_a_gateway_that_does_not_write_the_users_file_tries_a_refused_copy_once_more(
+    engine: Engine,
+    database_url: str,
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    """With several gateways, one writes the store's users file. Another one's copy for a
+    person covered a moment ago, refused as unknown because the file lags the roster,
+    is tried again after the writer's next look at the roster (it was failed for good,
+    and the person's standby mailbox missed the message); refused again, it fails."""
+    primary, relay = Primary().start(), Primary().start()
+    people(engine, primary.port)
+    write_users_file(standby_store.users_file, ["someone-else@acme.test"])
+    time.sleep(1.1)  # Dovecot looks at the users file at most once a second
+    base = gateway_config(database_url, relay.port, copy_workers=1)
+    config = Config(
+        database_url=base.database_url,
+        gateway=base.gateway,
+        outbound=base.outbound,
+        standby={"lmtp": f"{standby_store.lmtp[0]}:{standby_store.lmtp[1]}"},
+    )
+    running = Gateway(config, engine=engine, idle=0.05)
+    running.start()
+    mail = Mail(engine, running, primary, relay)
+    try:
+        subject = f"lagging {secrets.token_hex(4)}"
+        mail.send(["ana@acme.test"], subject=subject)
+        mail.wait(lambda: [c.attempts for c in copies(engine)] == [1])
+        (refused,) = copies(engine)
+        assert refused.status == COPY_PENDING
+        wait = (refused.next_attempt_at - datetime.now(UTC)).total_seconds()
+        assert 10 < wait <= ANOTHER_WRITER_SECONDS
+        # The writing gateway's next look at the roster puts Ana in the file.
+        write_users_file(standby_store.users_file, ["someone-else@acme.test", "ana@acme.test"])
+        time.sleep(1.1)
+        due_now(engine)
+        mail.wait(lambda: [c.status for c in copies(engine)] == [COPY_DONE])
+        assert standby_subjects(standby_store, "ana@acme.test").count(subject) == 1
+
+        # Not in the file however long one waits: the second refusal is final.
+        write_users_file(standby_store.users_file, ["someone-else@acme.test"])
+        time.sleep(1.1)
+        mail.send(["ana@acme.test"], subject="never")
+        mail.wait(lambda: [c.attempts for c in copies(engine)][1:] == [1])
+        due_now(engine)
+        mail.wait(lambda: [c.status for c in copies(engine)] == [COPY_DONE, COPY_FAILED])
+    finally:
+        running.stop()
+        primary.stop()
+        relay.stop()
+        refresh_users_file_from(engine, standby_store)
+
+
+def due_now(engine: Engine) -> None:
+    """Every pending standby copy due now (time passes, without waiting it)."""
+    with Session(engine) as session, session.begin():
+        session.execute(
+            update(StandbyCopy)
+            .where(StandbyCopy.status == COPY_PENDING)
+            .values(next_attempt_at=datetime.now(UTC))
+        )
+
+
+def refresh_users_file_from(engine: Engine, store: DovecotServer) -> None:
+    """The users file back to the roster's covered people (for the tests after)."""
+    with Session(engine) as session:
+        refresh_users_file(session, store.users_file)
 
 
 def test_a_standby_store_that_is_down_delays_the_copy_never_the_primary(

@@ -17,6 +17,13 @@ from markupsafe import Markup, escape
 from portal.webmail import bp
 from portal.webmail.imap import Summary
 
+# A paperclip drawn, not the emoji: a browser without an emoji font shows an empty box.
+_CLIP = (
+    '<svg aria-hidden="true" focusable="false" width="12" height="14" viewBox="0 0 12 14">'
+    '<path d="M8.5 3.5v6a2.5 2.5 0 0 1-5 0v-7a1.5 1.5 0 0 1 3 0v6.5a.5.5 0 0 1-1 0V4"'
+    ' fill="none" stroke="currentColor" stroke-width="1.2" stroke-linecap="round"/></svg>'
+)
+
 
 def _when(summary: Summary) -> str:
     if summary.date is None:
@@ -41,7 +48,7 @@ def folder_rows(messages: Sequence[Summary], link_base: str, to_people: bool) ->
     marks = {
         "unread": (_("Unread"), "mark unread-mark", "●"),
         "flagged": (_("Flagged"), "mark flag", "⚑"),
-        "attachment": (_("Has attachments"), "mark clip", "📎"),
+        "attachment": (_("Has attachments"), "mark clip", _CLIP),
         "answered": (_("Answered"), "mark answered", "↩"),
     }
     mark_html = {

@@ -138,6 +138,8 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # aiosmtpd logs every SMTP command, addresses included, at INFO: only with -vv.
+    logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     ctx.obj = State(config_path, verbose)
     ctx.call_on_close(ctx.obj.close)
 

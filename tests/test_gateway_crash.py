@@ -302,3 +302,29 @@ def test_two_gateways_share_the_queue_and_one_finishes_the_others_work(
     duplicates = sum(count - 1 for count in at_primary.values() if count > 1)
     print(f"\nduplicates after killing one of two gateways: {duplicates}")
     assert duplicates <= 4  # only what the killed gateway had in flight (one per runner)
+
+
+def test_the_journal_gets_a_line_per_message_and_no_line_per_smtp_command(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    """`continuity -v gateway` (as deploy/continuity-gateway.service runs it) logs one
+    line per message received and per delivery, with its queue id, and not aiosmtpd's
+    line per SMTP command (every address of every session); -vv adds those."""
+    primary, relay = Primary().start(), Primary().start()
+    people(engine, primary.port)
+    port = free_port()
+    config = write_config(tmp_path / "gateway.toml", database_url, port, relay.port)
+    gateway = GatewayProcess(config, port, tmp_path / "gateway.log")
+    try:
+        gateway.start()
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
+            smtp.sendmail("journal@sender.test", ["ana@acme.test"], b"Subject: j\r\n\r\nhi\r\n")
+        primary.handler.wait_for(1)
+    finally:
+        gateway.stop()
+        primary.stop()
+        relay.stop()
+    log = gateway.log.read_text(errors="replace")
+    assert re.search(r"event=received .*queue_id=", log), log[-2000:]
+    assert "event=delivery" in log, log[-2000:]
+    assert "MAIL FROM:<journal@sender.test>" not in log, log[-2000:]

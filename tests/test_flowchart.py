@@ -693,3 +693,58 @@ def test_every_series_has_its_own_pattern_and_legend(english: None) -> None:
     for label in ("Delivered", "Via Continuity", "Deferred", "Bounced", "Continuity event"):
         assert label in written
     assert {r.get("fill") for r in bars(svg)} == set(flowchart.FILLS.values())
+
+
+def _box(node: ElementTree.Element) -> tuple[float, float, float, float]:
+    """Where a <text> of the chart is drawn: left, top, right, bottom, from its position,
+    anchor and size (the builder's own generous width estimate: 0.6 em a character)."""
+    x, y = float(node.get("x", 0)), float(node.get("y", 0))
+    size = float(node.get("font-size", flowchart.FONT))
+    width = len("".join(node.itertext())) * size * 0.6
+    left = x - width / 2 if node.get("text-anchor") == "middle" else x
+    return left, y - size, left + width, y + 0.25 * size
+
+
+def test_event_labels_and_edges_keep_off_the_totals(english: None) -> None:
+    """Regression: a short event on the day of the tallest bar drew its dashed edges
+    through that bar's total (the README tour's mail-flow picture), a bar as tall as the
+    axis put its total among the event labels, and a label pushed left to stay inside
+    the picture was written over the one before it. The labels now have a band of their
+    own above every total, an edge stops short of a total's digits, and labels never
+    overlap: the third event, crowded at the right edge, gets none (the list under the
+    chart names it)."""
+    now = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
+    totals = [{"delivered": 10}] * 14
+    totals[13] = {"delivered": 52, "continuity": 8}  # 60: the top of the axis exactly
+    totals[11] = {"delivered": 40}
+    events = [
+        # across two days, edges in the middle of day 11's and day 12's bars
+        FlowEvent(1, datetime(2026, 11, 28, 11, 50, tzinfo=UTC), now.replace(day=29), "x"),
+        FlowEvent(2, now.replace(hour=11, minute=55), now.replace(hour=12, minute=5), "y"),
+        FlowEvent(3, now.replace(hour=12), None, "z"),  # open, on today's bar
+    ]
+    flow = flow_of_days(totals, events)
+    svg = parse(chart_svg(flow, chart_words("acme.test", flow, "en")))
+    labels = [_box(t) for t in svg.iter(f"{SVG_NS}text") if t.get("class") == "mf-label"]
+    figures_drawn = [t for t in svg.iter(f"{SVG_NS}text") if t.get("class") == "mf-total"]
+    width = float(svg.get("viewBox", "").split()[2])
+    assert len(labels) == 2
+    assert all(box[0] >= 0 and box[2] <= width for box in labels)
+    first, second = sorted(labels)
+    assert first[2] <= second[0] or first[3] <= second[1] or second[3] <= first[1]
+    assert sorted("".join(t.itertext()) for t in figures_drawn) == ["10"] * 12 + ["40", "60"]
+    boxes = [_box(t) for t in figures_drawn]
+    assert max(label[3] for label in labels) < min(box[1] for box in boxes)
+    edges = [line for line in svg.iter(f"{SVG_NS}line") if line.get("stroke") == flowchart.BAND_INK]
+    crossing = [
+        (line.get("x1"), line.get("y1"), line.get("y2"))
+        for line in edges
+        for left, upper, right, lower in boxes
+        if left <= float(line.get("x1", 0)) <= right
+        and float(line.get("y1", 0)) < lower
+        and float(line.get("y2", 0)) > upper
+    ]
+    assert crossing == []
+    # The edges are still drawn, above and below each figure they pass.
+    assert len({line.get("x1") for line in edges}) == 5
+    assert len(edges) > 4

@@ -54,10 +54,14 @@ COLOURS = {
 WIDTH = 760
 LEFT, RIGHT = 72, 16
 LEGEND_ROW = 20
-LABEL_ROWS = 2  # rows for event labels above the plot
+LABEL_ROWS = 2  # rows for event labels, in a band of their own above the plot
+LABEL_ROW = 16
+TOTAL_ROOM = 16  # between the labels and the plot: a full bar's total stays out of the labels
 PLOT_HEIGHT = 220
 BOTTOM = 46
 FONT = 12
+LABEL_FONT = 11  # an event's label
+TOTAL_FONT = 11  # a bar's total
 MIN_SEGMENT = 1.0  # px: a non-zero figure never vanishes beside a huge day
 
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -239,10 +243,26 @@ def _legend(words: ChartWords) -> tuple[list[str], int]:
     return parts, (row + 1) * LEGEND_ROW + 6
 
 
+@dataclass(frozen=True)
+class _Total:
+    """A bar's total written above it, and the box its digits take."""
+
+    x: float  # the centre
+    y: float  # the baseline
+    text: str
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """Left, top, right and bottom, with a pixel or two of air."""
+        half = _text_width(self.text, TOTAL_FONT) / 2 + 2
+        return self.x - half, self.y - TOTAL_FONT, self.x + half, self.y + 3
+
+
 def chart_svg(flow: MailFlow, words: ChartWords) -> Markup:
     """The chart as an inline ``<svg>`` element (safe to place in the page as it is)."""
     legend, legend_height = _legend(words)
-    top = legend_height + LABEL_ROWS * 16 + 4
+    labels_bottom = legend_height + LABEL_ROWS * LABEL_ROW + 4
+    top = labels_bottom + TOTAL_ROOM
     bottom = top + PLOT_HEIGHT
     height = bottom + BOTTOM
     plot_width = WIDTH - LEFT - RIGHT
@@ -255,6 +275,24 @@ def chart_svg(flow: MailFlow, words: ChartWords) -> Markup:
     def x_at(moment: datetime) -> float:
         seconds = (min(max(moment, flow.start), flow.end) - flow.start).total_seconds()
         return LEFT + plot_width * seconds / span
+
+    # Each day's segments, bottom up, and its total above them (when there is room).
+    every = max(1, math.ceil(44 / slot))  # a day label needs about 44 px
+    bar = slot * 0.64
+    segments: list[list[tuple[str, float, float]]] = []  # per day: (flow, y, height)
+    totals: list[_Total] = []
+    for n, day in enumerate(flow.days):
+        y = float(bottom)
+        stack = []
+        for flow_name in FLOWS:
+            value = day.count(flow_name)
+            if value:
+                height_px = max(value * scale, MIN_SEGMENT)
+                y -= height_px
+                stack.append((flow_name, y, height_px))
+        segments.append(stack)
+        if day.total and slot >= 30:
+            totals.append(_Total(LEFT + (n + 0.5) * slot, y - 4, number(day.total, words.locale)))
 
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="mail-flow-chart" role="img"'
@@ -269,7 +307,7 @@ def chart_svg(flow: MailFlow, words: ChartWords) -> Markup:
         f'<rect width="{WIDTH}" height="{height}" fill="{WHITE}"/>',
         *legend,
     ]
-    out += _bands(flow, words, x_at, top, bottom)
+    out += _bands(flow, words, x_at, labels_bottom, bottom, totals)
     for value in axis:
         y = bottom - value * scale
         out.append(
@@ -278,34 +316,27 @@ def chart_svg(flow: MailFlow, words: ChartWords) -> Markup:
             f'<text x="{LEFT - 6}" y="{_n(y + 4)}" text-anchor="end" fill="{MUTED}">'
             f"{escape(number(value, words.locale))}</text>"
         )
-    every = max(1, math.ceil(44 / slot))  # a day label needs about 44 px
-    bar = slot * 0.64
-    for n, day in enumerate(flow.days):
+    for n, stack in enumerate(segments):
         left = LEFT + n * slot + (slot - bar) / 2
-        centre = LEFT + (n + 0.5) * slot
-        y = float(bottom)
-        for flow_name in FLOWS:
-            value = day.count(flow_name)
-            if not value:
-                continue
-            height_px = max(value * scale, MIN_SEGMENT)
-            y -= height_px
+        for flow_name, y, height_px in stack:
+            value = flow.days[n].count(flow_name)
             tip = f"{words.day_labels[n]}: {words.series[flow_name]} {number(value, words.locale)}"
             out.append(
                 f'<rect x="{_n(left)}" y="{_n(y)}" width="{_n(bar)}" height="{_n(height_px)}"'
                 f' fill="{FILLS[flow_name]}" stroke="{WHITE}" stroke-width="0.75">'
                 f"<title>{escape(tip)}</title></rect>"
             )
-        if day.total and slot >= 30:
-            out.append(
-                f'<text x="{_n(centre)}" y="{_n(y - 4)}" text-anchor="middle" fill="{INK}"'
-                f' font-size="11">{escape(number(day.total, words.locale))}</text>'
-            )
         if n % every == 0 or n == days - 1:
             out.append(
-                f'<text x="{_n(centre)}" y="{bottom + 16}" text-anchor="middle" fill="{MUTED}"'
+                f'<text x="{_n(LEFT + (n + 0.5) * slot)}" y="{bottom + 16}"'
+                f' text-anchor="middle" fill="{MUTED}"'
                 f' font-size="11">{escape(words.day_labels[n])}</text>'
             )
+    for total in totals:
+        out.append(
+            f'<text class="mf-total" x="{_n(total.x)}" y="{_n(total.y)}" text-anchor="middle"'
+            f' fill="{INK}" font-size="{TOTAL_FONT}">{escape(total.text)}</text>'
+        )
     out.append(
         f'<text x="{_n(LEFT + plot_width / 2)}" y="{height - 8}" text-anchor="middle"'
         f' fill="{INK}">{escape(words.axis_x)}</text>'
@@ -316,15 +347,34 @@ def chart_svg(flow: MailFlow, words: ChartWords) -> Markup:
     return Markup("".join(out))  # noqa: S704 - every piece of text above is escaped
 
 
+def _open_stretches(
+    x: float, top: float, bottom: float, totals: list[_Total]
+) -> list[tuple[float, float]]:
+    """The stretches of a vertical line at ``x`` from ``top`` to ``bottom`` that cross
+    no total's digits (an event's edge passes behind a bar, never through its figure)."""
+    cuts = sorted((box[1], box[3]) for box in (t.box for t in totals) if box[0] <= x <= box[2])
+    stretches, y = [], top
+    for upper, lower in cuts:
+        if upper > y:
+            stretches.append((y, min(upper, bottom)))
+        y = max(y, lower)
+    if y < bottom:
+        stretches.append((y, bottom))
+    return [(a, b) for a, b in stretches if b - a >= 1]
+
+
 def _bands(
     flow: MailFlow,
     words: ChartWords,
     x_at: Callable[[datetime], float],
     top: float,
     bottom: float,
+    totals: list[_Total],
 ) -> list[str]:
-    """The events as shaded bands behind the bars, each with its label above the plot
-    (on a second row when the first is taken there, by its number alone when both are)."""
+    """The events as shaded bands behind the bars, from ``top`` (the foot of the labels'
+    band) down, each with its label in the band above them (on a second row when the
+    first is taken there, by its number alone when both are, none when even that would
+    overlap one); the bars' totals sit below ``top``, so no label meets one."""
     out: list[str] = []
     taken = [float(LEFT) - 1.0] * LABEL_ROWS  # where each label row is free from
     for index, event in enumerate(flow.events):
@@ -342,19 +392,34 @@ def _bands(
         )
         for edge, inside in ((start, event.started_at), (start + width, event.ended_at)):
             if inside is not None and LEFT < edge < WIDTH - RIGHT:
-                out.append(
-                    f'<line x1="{_n(edge)}" x2="{_n(edge)}" y1="{_n(top)}" y2="{_n(bottom)}"'
-                    f' stroke="{BAND_INK}" stroke-width="1" stroke-dasharray="4 3"/>'
-                )
-        shown = label
-        row = next((r for r in range(LABEL_ROWS) if taken[r] < start), None)
-        if row is None:
-            shown, row = str(event.number), LABEL_ROWS - 1
-        x = min(start + 2, WIDTH - RIGHT - _text_width(shown, 11))
-        y = top - 6 - row * 16
-        taken[row] = x + _text_width(shown, 11) + 6
-        out.append(
-            f'<text x="{_n(x)}" y="{_n(y)}" fill="{BAND_INK}" font-size="11"'
-            f' font-weight="600">{escape(shown)}</text></g>'
-        )
+                for upper, lower in _open_stretches(edge, top, bottom, totals):
+                    out.append(
+                        f'<line x1="{_n(edge)}" x2="{_n(edge)}" y1="{_n(upper)}"'
+                        f' y2="{_n(lower)}" stroke="{BAND_INK}" stroke-width="1"'
+                        ' stroke-dasharray="4 3"/>'
+                    )
+        place = _label_place(label, str(event.number), start, taken)
+        if place is not None:
+            shown, x, row = place
+            taken[row] = x + _text_width(shown, LABEL_FONT) + 6
+            out.append(
+                f'<text class="mf-label" x="{_n(x)}" y="{_n(top - 6 - row * LABEL_ROW)}"'
+                f' fill="{BAND_INK}" font-size="{LABEL_FONT}" font-weight="600">'
+                f"{escape(shown)}</text>"
+            )
+        out.append("</g>")
     return out
+
+
+def _label_place(
+    label: str, short: str, start: float, taken: list[float]
+) -> tuple[str, float, int] | None:
+    """Where an event's label goes: its words, else its number alone, at the band's start
+    (kept inside the picture) on the first row free there; None when even the number
+    finds no room (the events are listed in words under the chart)."""
+    for shown in (label, short):
+        x = min(start + 2, WIDTH - RIGHT - _text_width(shown, LABEL_FONT))
+        row = next((r for r in range(LABEL_ROWS) if taken[r] <= x), None)
+        if row is not None:
+            return shown, x, row
+    return None

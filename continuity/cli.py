@@ -843,7 +843,12 @@ def _listen_option(value: str | None) -> str | None:
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--workdir", default=".demo", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="Where the demo keeps everything (default: .demo here, or /var/tmp/continuity-demo"
+    " when Dovecot's users cannot reach this directory, as under /root).",
+)
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="The portal.")
 @click.option(
     "--gateway", "gateway_listen", default="127.0.0.1:2525", show_default=True, help="SMTP in."
@@ -860,7 +865,7 @@ def _listen_option(value: str | None) -> str | None:
 @click.pass_context
 def demo(
     ctx: click.Context,
-    workdir: str,
+    workdir: str | None,
     listen: str,
     gateway_listen: str,
     probe_interval: int,
@@ -868,15 +873,13 @@ def demo(
     no_seed: bool,
 ) -> None:
     """Run the whole product on this machine with demo data, until Ctrl-C."""
-    from pathlib import Path
+    from continuity.demo import DemoError, DemoOptions, demo_workdir, run_demo
 
-    ctx.obj = Path(workdir)
+    ctx.obj = demo_workdir(workdir)
     if ctx.invoked_subcommand is not None:
         return
-    from continuity.demo import DemoError, DemoOptions, run_demo
-
     options = DemoOptions(
-        workdir=Path(workdir),
+        workdir=ctx.obj,
         listen=_listen_option(listen) or listen,
         gateway=host_port_option(gateway_listen, "--gateway"),
         probe_interval=probe_interval,

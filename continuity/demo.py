@@ -38,7 +38,7 @@ from sqlalchemy import Engine, func, select
 from continuity import demo_directory as directory
 from continuity import demo_seed
 from continuity.demo_mail import StandInPrimary, StandInRelay
-from continuity.localdovecot import Dovecot, DovecotError
+from continuity.localdovecot import Dovecot, DovecotError, unreachable_by_others
 from continuity.localslapd import Slapd, SlapdError, _free_ports, die_with_parent, log_tail
 from portal.demo import DemoControl, DemoNotRunning
 from roster import service
@@ -393,9 +393,31 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+# In a directory every user may write to: run_demo takes it only when it is no link and
+# is root's own, and prepare_workdir empties only a directory the demo made.
+SHARED_WORKDIR = Path("/var/tmp/continuity-demo")  # noqa: S108
+
+
+def demo_workdir(given: str | None) -> Path:
+    """The work directory: the one given, else ``.demo`` here, or SHARED_WORKDIR when
+    Dovecot's users cannot reach this directory (a checkout under /root, mode 0700)."""
+    if given:
+        return Path(given)
+    here = Path(".demo")
+    return SHARED_WORKDIR if unreachable_by_others(here.resolve()) else here
+
+
 def run_demo(options: DemoOptions) -> int:
     """Set everything up, then run until SIGINT or SIGTERM; stop everything it started."""
-    workdir = options.workdir.resolve()
+    if os.geteuid() != 0:
+        raise DemoError(
+            "the demo runs slapd and Dovecot under their own users and installs what is"
+            " missing: run it as root (sudo scripts/demo)"
+        )
+    given = options.workdir
+    if given.is_symlink() or (given.exists() and given.lstat().st_uid != os.geteuid()):
+        raise DemoError(f"{given} is a link or another user's: choose another --workdir")
+    workdir = given.resolve()
     _stop_on_signals()
     with ExitStack() as cleanup:
         try:

@@ -276,7 +276,7 @@ class Tour:
         full_page: bool = False,
     ) -> None:
         """Check that the page shows ``text`` in ``selector``, then take its picture
-        (the window, the whole page, or only ``element``) as docs/tour/NAME.png."""
+        (the window, the whole page, or only ``element``) into docs/tour/, named ``name``."""
         self.expect(page, name, selector, text)
         page.evaluate("document.fonts.ready")
         # No blinking caret or focus ring from the last click in the picture.

@@ -27,6 +27,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
+from continuity.demo import SHARED_WORKDIR, demo_workdir
 from continuity.localslapd import free_port
 from roster.db import make_engine
 from roster.models import AuditEvent, Domain
@@ -373,3 +374,33 @@ def test_the_demo_page_exists_only_in_the_demo_and_asks_for_a_sign_in(tmp_path: 
     client = app.test_client()
     assert "/sign-in" in client.get("/demo").headers["Location"]
     assert client.post("/demo/acme.test/outage").status_code == 400  # no CSRF token
+
+
+def test_a_checkout_dovecot_cannot_reach_runs_the_demo_in_var_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cloned under /root (mode 0700), the demo's default work directory would be out of
+    Dovecot's reach: it is /var/tmp/continuity-demo then, for `outage` and `recover` too.
+    A work directory that is a link, or another user's, is refused."""
+    private = tmp_path / "private"
+    (private / "checkout").mkdir(parents=True)
+    private.chmod(0o700)
+    monkeypatch.chdir(private / "checkout")
+    assert demo_workdir(None) == SHARED_WORKDIR
+    open_to_all = Path(tempfile.mkdtemp(prefix="continuity-demo-test-"))
+    try:
+        open_to_all.chmod(0o755)
+        monkeypatch.chdir(open_to_all)
+        assert demo_workdir(None) == Path(".demo")
+        assert demo_workdir("elsewhere") == Path("elsewhere")
+        (open_to_all / "link").symlink_to(open_to_all)
+        result = subprocess.run(
+            [str(COMMAND), "demo", "--workdir", str(open_to_all / "link"), "--no-serve"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert "is a link or another user's" in result.stderr
+    finally:
+        shutil.rmtree(open_to_all, ignore_errors=True)

@@ -231,17 +231,15 @@ def test_the_events_page_lists_counts_and_durations_newest_first_paged(panel: Po
     assert "55 continuity events." in first
     assert len(rows(first)) == 50 and len(rows(second)) == 5
     assert rows(first)[0] == [
-        "2026-11-24 08:00 UTC",
-        "2026-11-24 10:54 UTC",
+        "2026-11-24 08:00 UTC by Continuity (automatic)",
+        "2026-11-24 10:54 UTC by Continuity (automatic)",
         "2 h 54 min",
         "cause 54",
-        "Continuity (automatic)",
-        "Continuity (automatic)",
         "2026-11-24 09:00 UTC",
         "540",
         "540",
     ]
-    assert rows(second)[-1][0] == "2026-10-01 08:00 UTC"
+    assert rows(second)[-1][0] == "2026-10-01 08:00 UTC by Continuity (automatic)"
     assert "Page 1 of 2" in first and f'href="{PAGE}/events?page=2"' in first
     assert "Continuity (automático)" in spanish and "Eventos de Continuity" in spanish
     assert f'id="events-link" href="{PAGE}/events"' in text(admin.get(PAGE))

@@ -2,11 +2,13 @@
 
 The figures are read from the roster at each scrape (roster.metrics), by a collector
 of prometheus-client: any portal worker of any host gives the same answer, whatever the
-number of gateways. Nobody reads them without leave: a request from ``[portal]
-metrics_networks`` (loopback unless set) or with ``Authorization: Bearer`` and
-``[portal] metrics_token``; through a reverse proxy the portal does not trust
-(``trusted_proxies = 0``) only the token counts, since every request then seems to
-come from the proxy's own address.
+number of gateways. Nobody reads them without leave: a request with
+``Authorization: Bearer`` and ``[portal] metrics_token``, or one from a network the
+operator listed in ``[portal] metrics_networks`` (none by default: not even loopback,
+since a reverse proxy on the same host that adds no forwarding header, as nginx's
+``proxy_pass`` or a TCP proxy, makes every request seem to come from 127.0.0.1). A
+request carrying a forwarding header while ``trusted_proxies = 0`` counts as the
+proxy's, so only the token lets it in.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ log = logging.getLogger("continuity.portal")
 F = TypeVar("F", bound=Callable[..., Any])
 REGISTRY = "metrics_registry"
 NETWORKS = "metrics_networks"
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 _FORWARDED = ("X-Forwarded-For", "Forwarded", "X-Real-Ip")
 
 
@@ -384,8 +385,8 @@ def _allowed() -> bool:
 
 
 def monitoring(view: F) -> F:
-    """Only a monitor may call this endpoint: a request from [portal] metrics_networks
-    (loopback by default) or bearing [portal] metrics_token."""
+    """Only a monitor may call this endpoint: a request bearing [portal] metrics_token,
+    or from a network listed in [portal] metrics_networks (none unless listed)."""
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -403,7 +404,9 @@ def init_app(app: Flask) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RosterCollector(app.extensions["roster_sessions"], app.config["CONTINUITY"]))
     app.extensions[REGISTRY] = registry
-    given = app.config["CONTINUITY"].portal.get("metrics_networks", LOOPBACK)
+    # No network unless the operator lists some: loopback is no proof of a local monitor
+    # when a reverse proxy on this host passes requests on without saying so.
+    given = app.config["CONTINUITY"].portal.get("metrics_networks", ())
     app.extensions[NETWORKS] = tuple(ipaddress.ip_network(n, strict=False) for n in given)
 
 

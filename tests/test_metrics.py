@@ -45,18 +45,30 @@ STAFF_PASSWORD = "Staff-Key-9931-Quartz"
 # The stack
 # ---------------------------------------------------------------------------
 def portal_app(database_url: str, **portal: Any) -> Flask:
-    """The portal on the test's roster, as `continuity serve` builds it."""
+    """The portal on the test's roster, as `continuity serve` builds it, with the
+    metrics token (a setting given as None is left out)."""
+    settings = {"secret_key": "s" * 40, "secure_cookies": False, "metrics_token": TOKEN}
+    settings.update(portal)
     config = Config(
         database_url=database_url,
-        portal={"secret_key": "s" * 40, "secure_cookies": False, **portal},
+        portal={key: setting for key, setting in settings.items() if setting is not None},
     )
+    return create_app({"TESTING": True}, config=config)
+
+
+def file_app(path: Path) -> Flask:
+    """The portal as `continuity serve` builds it from a configuration file, with the
+    metrics token added."""
+    config = load_config(path, environ={})
+    config.portal["metrics_token"] = TOKEN
     return create_app({"TESTING": True}, config=config)
 
 
 def scrape(
     client: FlaskClient, **headers: str
 ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """/metrics parsed: (sample name, sorted labels) -> value."""
+    """/metrics parsed (asked with the token): (sample name, sorted labels) -> value."""
+    headers = {"Authorization": "Bearer " + TOKEN, **headers}
     response = client.get("/metrics", headers=headers)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.headers["Content-Type"].startswith("text/plain; version=")
@@ -297,7 +309,7 @@ def test_the_last_sync_run_is_shown(
     directory.add_person("bob", "bob@acme.test")
     assert tool.sync()[0] == 0
 
-    app = create_app({"TESTING": True}, config=load_config(tool.path, environ={}))
+    app = file_app(tool.path)
     try:
         found = scrape(app.test_client())
         assert value(found, "continuity_sync_last_run_success", source="corp") == 1
@@ -315,7 +327,7 @@ def test_the_last_sync_run_is_shown(
 
     tool.configure(source_toml("corp", "ldap://127.0.0.1:9", directory.base_dn, slapd.root_dn, "x"))
     assert tool.sync()[0] == 1
-    app = create_app({"TESTING": True}, config=load_config(tool.path, environ={}))
+    app = file_app(tool.path)
     try:
         found = scrape(app.test_client())
     finally:
@@ -330,21 +342,25 @@ def test_the_last_sync_run_is_shown(
 # Who may read them
 # ---------------------------------------------------------------------------
 def test_metrics_are_for_monitors_only(database_url: str) -> None:
-    """Loopback reads them; another address only with the token or from a network it
-    was given; a request a proxy the portal does not trust passed on needs the token."""
-    plain = portal_app(database_url)
-    with_token = portal_app(database_url, metrics_token=TOKEN)
-    networks = portal_app(database_url, metrics_networks=["10.9.0.0/16"])
+    """Nobody reads them by default, not even loopback (a reverse proxy on the same host
+    that adds no forwarding header makes every request come from 127.0.0.1); the token
+    opens them from anywhere; a network opens them only when listed, loopback included;
+    a request a proxy the portal does not trust passed on needs the token."""
+    plain = portal_app(database_url, metrics_token=None)
+    with_token = portal_app(database_url)
+    networks = portal_app(database_url, metrics_token=None, metrics_networks=["10.9.0.0/16"])
+    loopback = portal_app(
+        database_url, metrics_token=None, metrics_networks=["127.0.0.0/8", "::1/128"]
+    )
     outside = {"REMOTE_ADDR": "203.0.113.7"}
+    forwarded = {"X-Forwarded-For": "203.0.113.7"}
+    right = {"Authorization": "Bearer " + TOKEN}
     try:
-        assert plain.test_client().get("/metrics").status_code == 200
+        # Nothing configured: nobody, whatever the address (a same-host proxy's included).
+        assert plain.test_client().get("/metrics").status_code == 403
+        assert plain.test_client().get("/metrics", headers=right).status_code == 403
         assert plain.test_client().get("/metrics", environ_base=outside).status_code == 403
-        assert (
-            plain.test_client()
-            .get("/metrics", headers={"X-Forwarded-For": "203.0.113.7"})
-            .status_code
-            == 403
-        )
+        assert with_token.test_client().get("/metrics").status_code == 403  # no token sent
         assert with_token.test_client().get("/metrics", environ_base=outside).status_code == 403
         wrong = {"Authorization": "Bearer " + TOKEN[:-1] + "!"}
         assert (
@@ -353,16 +369,26 @@ def test_metrics_are_for_monitors_only(database_url: str) -> None:
             .status_code
             == 403
         )
-        right = {"Authorization": "Bearer " + TOKEN}
         answer = with_token.test_client().get("/metrics", headers=right, environ_base=outside)
         assert answer.status_code == 200 and b"continuity_roster_up 1.0" in answer.data
+        assert (
+            with_token.test_client().get("/metrics", headers={**right, **forwarded}).status_code
+            == 200
+        )
         assert networks.test_client().get("/metrics").status_code == 403  # loopback not listed
         inside = {"REMOTE_ADDR": "10.9.8.7"}
         assert networks.test_client().get("/metrics", environ_base=inside).status_code == 200
-        refused = plain.test_client().get("/metrics", environ_base=outside)
+        # Loopback listed on purpose: it reads them, unless a proxy says it passed it on.
+        assert loopback.test_client().get("/metrics").status_code == 200
+        ipv6 = {"REMOTE_ADDR": "::1"}
+        assert loopback.test_client().get("/metrics", environ_base=ipv6).status_code == 200
+        assert loopback.test_client().get("/metrics", headers=forwarded).status_code == 403
+        assert loopback.test_client().get("/metrics", environ_base=outside).status_code == 403
+        refused = plain.test_client().get("/metrics")
         assert b"continuity_" not in refused.data
+        assert refused.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
     finally:
-        for app in (plain, with_token, networks):
+        for app in (plain, with_token, networks, loopback):
             app.extensions["roster_engine"].dispose()
 
 

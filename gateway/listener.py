@@ -29,38 +29,42 @@ STOP_WAIT_SECONDS = 5.0
 
 
 class Connections:
-    """The open connections of one server, touched only in the server's loop."""
+    """The open connections of one server, by their server object (a connection that
+    turned to TLS keeps its object: aiosmtpd calls ``connection_made`` again for it with
+    the TLS transport), touched only in the server's loop."""
 
     def __init__(self, goodbye: bytes = b"") -> None:
         self.goodbye = goodbye
-        self.open: set[asyncio.Transport] = set()
+        self.open: set[TrackedSMTP] = set()
         self.closing = False
 
-    def made(self, transport: asyncio.BaseTransport) -> None:
+    def made(self, server: TrackedSMTP) -> None:
         """Count a new connection, or drop it at once when the server is stopping."""
-        if not isinstance(transport, asyncio.Transport):
-            return
         if self.closing:
-            self._drop(transport)
+            self._drop(server)
         else:
-            self.open.add(transport)
+            self.open.add(server)
 
-    def lost(self, transport: asyncio.BaseTransport | None) -> None:
+    def lost(self, server: TrackedSMTP) -> None:
         """Forget a connection that ended."""
-        if isinstance(transport, asyncio.Transport):
-            self.open.discard(transport)
+        self.open.discard(server)
 
     def close_all(self) -> None:
         """From now on, no connection stays open; the ones open now are dropped."""
         self.closing = True
-        for transport in list(self.open):
-            self._drop(transport)
+        for server in list(self.open):
+            self._drop(server)
 
-    def _drop(self, transport: asyncio.Transport) -> None:
-        if self.goodbye and not transport.is_closing():
-            transport.write(self.goodbye)  # a send that fails is the transport's own affair
-        transport.abort()
-        self.open.discard(transport)
+    def _drop(self, server: TrackedSMTP) -> None:
+        self.open.discard(server)
+        current = server.transport  # the TLS one after STARTTLS
+        if current is None:
+            return
+        if self.goodbye and not current.is_closing():
+            current.write(self.goodbye)  # type: ignore[attr-defined]  # a send that fails is the transport's own affair
+        socket_transport = server.socket_transport
+        if socket_transport is not None:
+            socket_transport.abort()
 
 
 class TrackedSMTP(SMTP):
@@ -70,14 +74,28 @@ class TrackedSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self._connections = connections
 
+    @property
+    def tls_started(self) -> bool:
+        """True once STARTTLS began: aiosmtpd then calls ``connection_made`` a second
+        time, with the TLS transport, for the same connection."""
+        return self._original_transport is not None
+
+    @property
+    def socket_transport(self) -> asyncio.Transport | None:
+        """The transport of the socket itself (under TLS, the one below it)."""
+        found = self._original_transport or self.transport
+        return found if isinstance(found, asyncio.Transport) else None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Counted (or dropped at once, when the server is stopping)."""
+        """Counted once per connection (or dropped at once, when the server is stopping)."""
+        again = self.tls_started
         super().connection_made(transport)
-        self._connections.made(transport)
+        if not again:
+            self._connections.made(self)
 
     def connection_lost(self, error: Exception | None) -> None:
         """No longer counted."""
-        self._connections.lost(self.transport)
+        self._connections.lost(self)
         super().connection_lost(error)
 
 

@@ -268,8 +268,13 @@ class GatewaySMTP(TrackedSMTP):
         self._counted: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Count the client's connection; over its limit, the greeting becomes a 421."""
+        """Count the client's connection; over its limit, the greeting becomes a 421.
+        Once: STARTTLS calls this again for the same connection (counting it twice left
+        a busy TLS sender with one connection fewer after each session)."""
+        again = self.tls_started
         super().connection_made(transport)
+        if again:
+            return
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         refusal = self._gateway.limits.open_connection(address)

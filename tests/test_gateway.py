@@ -653,6 +653,49 @@ def test_starttls_in_and_a_verified_primary_out(
         relay.stop()
 
 
+def test_tls_sessions_leave_a_busy_sender_its_whole_connection_limit(
+    engine: Engine, database_url: str, certificates: tuple[Path, Path, Path]
+) -> None:
+    """STARTTLS makes aiosmtpd announce the same connection a second time: counted twice
+    and given back once, each TLS session left its sender one connection fewer, until a
+    busy sender could hold one at a time. After several TLS sessions a client still has
+    its whole limit, and the server counts no connection that has ended."""
+    ca, cert, key = certificates
+    primary, relay = Primary().start(), Primary().start()
+    people(engine, primary.port)
+    config = gateway_config(
+        database_url,
+        relay.port,
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
+        max_connections_per_client=2,
+    )
+    running = Gateway(config, engine=engine, idle=0.05)
+    running.limits.exempt = lambda _client: False  # type: ignore[method-assign]  # loopback as a remote client
+    running.start()
+    try:
+        for number in range(3):
+            with smtplib.SMTP("127.0.0.1", running.settings.port) as client:
+                client.starttls(context=ssl.create_default_context(cafile=str(ca)))
+                client.sendmail(
+                    "tls@sender.test", ["ana@acme.test"], f"Subject: {number}\r\n\r\nx\r\n"
+                )
+        with (
+            socket.create_connection(("127.0.0.1", running.settings.port), timeout=10) as one,
+            socket.create_connection(("127.0.0.1", running.settings.port), timeout=10) as two,
+        ):
+            assert one.recv(100).startswith(b"220") and two.recv(100).startswith(b"220")
+        assert running.controller is not None
+        deadline = time.monotonic() + 10
+        while running.controller.connections.open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running.controller.connections.open == set()
+    finally:
+        running.stop()
+        primary.stop()
+        relay.stop()
+
+
 def test_the_sender_is_told_of_a_delay_once_and_of_the_end(mail: Mail) -> None:
     """A message waiting past the warning time gets one delay notice; past its lifetime
     it is given up with a failure notice (both through the relay, from the null sender)."""

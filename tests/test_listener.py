@@ -37,43 +37,60 @@ def unclosed_transports() -> Iterator[list[str]]:
     found.extend(str(w.message) for w in caught if "unclosed" in str(w.message))
 
 
-def _hammer(port: int, stop: threading.Event, replies: list[bytes]) -> None:
-    """Connect again and again until told to stop, reading what the server says."""
+def _hammer(
+    port: int, stop: threading.Event, greeted: threading.Semaphore, ends: list[bytes]
+) -> None:
+    """Connect again and again until told to stop; ``ends`` gets how each connection the
+    server took ended: its last line, b"" for a close, b"HUNG" when nothing came."""
     while not stop.is_set():
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
-                client.settimeout(5)
-                data = b""
+            client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            continue  # refused once the server stopped listening: the loop ends soon
+        with client:
+            client.settimeout(20)
+            data = b""
+            try:
                 while chunk := client.recv(1024):
                     data += chunk
-                    if data.endswith(b"\r\n") and b"421" in data:
+                    if data.startswith(b"220") and data.count(b"\r\n") == 1:
+                        greeted.release()
+                    if b"421" in data:
                         break
-                replies.append(data)
-        except OSError:
-            pass  # refused once the server stopped listening: the next round ends
+            except TimeoutError:
+                ends.append(b"HUNG")
+                continue
+            except OSError:
+                pass  # reset: the server dropped it
+            ends.append(data.rsplit(b"\r\n", 2)[-2] if b"\r\n" in data else data)
 
 
 def test_a_server_stopped_under_a_stream_of_connections_leaves_none_open() -> None:
-    """Ten stops, each with clients connecting as fast as they can: every connection
-    the server accepted ends (the client sees the 421 and the close, not a hang), and
-    no socket is left for the garbage collector."""
+    """Ten stops, each with clients connecting as fast as they can: every connection the
+    server took ends at once (a 421 or a close, never a client left waiting), those that
+    were greeted hear the 421, and no socket is left for the garbage collector."""
     with unclosed_transports() as leaked:
         for _ in range(10):
             server = _Server(Sink(), hostname="127.0.0.1", port=free_port(), goodbye=b"421 bye\r\n")
             server.start()
             stop = threading.Event()
-            replies: list[bytes] = []
+            greeted = threading.Semaphore(0)
+            ends: list[bytes] = []
             clients = [
-                threading.Thread(target=_hammer, args=(server.port, stop, replies))
+                threading.Thread(target=_hammer, args=(server.port, stop, greeted, ends))
                 for _ in range(4)
             ]
             for client in clients:
                 client.start()
+            for _ in range(4):  # every client holds a greeted connection: stop under load
+                assert greeted.acquire(timeout=10)
             server.stop()
             stop.set()
             for client in clients:
-                client.join(10)
-                assert not client.is_alive(), "a client still waits on a stopped server"
+                client.join(30)
+                assert not client.is_alive()
+            assert b"HUNG" not in ends
+            assert ends.count(b"421 bye") >= 4, ends
     assert leaked == [], "\n".join(leaked)
 
 

@@ -34,6 +34,7 @@ from roster.models import (
     MailRecipient,
     utcnow,
 )
+from roster.queue import queue_id_floor
 
 DAYS = 14
 MAX_DAYS = 92  # [gateway] tracking_days' default: the queue keeps no older rows
@@ -56,23 +57,11 @@ _FLOW: dict[tuple[str, bool], str] = {
     (BOUNCED, True): FLOW_BOUNCED,
 }
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # roster.queue's alphabet
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 
 def flow_of(status: str, via_continuity: bool) -> str:
     """What the chart counts a recipient in this queue state as (an unknown state: not
     delivered yet)."""
     return _FLOW.get((status, bool(via_continuity)), FLOW_DEFERRED)
-
-
-def queue_id_floor(moment: datetime) -> str:
-    """The smallest queue id ``new_queue_id`` can make at ``moment`` (its millisecond,
-    random bits all zero): every id made before sorts below it, every id made at or
-    after it, not below."""
-    millis = (moment - _EPOCH) // timedelta(milliseconds=1)
-    value = millis << 52
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(95, -1, -5))
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from roster.models import (
     SyncRun,
     utcnow,
 )
-from roster.queue import _CROCKFORD
+from roster.queue import queue_id_floor
 from roster.syncruns import RUNNING, SyncHealth, sync_health
 
 # The lease the gateways' monitor holds and renews about every second while its gateway
@@ -333,13 +333,6 @@ def standby_copies(connection: Connection, names: dict[int, str]) -> list[Waitin
         ),
         key=lambda item: item.domain,
     )
-
-
-def queue_id_floor(moment: datetime) -> str:
-    """The smallest queue id given out at ``moment`` or later: a queue id begins with the
-    milliseconds of its making (roster.queue.new_queue_id), so ids sort by time."""
-    value = int(moment.timestamp() * 1000) << 52
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(95, -1, -5))
 
 
 def last_hour(

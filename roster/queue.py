@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
@@ -68,6 +68,21 @@ def new_queue_id(now: float | None = None) -> str:
     """A 20-character id that sorts by time: 48 bits of milliseconds, 52 random bits."""
     millis = int((time.time() if now is None else now) * 1000)
     value = (millis << 52) | secrets.randbits(52)
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(95, -1, -5))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def queue_id_floor(moment: datetime) -> str:
+    """The smallest queue id ``new_queue_id`` can make at ``moment`` (its millisecond,
+    random bits all zero): every id made before it sorts below, every id made at or
+    after it not below; so a span of time is a range of ids. Exact integer arithmetic
+    (no float timestamp to lose a millisecond); a naive ``moment`` is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    millis = (moment - _EPOCH) // timedelta(milliseconds=1)
+    value = millis << 52
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(95, -1, -5))
 
 

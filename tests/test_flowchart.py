@@ -44,7 +44,6 @@ from roster.flow import (
     MailFlow,
     flow_of,
     mail_flow,
-    queue_id_floor,
     window,
 )
 from roster.models import (
@@ -63,6 +62,7 @@ from roster.queue import (
     Recipient,
     claim_deliveries,
     new_queue_id,
+    queue_id_floor,
     record_outcomes,
     store,
     writing,

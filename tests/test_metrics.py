@@ -28,9 +28,9 @@ from gateway.service import Gateway
 from portal import create_app
 from roster.config import Config, load_config
 from roster.identity import add_local_staff
-from roster.metrics import MONITOR_LEASE, AppendOnlyTally, queue_id_floor, sign_in_tally
+from roster.metrics import MONITOR_LEASE, AppendOnlyTally, sign_in_tally
 from roster.models import AuditEvent, ContinuityEvent, Domain
-from roster.queue import new_queue_id
+from roster.queue import new_queue_id, queue_id_floor
 from tests.directory import Continuity, DirectoryTree, source_toml
 from tests.portal_support import sign_in
 from tests.servers.smtp import Primary
@@ -498,6 +498,31 @@ def test_queue_id_floor_is_below_every_id_made_from_that_moment() -> None:
         made = new_queue_id(stamp)
         assert queue_id_floor(moment) <= made < queue_id_floor(moment + timedelta(milliseconds=1))
         assert new_queue_id(stamp - 0.001) < queue_id_floor(moment)
+
+
+def test_queue_id_floor_is_exact_to_the_millisecond() -> None:
+    """The floor of a moment carries exactly its millisecond, never the one before (a
+    float timestamp times 1000 loses one now and then once seconds pass 2**31, in
+    2038): the last hour's count starts where it should, and consecutive milliseconds
+    never share a floor."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    # Milliseconds of 2038 among which some have a float timestamp just short of them.
+    first = (datetime(2038, 1, 21, 3, 43, 23, tzinfo=UTC) - epoch) // timedelta(milliseconds=1)
+    short = 0
+    for millis in range(first, first + 2000):
+        moment = epoch + timedelta(milliseconds=millis)
+        short += int(moment.timestamp() * 1000) != millis
+        floor = queue_id_floor(moment)
+        assert int(floor.translate(_DIGITS), 32) >> 52 == millis
+        assert queue_id_floor(moment - timedelta(milliseconds=1)) < floor
+    assert short > 0  # the float way would have been wrong here
+    assert queue_id_floor(datetime(2026, 12, 1)) == queue_id_floor(
+        datetime(2026, 12, 1, tzinfo=UTC)
+    )  # a naive moment is UTC
+
+
+# Crockford's base 32 (roster.queue's alphabet) to the digits int(..., 32) reads.
+_DIGITS = str.maketrans("ABCDEFGHJKMNPQRSTVWXYZ", "ABCDEFGHIJKLMNOPQRSTUV")
 
 
 def test_the_sign_in_tally_counts_each_row_once(engine: Engine) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import flash, render_template, request
+from flask import flash, jsonify, render_template, request
 from flask_babel import gettext as _
 
-from portal.access import staff
+from portal.access import background, staff
 from portal.audit_texts import actor_text
+from portal.controlpanel.badges import hand_back
 from portal.controlpanel.promises import on_event_end, on_event_start
 from portal.controlpanel.scope import (
     PAGE,
@@ -135,6 +136,30 @@ def events(name: str) -> Any:
         now=utcnow(),
         who=who,
         duration_text=duration_text,
+    )
+
+
+@bp.get("/domains/<name>/handback")
+@staff(ROLE_ADMIN)
+@background
+def hand_back_progress(name: str) -> Any:
+    """The hand-back's figures alone, as JSON, for the pages that show its progress to
+    fetch every few seconds (portal.js): a background request, so the page left open
+    neither keeps the session alive nor takes a notice meant for the next page."""
+    progress = hand_back(domain_or_404(db(), name))
+    if progress is None:
+        return jsonify(running=False)
+    return jsonify(
+        running=True,
+        held=progress.held,
+        handed_back=progress.handed_back,
+        left=progress.left,
+        text=_(
+            "Handed back %(done)d of %(held)d, %(left)d left.",
+            done=progress.handed_back,
+            held=progress.held,
+            left=progress.left,
+        ),
     )
 
 

@@ -28,52 +28,76 @@
     table.classList.add("stack");
   });
 
-  // Long actions (the hand-back): the parts marked data-live are fetched again every
-  // few seconds and replaced, without a reload that would lose what is typed in a form.
+  // Long actions (the hand-back): a part marked data-live names an address that answers
+  // its figures alone (JSON); they are asked for every few seconds and written in, without
+  // a reload that would lose what is typed in a form. That request is a background one:
+  // it keeps no session alive and takes no notice meant for the next page.
   var live = document.querySelectorAll("[data-live][id]");
-  if (!live.length || !window.fetch || !window.DOMParser) {
+  if (!live.length || !window.fetch) {
     return;
   }
   var EVERY_MS = 5000;
-  function refresh() {
-    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+  function finished(part) {
+    // Finished: say so, and stop asking.
+    part.removeAttribute("data-live");
+    var done = part.getAttribute("data-done");
+    if (done) {
+      var note = document.createElement("p");
+      note.className = "flash notice";
+      note.textContent = done;
+      part.replaceChildren(note);
+    }
+  }
+  function show(part, figures) {
+    var bar = part.querySelector("progress");
+    if (bar) {
+      bar.max = figures.held || 1;
+      bar.value = figures.held ? figures.handed_back : 1;
+    }
+    var numbers = part.querySelector(".numbers");
+    if (numbers) {
+      numbers.textContent = figures.text;
+    }
+  }
+  function refresh(part) {
+    var address = part.getAttribute("data-live");
+    if (!address || !part.isConnected) {
+      return;
+    }
+    // A redirect (the session has ended) is not followed: the part stops asking.
+    fetch(address, {
+      credentials: "same-origin",
+      redirect: "manual",
+      headers: { Accept: "application/json" },
+    })
       .then(function (response) {
-        return response.ok ? response.text() : null;
+        if (!response.ok) {
+          return null;
+        }
+        return response.json();
       })
-      .then(function (text) {
-        if (text === null) {
+      .then(function (figures) {
+        if (figures === null) {
           return;
         }
-        var fresh = new DOMParser().parseFromString(text, "text/html");
-        var going = false;
-        live.forEach(function (part) {
-          if (!part.isConnected) {
-            return;
-          }
-          var found = fresh.getElementById(part.id);
-          if (found && found.hasAttribute("data-live")) {
-            part.replaceWith(document.importNode(found, true));
-            going = true;
-          } else {
-            // Finished: say so, and stop asking.
-            part.removeAttribute("data-live");
-            var done = part.getAttribute("data-done");
-            if (done) {
-              var note = document.createElement("p");
-              note.className = "flash notice";
-              note.textContent = done;
-              part.replaceChildren(note);
-            }
-          }
-        });
-        live = document.querySelectorAll("[data-live][id]");
-        if (going && live.length) {
-          window.setTimeout(refresh, EVERY_MS);
+        if (!figures.running) {
+          finished(part);
+          return;
         }
+        show(part, figures);
+        window.setTimeout(function () {
+          refresh(part);
+        }, EVERY_MS);
       })
       .catch(function () {
-        window.setTimeout(refresh, EVERY_MS * 3);
+        window.setTimeout(function () {
+          refresh(part);
+        }, EVERY_MS * 3);
       });
   }
-  window.setTimeout(refresh, EVERY_MS);
+  live.forEach(function (part) {
+    window.setTimeout(function () {
+      refresh(part);
+    }, EVERY_MS);
+  });
 })();

@@ -9,13 +9,15 @@ cannot be read). Registered by continuity.cli on the ``gateway`` and ``sync`` gr
 from __future__ import annotations
 
 import json
+import logging
 import smtplib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from functools import wraps
+from typing import Any, NoReturn, ParamSpec
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,10 +26,9 @@ from sqlalchemy.orm import Session
 from continuity.cli import State, pass_state
 from roster.config import ConfigError, host_port
 from roster.db import current_revision, session_factory, sqlite_file_missing
-from roster.locks import lease_alive
+from roster.locks import holder_alive
 from roster.metrics import (
     HELD,
-    MONITOR_LEASE,
     PrimaryState,
     Waiting,
     domain_names,
@@ -41,6 +42,8 @@ from roster.syncruns import sync_health
 HEALTHY, UNHEALTHY, UNKNOWN = 0, 1, 2
 _STATUS = {HEALTHY: "healthy", UNHEALTHY: "unhealthy", UNKNOWN: "unknown"}
 LISTENER_TIMEOUT = 5.0
+P = ParamSpec("P")
+log = logging.getLogger("continuity.health")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,28 @@ def _cannot_tell(what: str, reason: str, as_json: bool) -> NoReturn:
     else:
         click.echo(f"{what}: {_STATUS[UNKNOWN]}: {reason}")
     sys.exit(UNKNOWN)
+
+
+def _never_crashes(what: str) -> Callable[[Callable[P, None]], Callable[P, None]]:
+    """A health command whose unexpected error is "cannot tell" (exit 2, one line), not
+    a traceback with exit status 1, which a monitor would read as "unhealthy". The
+    traceback goes to the log at debug level (-vv)."""
+
+    def decorate(command: Callable[P, None]) -> Callable[P, None]:
+        @wraps(command)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+            try:
+                command(*args, **kwargs)
+            except (click.exceptions.Exit, click.ClickException, click.Abort):
+                raise  # click's own ways of ending a command
+            except Exception as error:  # noqa: BLE001 - any error means "cannot tell"
+                log.debug("%s health failed", what, exc_info=True)
+                words = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+                _cannot_tell(what, f"unexpected error: {words}", bool(kwargs.get("as_json")))
+
+        return wrapper
+
+    return decorate
 
 
 @contextmanager
@@ -253,6 +278,7 @@ def queue_checks(
     help="Check that [gateway] listen answers SMTP on this host [default: when it is set].",
 )
 @pass_state
+@_never_crashes("gateway")
 def gateway_health(
     state: State,
     as_json: bool,
@@ -274,16 +300,24 @@ def gateway_health(
     try:
         with _roster(state) as session:
             connection = session.connection()
-            alive = lease_alive(session, MONITOR_LEASE)
+            # One read of the lease: whether it is alive and who holds it always agree.
             lease = monitor_lease(connection)
             found_primaries = primaries(connection)
             found_waiting = waiting(connection, domain_names(connection), now)
     except CannotTell as error:
         _cannot_tell("gateway", str(error), as_json)
     checks = [Check("roster", True, "reachable")]
+    alive = (
+        lease.holder is not None
+        and lease.expires_at is not None
+        and holder_alive(lease.holder, lease.expires_at, now)
+    )
     if alive:
         holder = f"the monitor lease is held by {lease.holder}"
         checks.append(Check("gateway", True, f"alive ({holder})"))
+    elif lease.expires_at is not None and lease.expires_at > now:
+        gone = f"the monitor lease's holder {lease.holder} is no longer running"
+        checks.append(Check("gateway", False, gone))
     else:
         last = f" since {_when(lease.expires_at)}" if lease.expires_at else ""
         checks.append(Check("gateway", False, f"no gateway holds the monitor lease{last}"))
@@ -342,6 +376,7 @@ def gateway_health(
     " [default: [sync] stale_after_minutes].",
 )
 @pass_state
+@_never_crashes("sync")
 def sync_health_command(state: State, as_json: bool, stale_after: int | None) -> None:
     """Is the directory sync healthy? Exit 0 healthy, 1 unhealthy, 2 cannot tell.
 

@@ -12,7 +12,7 @@ import secrets
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -56,7 +56,13 @@ def lease_alive(session: Session, name: str) -> bool:
     row = session.execute(
         select(RunLock.holder, RunLock.expires_at).where(RunLock.name == name)
     ).first()
-    return row is not None and row.expires_at > utcnow() and not _process_gone(row.holder)
+    return row is not None and holder_alive(row.holder, row.expires_at)
+
+
+def holder_alive(holder: str, expires_at: datetime, now: datetime | None = None) -> bool:
+    """True while a lease row read earlier is in force: not expired at ``now``, and its
+    holder not a process gone from this host."""
+    return expires_at > (now or utcnow()) and not _process_gone(holder)
 
 
 class LeaseLost(Exception):

@@ -5,14 +5,20 @@ the sync failed, 2 when the roster cannot be read. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+import pytest
+from sqlalchemy import Engine, delete, event, insert, update
 from sqlalchemy.orm import Session
 
-from roster.models import ContinuityEvent, utcnow
+from continuity import health_command
+from roster.metrics import MONITOR_LEASE
+from roster.models import ContinuityEvent, RunLock, utcnow
 from tests.directory import Continuity, DirectoryTree, source_toml
 from tests.test_metrics import Stack, stack, wait_for  # noqa: F401 - the fixture, by name
 
@@ -135,3 +141,83 @@ def test_health_cannot_tell_without_the_roster(tmp_path: Path, database_url: str
         code, body = health(tool, *command)
         assert (code, body["status"]) == (2, "unknown")
         assert "roster database" in body["reason"]
+
+
+def test_an_unexpected_error_is_cannot_tell(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure nobody foresaw (here: the roster's reads raising something that is no
+    database error) is exit 2 "unknown" with one line saying what, not a traceback with
+    exit status 1, which a monitor would take for "unhealthy"."""
+    tool = Continuity(tmp_path, database_url)
+    tool.configure()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("something nobody expected\non two lines")
+
+    monkeypatch.setattr(health_command, "primaries", broken)
+    monkeypatch.setattr(health_command, "sync_health", broken)
+    for command in (("gateway", "health"), ("sync", "health")):
+        code, body = health(tool, *command)
+        assert (code, body["status"]) == (2, "unknown")
+        assert body["reason"] == (
+            "unexpected error: RuntimeError: something nobody expected on two lines"
+        )
+        text = tool.run(*command)
+        assert text.exit_code == 2
+        assert text.stdout == (
+            f"{command[0]}: unknown: unexpected error: RuntimeError: something nobody"
+            " expected on two lines\n"
+        )
+
+
+def test_the_monitor_lease_is_read_once(engine: Engine, tmp_path: Path, database_url: str) -> None:
+    """`gateway health` reads the monitor lease in one statement, so that whether it is
+    alive and who holds it come from the same row; a lease not expired whose holder's
+    process is gone from this host is no live gateway, and says so."""
+    tool = Continuity(tmp_path, database_url)
+    tool.configure()
+    gone = subprocess.Popen(["true"])  # a process of this host, ended: its pid is free
+    gone.wait()
+    now = utcnow()
+    holders = {
+        "alive": f"{socket.gethostname()}:{os.getpid()}:abcd1234",
+        "gone": f"{socket.gethostname()}:{gone.pid}:abcd1234",
+    }
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    for case, holder in holders.items():
+        with engine.begin() as connection:
+            connection.execute(delete(RunLock))
+            connection.execute(
+                insert(RunLock).values(
+                    name=MONITOR_LEASE,
+                    holder=holder,
+                    acquired_at=now,
+                    expires_at=now + timedelta(minutes=5),
+                )
+            )
+        statements.clear()
+        event.listen(Engine, "before_cursor_execute", seen)
+        try:
+            code, body = health(tool, "gateway", "health", "--no-listener")
+        finally:
+            event.remove(Engine, "before_cursor_execute", seen)
+        assert len([s for s in statements if "run_lock" in s]) == 1
+        gateway = next(c for c in body["checks"] if c["check"] == "gateway")
+        if case == "alive":
+            assert gateway == {
+                "check": "gateway",
+                "ok": True,
+                "detail": f"alive (the monitor lease is held by {holder})",
+            }
+        else:
+            assert code == 1
+            assert gateway == {
+                "check": "gateway",
+                "ok": False,
+                "detail": f"the monitor lease's holder {holder} is no longer running",
+            }

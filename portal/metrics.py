@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from roster.config import Config
 from roster.logs import log_event
 from roster.metrics import (
+    RELAY,
     WAITING_STATES,
     AppendOnlyTally,
     Figures,
@@ -132,13 +133,14 @@ def _mail(figures: Figures) -> Iterator[Metric]:
         if item.overdue_since is not None:
             since = item.overdue_since if since is None else min(since, item.overdue_since)
         overdue_by[item.domain] = (count + item.overdue, since)
-    # Every domain shows every state, 0 when empty, so that an alert sees it go back to 0.
-    for primary in figures.primaries:
+    # Every domain, and the gateway's own notices through [outbound] relay, shows every
+    # state, 0 when empty, so that an alert sees it go back to 0.
+    for domain in [primary.domain for primary in figures.primaries] + [RELAY]:
         for state in WAITING_STATES:
-            if state not in seen_states.get(primary.domain, set()):
-                waiting.add_metric([primary.domain, state], 0)
-                oldest.add_metric([primary.domain, state], 0)
-        overdue_by.setdefault(primary.domain, (0, None))
+            if state not in seen_states.get(domain, set()):
+                waiting.add_metric([domain, state], 0)
+                oldest.add_metric([domain, state], 0)
+        overdue_by.setdefault(domain, (0, None))
     for domain, (count, since) in sorted(overdue_by.items()):
         overdue.add_metric([domain], count)
         overdue_age.add_metric([domain], _age(now, since))

@@ -231,6 +231,40 @@ def test_metrics_follow_mail_through_an_outage_and_its_hand_back(stack: Stack) -
     )
 
 
+def test_the_relay_queue_drops_to_zero(stack: Stack) -> None:
+    """The gateway's own notices (here a bounce for a recipient the primary refuses)
+    wait under the (relay) label while the relay defers them, and the series go back to
+    0 once delivered, as a domain's do, instead of vanishing (an alert on them would
+    stay firing, or never see the end)."""
+    client = stack.app.test_client()
+    wait_for(lambda: stack.domain().last_check_ok is True)
+    found = scrape(client)
+    for state in ("queued", "deferred", "held", "handing_back"):
+        assert value(found, "continuity_queue_recipients", domain="(relay)", state=state) == 0
+    assert value(found, "continuity_queue_overdue_recipients", domain="(relay)") == 0
+
+    stack.mail.primary.handler.replies["ana@acme.test"] = "550 5.1.1 no such person"
+    stack.mail.relay.handler.replies["someone@sender.test"] = "451 4.3.0 try later"
+    stack.mail.send(["ana@acme.test"])
+
+    def notice() -> list[Any]:
+        return [r for r in stack.mail.recipients() if r.domain_id is None]
+
+    stack.mail.wait(lambda: [r.status for r in notice()] == ["deferred"])
+    found = scrape(client)
+    assert value(found, "continuity_queue_recipients", domain="(relay)", state="deferred") == 1
+
+    del stack.mail.relay.handler.replies["someone@sender.test"]
+    stack.mail.retry()
+    stack.mail.wait(lambda: [r.status for r in notice()] == ["delivered"])
+    found = scrape(client)
+    assert value(found, "continuity_queue_recipients", domain="(relay)", state="deferred") == 0
+    assert (
+        value(found, "continuity_queue_oldest_age_seconds", domain="(relay)", state="deferred") == 0
+    )
+    assert value(found, "continuity_queue_overdue_recipients", domain="(relay)") == 0
+
+
 def test_a_message_nobody_delivers_is_overdue(engine: Engine, database_url: str) -> None:
     """A gateway that receives but does not deliver (its runners stuck): the message it
     took is due, and /metrics counts it overdue and waiting, with its age."""

@@ -123,7 +123,9 @@ def settings_from(config: Config) -> GatewaySettings:
 
 class _Controller(ClosingController):
     """aiosmtpd's controller making the gateway's server class; stopping tells the
-    clients still connected 421 (they try again later: nothing they sent was taken)."""
+    clients still connected 421. They send again later what got no 250: nothing is lost,
+    and a message whose commit landed just before the stop, its 250 not yet sent, may
+    arrive twice."""
 
     def __init__(self, handler: GatewayHandler, settings: GatewaySettings) -> None:
         super().__init__(

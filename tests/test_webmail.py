@@ -226,6 +226,11 @@ def test_folders_paging_sorting_and_markers(webmail: Webmail) -> None:  # noqa: 
     assert weights == sorted(weights)
     # The sort links on the page lead to those orders.
     assert f'href="/webmail/f/{INBOX}?sort=subject&amp;order=desc"' in first
+    # Arrival order (the default) is not the Date header's: the page claims no column's
+    # order then, and the Date column's once sorted by it.
+    assert "aria-sort" not in first
+    by_date = client.get(f"/webmail/f/{INBOX}?sort=date&order=desc").get_data(as_text=True)
+    assert by_date.count('aria-sort="descending"') == 1
 
 
 def test_search_finds_by_field_and_refuses_command_text(webmail: Webmail) -> None:  # noqa: F811

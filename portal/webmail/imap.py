@@ -677,6 +677,8 @@ class StorePool:
         # The session's user key -> address (None: refused the webmail last time).
         self._addresses: dict[str, str | None] = {}
         self._greeters: ThreadPoolExecutor | None = None
+        self._greeting = 0  # greetings being opened now (at most GREETERS)
+        self.greetings = 0  # greetings begun since the pool was made
 
     # -- connections ------------------------------------------------------------------
     def _open(self) -> IMAPClient:
@@ -739,11 +741,23 @@ class StorePool:
         with self._lock:
             if address is None or (address and self._idle.get(address)):
                 return None
+            # Never a queue: a greeting waits for no other (a flood of requests would
+            # otherwise hold up everyone's first page behind its own).
+            if self._greeting >= GREETERS:
+                return None
             if self._greeters is None:
                 self._greeters = ThreadPoolExecutor(
                     max_workers=GREETERS, thread_name_prefix="imap-greeting"
                 )
-            return Greeting(self._greeters.submit(self._open))
+            self._greeting += 1
+            self.greetings += 1
+            future = self._greeters.submit(self._open)
+        future.add_done_callback(self._greeted)
+        return Greeting(future)
+
+    def _greeted(self, _future: Future[IMAPClient]) -> None:
+        with self._lock:
+            self._greeting -= 1
 
     def learn(self, user: str, address: str | None) -> None:
         """Remember whose mailbox ``user``'s requests open (for ``greet``); None: they
@@ -905,6 +919,8 @@ class Greeting:
         if self._taken:
             return None
         self._taken = True
+        if self._future.cancel():
+            return None  # not begun: the caller opens one itself
         try:
             return self._future.result(timeout)
         except FutureTimeout:
@@ -912,11 +928,13 @@ class Greeting:
             raise StoreUnavailable("the standby store did not greet in time") from None
 
     def discard(self) -> bool:
-        """Not needed after all: close it once it is open. False if it was used."""
+        """Not needed after all: not opened if not begun, else closed once open. False
+        if it was used."""
         if self._taken:
             return False
         self._taken = True
-        self._future.add_done_callback(_discarded)
+        if not self._future.cancel():
+            self._future.add_done_callback(_discarded)
         return True
 
 

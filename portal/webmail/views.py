@@ -130,10 +130,11 @@ def _greet_early() -> None:
 
 @bp.after_request
 def _after_greeting(response: Response) -> Response:
-    """A greeting the request did not use is closed; when the request was refused, the
-    person's next requests open nothing ahead (until one is let in)."""
+    """A greeting the request did not use is closed. When the request did not succeed
+    either (refused, sent to sign in: a session that has ended), the session's next
+    requests open nothing ahead, until one reaches the mailbox."""
     greeting = g.pop(GREETING, None)
-    if greeting is not None and greeting.discard() and response.status_code == 403:
+    if greeting is not None and greeting.discard() and response.status_code >= 300:
         user = session.get("_user_id")
         if isinstance(user, str):
             pool().learn(user, None)

@@ -39,7 +39,7 @@ from continuity import demo_directory as directory
 from continuity import demo_seed
 from continuity.demo_mail import StandInPrimary, StandInRelay
 from continuity.localdovecot import Dovecot, DovecotError, unreachable_by_others
-from continuity.localslapd import Slapd, SlapdError, _free_ports, die_with_parent, log_tail
+from continuity.localslapd import PR_SET_PDEATHSIG, Slapd, SlapdError, _free_ports, log_tail
 from portal.demo import DemoControl, DemoNotRunning
 from roster import service
 from roster.config import Config, load_config
@@ -290,17 +290,34 @@ def _group_alive(group: int) -> bool:
     return True
 
 
+# Run by the child before it becomes ``python ARGUMENTS``: the kernel is to SIGTERM it when
+# the demo dies (the setting outlives exec), and if the demo died already, it goes at once.
+# Not preexec_fn: the demo's mail threads run by then, and code run between fork and exec
+# in a process with threads can deadlock (the subprocess module's documentation).
+_DIE_WITH_PARENT = f"""\
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl({PR_SET_PDEATHSIG}, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+def child_command(*arguments: str) -> list[str]:
+    """``python ARGUMENTS``, started so that it dies with the demo (no preexec_fn)."""
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *arguments]
+
+
 def start_child(name: str, config_path: Path, workdir: Path, *arguments: str) -> Child:
     """``continuity --config CONFIG ARGUMENTS`` as a child in a session of its own."""
     log_file = workdir / f"{name}.log"
     with log_file.open("ab") as log_handle:
         process = subprocess.Popen(  # noqa: S603 - our own command, arguments we built
-            [sys.executable, "-m", "continuity", "--config", str(config_path), "-v", *arguments],
+            child_command("-m", "continuity", "--config", str(config_path), "-v", *arguments),
             stdin=subprocess.DEVNULL,
             stdout=log_handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
     return Child(name, process, log_file)
 

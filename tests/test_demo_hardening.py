@@ -1,0 +1,77 @@
+"""`continuity demo`'s children die with it without preexec_fn.
+
+Regression pinned: the children were started with preexec_fn after the stand-in mail
+servers' threads ran (code between fork and exec can deadlock in a process with
+threads)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from continuity.demo import child_command
+
+GONE_SECONDS = 10.0
+SLEEPER = b"import time; time.sleep(120)"
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_child_of_the_demo_dies_with_it() -> None:
+    parent = subprocess.Popen(  # a stand-in for the demo: starts one child, then waits
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from continuity.demo import child_command\n"
+            f"child = subprocess.Popen(child_command('-c', {SLEEPER.decode()!r}),"
+            " start_new_session=True)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + GONE_SECONDS
+        # The wrapper has made itself the command asked for (exec keeps the setting).
+        while SLEEPER not in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
+            assert time.monotonic() < deadline, "the child did not exec its command"
+            time.sleep(0.05)
+        assert alive(child)
+
+        parent.kill()  # the demo killed outright: no cleanup of its own runs
+        parent.wait(timeout=GONE_SECONDS)
+        deadline = time.monotonic() + GONE_SECONDS
+        while alive(child):
+            assert time.monotonic() < deadline, "the child outlived the demo"
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+        parent.wait(timeout=GONE_SECONDS)
+        parent.stdout.close()
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_the_child_runs_its_command_with_its_arguments_and_not_after_its_parent() -> None:
+    command = child_command("-c", "import sys; print(sys.argv[1:])", "two words", "--x")
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert (ran.returncode, ran.stdout) == (0, "['two words', '--x']\n")
+
+    command[3] = "1"  # a parent that is not the one it has: it died before the setting
+    orphan = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert (orphan.returncode, orphan.stdout) == (1, "")

@@ -19,14 +19,23 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Apply this revision."""
-    op.create_index(
-        "ix_mail_recipient_domain_queue_id",
-        "mail_recipient",
-        ["domain_id", "queue_id", "status", "via_continuity"],
-    )
+    """Apply this revision. On PostgreSQL the index is built CONCURRENTLY, outside a
+    transaction: a plain build locks mail_recipient against the gateways' writes for as
+    long as it takes on a large queue (their commits, and so their 250s, would wait)."""
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_mail_recipient_domain_queue_id",
+            "mail_recipient",
+            ["domain_id", "queue_id", "status", "via_continuity"],
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:
     """Undo this revision."""
-    op.drop_index("ix_mail_recipient_domain_queue_id", table_name="mail_recipient")
+    with op.get_context().autocommit_block():
+        op.drop_index(
+            "ix_mail_recipient_domain_queue_id",
+            table_name="mail_recipient",
+            postgresql_concurrently=True,
+        )

@@ -26,8 +26,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -57,6 +57,8 @@ WATCH_SECONDS = 0.2
 # The Control Panel's floor for the probe interval; the demo may go below it (tests).
 FAILURES_BEFORE_FAILOVER = 2
 RECOVER_AFTER = 1
+PRIVATE_UMASK = 0o077
+DOVECOT_UMASK = 0o022
 
 
 class DemoError(Exception):
@@ -97,7 +99,8 @@ def prepare_workdir(workdir: Path) -> None:
     """Start from an empty work directory; only ever delete one the demo made itself.
 
     Mode 0711: Dovecot's users (mail, dovecot) pass through to the store's own folder;
-    nobody else reads anything (the secrets are 0600 files)."""
+    nobody else reads anything: run_demo's umask keeps every other file and folder of
+    the demo root's alone (the secrets are 0600 files, created that way)."""
     if workdir.exists():
         try:
             DemoControl(workdir / "control").primaries()
@@ -436,7 +439,10 @@ def run_demo(options: DemoOptions) -> int:
         raise DemoError(f"{given} is a link or another user's: choose another --workdir")
     workdir = given.resolve()
     _stop_on_signals()
-    with ExitStack() as cleanup:
+    # Everything the demo, its threads and its children write (the roster, logs, the mail
+    # the stand-ins keep, the control files) is root's alone; Dovecot's own files get the
+    # modes its users need (see _run).
+    with _umask(PRIVATE_UMASK), ExitStack() as cleanup:
         try:
             return _run(options, workdir, cleanup)
         except Stopped:
@@ -448,6 +454,16 @@ def run_demo(options: DemoOptions) -> int:
             cleanup.close()
             if options.serve:
                 say("stopped", "nothing the demo started is running; a new run starts clean")
+
+
+@contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    """The process's umask set to ``mask`` inside, and the one before it restored after."""
+    before = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(before)
 
 
 def _run(options: DemoOptions, workdir: Path, cleanup: ExitStack) -> int:
@@ -463,8 +479,12 @@ def _run(options: DemoOptions, workdir: Path, cleanup: ExitStack) -> int:
     store = None
     if options.serve:
         try:
-            store = Dovecot(workdir / "dovecot", ports=(ports.imap, ports.lmtp))
-            store.start()
+            # Dovecot runs as mail and dovecot: localdovecot sets the modes they need (some
+            # through mkdir's mode, which the umask would narrow), and the store's
+            # processes keep their own umask. Nothing runs in a thread yet.
+            with _umask(DOVECOT_UMASK):
+                store = Dovecot(workdir / "dovecot", ports=(ports.imap, ports.lmtp))
+                store.start()
         except DovecotError as error:
             raise DemoError(f"the standby store (Dovecot) cannot start: {error}") from None
         cleanup.callback(store.stop)

@@ -53,7 +53,7 @@ class MailFolder:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         for name in ("tmp", "new"):
-            (directory / name).mkdir(parents=True, exist_ok=True)
+            (directory / name).mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._count = len(list((directory / "new").iterdir()))
 
@@ -63,7 +63,10 @@ class MailFolder:
             self._count += 1
             name = f"{time.time_ns()}.{os.getpid()}.{self._count}.eml"
         temporary = self.directory / "tmp" / name
-        temporary.write_bytes(content)
+        # Other people's mail: for root's eyes only, whatever the umask.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content)
         final = self.directory / "new" / name
         temporary.replace(final)
         return final

@@ -1,19 +1,25 @@
-"""`continuity demo`'s children die with it without preexec_fn.
+"""`continuity demo`'s processes and files: its children die with it without preexec_fn,
+and what it writes is root's alone.
 
-Regression pinned: the children were started with preexec_fn after the stand-in mail
+Regressions pinned: the children were started with preexec_fn after the stand-in mail
 servers' threads ran (code between fork and exec can deadlock in a process with
-threads)."""
+threads); the roster, logs, pids, state and the stand-ins' mail were readable by every
+local user."""
 
 from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from continuity.demo import child_command
+from tests.test_demo import start_demo, workdir
+
+__all__ = ["workdir"]  # the fixture, used by name
 
 GONE_SECONDS = 10.0
 SLEEPER = b"import time; time.sleep(120)"
@@ -75,3 +81,26 @@ def test_the_child_runs_its_command_with_its_arguments_and_not_after_its_parent(
     command[3] = "1"  # a parent that is not the one it has: it died before the setting
     orphan = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert (orphan.returncode, orphan.stdout) == (1, "")
+
+
+def test_the_demos_files_are_roots_alone(workdir: Path) -> None:
+    demo = start_demo(workdir, "--probe-interval", "1")
+    try:
+        assert demo.primary_mail("acme.test"), "the seed reached the stand-in primary"
+        open_to_others = []
+        for path in sorted(workdir.rglob("*")):
+            relative = path.relative_to(workdir)
+            if relative.parts[0] == "dovecot" or path.is_symlink():
+                continue  # Dovecot's users need their modes (continuity.localdovecot)
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            if path.stat().st_uid != 0 or mode & 0o077:
+                open_to_others.append(f"{relative} {mode:o} uid {path.stat().st_uid}")
+        found = {p.relative_to(workdir).as_posix() for p in workdir.rglob("*")}
+    finally:
+        status = demo.stop()
+    assert status == 0
+    for expected in ("roster.db", "gateway.log", "portal.log", "pids", "control/state.json"):
+        assert expected in found, expected
+    assert any(name.startswith("primaries/acme.test/new/") for name in found)
+    assert open_to_others == []
+    assert stat.S_IMODE(workdir.stat().st_mode) == 0o711  # Dovecot's users pass through

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ from continuity import demo_directory as directory
 from continuity import demo_seed
 from continuity.demo_mail import StandInPrimary, StandInRelay
 from continuity.localdovecot import Dovecot, DovecotError, unreachable_by_others
-from continuity.localslapd import PR_SET_PDEATHSIG, Slapd, SlapdError, _free_ports, log_tail
+from continuity.localslapd import PR_SET_PDEATHSIG, Slapd, SlapdError, log_tail
 from portal.demo import DemoControl, DemoNotRunning
 from roster import service
 from roster.config import Config, load_config
@@ -150,6 +150,43 @@ class Ports:
     lmtp: int
 
 
+def _loopback_socket() -> socket.socket:
+    """A socket bound to a free port of 127.0.0.1 that the kernel chose."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def free_ports_except(
+    count: int,
+    excluded: Collection[int],
+    bind: Callable[[], socket.socket] = _loopback_socket,
+) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1, none of them in ``excluded`` (the
+    visitor's --listen and --gateway, which the portal and the gateway bind only later:
+    a stand-in primary, which binds first, must not take one)."""
+    held: list[socket.socket] = []
+    try:
+        found: list[int] = []
+        # Each drawn port stays bound until the end, so no port comes back twice.
+        while len(found) < count:
+            if len(held) >= count + 64:
+                raise DemoError("no free ports on 127.0.0.1 for the demo's mail servers")
+            sock = bind()
+            held.append(sock)
+            port: int = sock.getsockname()[1]
+            if port not in excluded:
+                found.append(port)
+        return found
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def choose_ports(options: DemoOptions) -> Ports:
     """The visitor's two fixed addresses (checked free when serving) and free ports for
     the rest."""
@@ -159,7 +196,8 @@ def choose_ports(options: DemoOptions) -> Ports:
                 f"{address} is taken by another process (a demo still running?);"
                 f" stop it or choose another address with {option}"
             )
-    free = _free_ports(len(directory.DOMAINS) + 3)
+    requested = {_split(options.listen)[1], _split(options.gateway)[1]}
+    free = free_ports_except(len(directory.DOMAINS) + 3, requested)
     return Ports(
         portal=options.listen,
         gateway=options.gateway,

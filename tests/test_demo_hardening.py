@@ -1,22 +1,25 @@
 """`continuity demo`'s processes and files: its children die with it without preexec_fn,
-and what it writes is root's alone.
+what it writes is root's alone, and the ports it draws for its mail servers never take
+the visitor's --listen or --gateway.
 
 Regressions pinned: the children were started with preexec_fn after the stand-in mail
 servers' threads ran (code between fork and exec can deadlock in a process with
 threads); the roster, logs, pids, state and the stand-ins' mail were readable by every
-local user."""
+local user; a stand-in primary, which binds first, could draw the port asked for the
+portal (tests and the tour pass ports that free_port() found free a moment before)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from continuity.demo import child_command
+from continuity.demo import child_command, free_ports_except
 from tests.test_demo import start_demo, workdir
 
 __all__ = ["workdir"]  # the fixture, used by name
@@ -81,6 +84,27 @@ def test_the_child_runs_its_command_with_its_arguments_and_not_after_its_parent(
     command[3] = "1"  # a parent that is not the one it has: it died before the setting
     orphan = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert (orphan.returncode, orphan.stdout) == (1, "")
+
+
+def test_the_ports_drawn_for_the_mail_servers_leave_the_visitors_alone() -> None:
+    with socket.socket() as portal, socket.socket() as gateway:
+        # The kernel cannot be made to hand these out next: the draw gets them first.
+        portal.bind(("127.0.0.1", 0))
+        gateway.bind(("127.0.0.1", 0))
+        asked = {portal.getsockname()[1], gateway.getsockname()[1]}
+        queue = sorted(asked)
+        portal.close()
+        gateway.close()
+
+        def bind() -> socket.socket:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", queue.pop(0) if queue else 0))
+            return sock
+
+        drawn = free_ports_except(5, asked, bind)
+
+    assert len(set(drawn)) == 5
+    assert not asked & set(drawn)
 
 
 def test_the_demos_files_are_roots_alone(workdir: Path) -> None:

@@ -19,7 +19,6 @@ old messages' headers read.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import re
 import ssl
@@ -61,6 +60,7 @@ from roster.retention import (
     still_uncovered,
     sweep_mailboxes,
 )
+from roster.standby import store_uses_tls
 
 log = logging.getLogger("continuity.retention")
 
@@ -159,12 +159,7 @@ class StandbyIMAP:
         )
 
     def _uses_tls(self) -> bool:
-        if self.tls is not None:
-            return self.tls
-        try:
-            return not ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return self.host != "localhost"
+        return store_uses_tls(self.host, self.tls)
 
     @contextlib.contextmanager
     def mailbox(self, address: str) -> Iterator[IMAPClient]:

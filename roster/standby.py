@@ -1,6 +1,9 @@
-"""Who has a standby mailbox: the covered people of every active domain, by address."""
+"""Who has a standby mailbox: the covered people of every active domain, by address;
+and how the processes that sign in to the store reach it."""
 
 from __future__ import annotations
+
+import ipaddress
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,3 +26,15 @@ def covered_addresses(session: Session) -> list[str]:
     for domain in domains:
         addresses.extend(session.scalars(select(Person.mail).where(covered_clause(domain))))
     return sorted(addresses)
+
+
+def store_uses_tls(host: str, imap_tls: object = None) -> bool:
+    """Whether IMAP to the standby store on ``host`` goes under STARTTLS: ``[standby]
+    imap_tls`` when set, else unless the store is on loopback (the master password must
+    not cross a network in clear). The webmail and retention both ask here."""
+    if imap_tls is not None:
+        return bool(imap_tls)
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() != "localhost"

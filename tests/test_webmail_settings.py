@@ -3,6 +3,11 @@ command line (both audited), and the link people find on their own page."""
 
 from __future__ import annotations
 
+import pytest
+
+from gateway.retention import StandbyIMAP
+from roster.config import Config
+from roster.standby import store_uses_tls
 from tests.portal_support import (
     STAFF_PASSWORD,
     Portal,
@@ -53,3 +58,29 @@ def test_the_command_line_sets_when_the_webmail_opens(portal: Portal) -> None:
     assert [a for a, _actor in portal.audit_actions() if a == "webmail.access_changed"] == [
         "webmail.access_changed"
     ]
+
+
+@pytest.mark.parametrize(
+    ("host", "setting", "tls"),
+    [
+        ("127.0.0.1", None, False),
+        ("127.0.0.53", None, False),
+        ("::1", None, False),
+        ("[::1]", None, False),
+        ("localhost", None, False),
+        ("10.0.0.5", None, True),
+        ("store.example", None, True),
+        ("127.0.0.1", True, True),
+        ("store.example", False, False),
+    ],
+)
+def test_the_webmail_and_retention_reach_the_store_under_tls_off_loopback(
+    host: str, setting: bool | None, tls: bool
+) -> None:
+    """One rule for both: [standby] imap_tls when set, else TLS unless on loopback."""
+    assert store_uses_tls(host, setting) is tls
+    standby = {"imap": f"{host}:143", "master_user": "portal", "master_password": "x"}
+    if setting is not None:
+        standby["imap_tls"] = setting
+    reading = StandbyIMAP.from_config(Config(database_url="sqlite://", standby=standby))
+    assert reading is not None and reading._uses_tls() is tls

@@ -39,6 +39,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from portal.webmail.message import addresses_of, header_text
 from roster.config import Config, ConfigError, host_port
+from roster.standby import store_uses_tls
 
 T = TypeVar("T")
 
@@ -68,7 +69,6 @@ _ROW = {
     b"INTERNALDATE": re.compile(rb'\bINTERNALDATE "([^"]+)"'),
     b"RFC822.SIZE": re.compile(rb"\bRFC822\.SIZE (\d+)"),
 }
-_LOOPBACK = re.compile(r"^(127\.|::1$|localhost$)")
 
 
 class StoreUnavailable(RuntimeError):
@@ -108,7 +108,7 @@ def settings_from(config: Config) -> StoreSettings:
     return StoreSettings(
         host=host,
         port=int(port),
-        tls=bool(standby.get("imap_tls", not _LOOPBACK.match(host))),
+        tls=store_uses_tls(host, standby.get("imap_tls")),
         ca_file=standby.get("ca_file"),
         master_user=str(standby.get("master_user", "portal")),
         master_password=str(password).strip(),

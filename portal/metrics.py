@@ -47,6 +47,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 REGISTRY = "metrics_registry"
 NETWORKS = "metrics_networks"
 _FORWARDED = ("X-Forwarded-For", "Forwarded", "X-Real-Ip")
+SCRAPE_TIMEOUT_MS = 10000  # PostgreSQL's statement_timeout for a scrape's reads
 
 
 def _seconds(moment: datetime | None) -> float | None:
@@ -73,7 +74,9 @@ class RosterCollector(Collector):
             with self.sessions() as session, session.begin():
                 if session.get_bind().dialect.name == "postgresql":
                     # A scrape never holds a worker for long, whatever the database does.
-                    session.connection().exec_driver_sql("SET LOCAL statement_timeout = 10000")
+                    session.connection().exec_driver_sql(
+                        f"SET LOCAL statement_timeout = {SCRAPE_TIMEOUT_MS}"
+                    )
                 figures = read_figures(
                     session,
                     sources=self.sources,
@@ -85,6 +88,8 @@ class RosterCollector(Collector):
             yield _gauge("continuity_roster_up", "1 when the roster database could be read.", 0)
             return
         yield _gauge("continuity_roster_up", "1 when the roster database could be read.", 1)
+        if figures.sign_ins_error is not None:
+            log_event(log, logging.WARNING, "metrics_sign_ins_failed", error=figures.sign_ins_error)
         yield _gauge(
             "continuity_metrics_read_seconds",
             "How long reading the roster's figures took for this scrape.",
@@ -337,19 +342,20 @@ def _sign_ins(figures: Figures) -> Iterator[Metric]:
     methods: dict[str, int] = {"directory": 0, "emergency": 0, "local": 0}
     refused = {"false": 0, "true": 0}
     locked_total = 0
-    for (action, detail), count in figures.sign_ins.items():
-        if action == "sign_in":
-            methods[detail or "unknown"] = methods.get(detail or "unknown", 0) + count
-        elif action == "sign_in.failed":
-            refused["true" if detail else "false"] += count
-        else:
-            locked_total += count
-    for method, count in sorted(methods.items()):
-        sign_ins.add_metric([method], count)
-    for unreachable, count in sorted(refused.items()):
-        failures.add_metric([unreachable], count)
-    locks.add_metric([], locked_total)
-    yield from (sign_ins, failures, locks)
+    if figures.sign_ins is not None:  # not counted this time: left out, never a false 0
+        for (action, detail), count in figures.sign_ins.items():
+            if action == "sign_in":
+                methods[detail or "unknown"] = methods.get(detail or "unknown", 0) + count
+            elif action == "sign_in.failed":
+                refused["true" if detail else "false"] += count
+            else:
+                locked_total += count
+        for method, count in sorted(methods.items()):
+            sign_ins.add_metric([method], count)
+        for unreachable, count in sorted(refused.items()):
+            failures.add_metric([unreachable], count)
+        locks.add_metric([], locked_total)
+        yield from (sign_ins, failures, locks)
     locked = GaugeMetricFamily(
         "continuity_sign_in_locked",
         "Sign-in locks in force now, by what is locked (account, person, client address).",

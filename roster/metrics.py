@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, and_, case, func, literal, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -143,7 +144,9 @@ class Figures:
     sync: list[SyncFigures] = field(default_factory=list)
     # Every source configured or seen: (a run going now, degraded as /health says).
     sync_sources: dict[str, tuple[bool, bool]] = field(default_factory=dict)
-    sign_ins: dict[tuple[str, str], int] = field(default_factory=dict)
+    # None when they could not be counted this time (sign_ins_error says why).
+    sign_ins: dict[tuple[str, str], int] | None = field(default_factory=dict)
+    sign_ins_error: str | None = None
     locked: dict[str, int] = field(default_factory=dict)
 
 
@@ -411,12 +414,14 @@ class AppendOnlyTally:
     """Counts of the rows of a table that only grows (the audit trail), by a key, kept
     up to date by reading only the rows added since the last look.
 
-    The first look counts every row; later ones add the rows whose id is above the
-    settled mark, and recount those at every look. A mark settles once it is
-    ``settle_seconds`` old: a row whose id was given out before it was seen but whose
-    transaction commits later than that (a sign-in's is a few milliseconds) would be
-    missed. One tally per process; the counts are the roster's, so every process
-    arrives at the same ones.
+    Every look counts the rows whose id is above the settled mark afresh, and adds to
+    the settled counts the rows up to a mark once that mark is ``settle_seconds`` old: a
+    row whose id was given out before a look but whose transaction commits after it (a
+    sign-in's takes a few milliseconds) is invisible to that look, and counted only if
+    its range is read again later. The first look counts every row up to the highest id
+    it sees, provisionally: once that mark is ``settle_seconds`` old, its whole range is
+    counted once more, so that rows in flight during the first look count too. One tally
+    per process; the counts are the roster's, so every process arrives at the same ones.
     """
 
     def __init__(
@@ -431,6 +436,7 @@ class AppendOnlyTally:
         self._lock = threading.Lock()
         self._settled: Counter[Any] | None = None
         self._mark: int | None = None  # rows with an id up to here are in _settled
+        self._first: tuple[float, int] | None = None  # (when, mark) of a provisional first look
         self._seen: list[tuple[float, int]] = []  # (when, highest id then)
 
     def read(self, connection: Connection) -> Counter[Any]:
@@ -442,9 +448,15 @@ class AppendOnlyTally:
                 if highest is None:
                     return Counter()
                 self._settled = self._count(connection, None, highest)
-                self._mark = highest
-            elif highest is not None:
-                self._seen.append((now, highest))
+                self._mark, self._first = highest, (now, highest)
+            else:
+                if self._first is not None and now - self._first[0] >= self.settle_seconds:
+                    # The first look's range, counted again now that it has settled (the
+                    # oldest look: it ripens before any later one).
+                    self._settled = self._count(connection, None, self._first[1])
+                    self._first = None
+                if highest is not None:
+                    self._seen.append((now, highest))
                 ripe = [mark for seen, mark in self._seen if now - seen >= self.settle_seconds]
                 if ripe and max(ripe) > (self._mark or 0):
                     self._settled += self._count(connection, self._mark, max(ripe))
@@ -527,6 +539,12 @@ def read_figures(
         for source in sorted(set(sources) | degraded | {run.source for run in health.runs})
     }
     if sign_ins is not None:
-        figures.sign_ins = dict(sign_ins.read(connection))
+        try:
+            # Apart, so that a count that fails (a statement timeout on a huge audit
+            # trail) leaves the sign-ins out of this scrape, not every figure.
+            with session.begin_nested():  # the SAVEPOINT at the next connection()
+                figures.sign_ins = dict(sign_ins.read(session.connection()))
+        except SQLAlchemyError as error:
+            figures.sign_ins, figures.sign_ins_error = None, type(error).__name__
     figures.locked = locked_now(connection, now)
     return figures

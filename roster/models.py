@@ -334,6 +334,8 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_event_domain_at", "domain_id", "at"),
         Index("ix_audit_event_person_at", "person_id", "at"),
+        # /metrics' sign-in counts: one action's rows by id (roster.metrics).
+        Index("ix_audit_event_action_id", "action", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

@@ -20,13 +20,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine, create_engine, insert, select, text, update
+from sqlalchemy import Engine, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from gateway.monitor import LEASE_NAME
 from gateway.service import Gateway
 from portal import create_app
+from portal import metrics as portal_metrics
 from roster.config import Config, load_config
 from roster.identity import add_local_staff
 from roster.metrics import MONITOR_LEASE, AppendOnlyTally, sign_in_tally
@@ -632,3 +633,105 @@ def test_the_sign_in_tally_counts_each_row_once(engine: Engine) -> None:
         assert read(tally)[("sign_in", "local")] == 2 + step
     assert tally._mark is not None and tally._mark > 1  # marks have settled
     assert read(sign_in_tally()) == read(tally)
+
+
+def test_a_row_in_flight_at_the_first_look_is_counted(engine: Engine) -> None:
+    """A sign-in whose transaction has its id but commits after a worker's first look
+    (a row below the highest id that look saw) is counted once the first mark settles,
+    and only once. PostgreSQL only: SQLite has one writer at a time, so no row commits
+    below one already visible."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: no row commits below a visible one")
+    clock = [1000.0]
+    tally = sign_in_tally(settle_seconds=60)
+    tally._clock = lambda: clock[0]
+    row = {"actor": "x@acme.test", "action": "sign_in", "detail": "local"}
+
+    def read() -> int:
+        with engine.connect() as connection:
+            return tally.read(connection)[("sign_in", "local")]
+
+    with engine.connect() as in_flight:
+        late = in_flight.begin()
+        in_flight.execute(insert(AuditEvent), [row])  # its id is given out now
+        with engine.begin() as connection:
+            connection.execute(insert(AuditEvent), [row])  # a higher id, committed
+        assert read() == 1  # the first look: the row in flight is not visible
+        late.commit()
+    clock[0] += 30
+    assert read() == 1  # below the first mark, not settled yet
+    clock[0] += 31
+    assert read() == 2  # the first mark settled: its range counted again
+    clock[0] += 120
+    assert read() == 2
+    with engine.connect() as connection:
+        assert sign_in_tally().read(connection)[("sign_in", "local")] == 2
+
+
+def test_the_first_sign_in_count_reads_only_sign_in_rows(engine: Engine) -> None:
+    """The first count of a worker reads the sign-in rows through the (action, id)
+    index, not the whole audit trail (which grows with every change anyone makes): on a
+    large trail a full read outran the scrape's statement timeout at every scrape."""
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
+        if "audit_event" in statement and "count" in statement.lower():
+            statements.append((statement, parameters))
+
+    with engine.begin() as connection:
+        connection.execute(
+            insert(AuditEvent),
+            [
+                {"actor": "x@acme.test", "action": action, "detail": "local"}
+                for action in ("sign_in", "coverage.added", "sign_in.failed", "account.locked")
+            ],
+        )
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with engine.connect() as connection:
+            sign_in_tally().read(connection)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert statements
+    with engine.connect() as connection:
+        for statement, parameters in statements:
+            if engine.dialect.name == "sqlite":
+                plan = " ".join(
+                    str(step[-1])
+                    for step in connection.exec_driver_sql(
+                        "EXPLAIN QUERY PLAN " + statement, parameters
+                    )
+                )
+            else:
+                connection.exec_driver_sql("SET enable_seqscan = off")  # a tiny table
+                plan = " ".join(
+                    str(step[0])
+                    for step in connection.exec_driver_sql("EXPLAIN " + statement, parameters)
+                )
+            assert "ix_audit_event_action_id" in plan, plan
+
+
+def test_a_sign_in_count_that_fails_leaves_only_the_sign_ins_out(
+    engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit trail held by another transaction past the scrape's statement timeout
+    (PostgreSQL): the scrape still says roster_up 1 with every other figure, leaves the
+    sign-in counters out (never a false 0), and the next scrape counts them."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no statement timeout and its readers do not wait")
+    monkeypatch.setattr(portal_metrics, "SCRAPE_TIMEOUT_MS", 500)
+    app = portal_app(database_url)
+    client = app.test_client()
+    try:
+        with engine.connect() as blocker, blocker.begin():
+            blocker.exec_driver_sql("LOCK TABLE audit_event IN ACCESS EXCLUSIVE MODE")
+            found = scrape(client)
+        assert value(found, "continuity_roster_up") == 1
+        assert value(found, "continuity_gateway_monitor_up") == 0
+        assert value(found, "continuity_queue_recipients", domain="(relay)", state="queued") == 0
+        assert value(found, "continuity_sign_ins_total", method="local") is None
+        assert value(found, "continuity_sign_in_locked", kind="account") == 0
+        found = scrape(client)
+        assert value(found, "continuity_sign_ins_total", method="local") == 0
+    finally:
+        app.extensions["roster_engine"].dispose()

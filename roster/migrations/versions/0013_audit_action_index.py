@@ -19,10 +19,21 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Apply this revision."""
-    op.create_index("ix_audit_event_action_id", "audit_event", ["action", "id"])
+    """Apply this revision. On PostgreSQL the index is built CONCURRENTLY, outside a
+    transaction (as 0012's): a plain build locks audit_event against writes, and so
+    every sign-in and every change that is audited, for as long as a large trail takes."""
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_audit_event_action_id",
+            "audit_event",
+            ["action", "id"],
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:
     """Undo this revision."""
-    op.drop_index("ix_audit_event_action_id", table_name="audit_event")
+    with op.get_context().autocommit_block():
+        op.drop_index(
+            "ix_audit_event_action_id", table_name="audit_event", postgresql_concurrently=True
+        )

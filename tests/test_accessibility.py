@@ -26,13 +26,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from roster.models import ContinuityEvent, Domain, MailMessage, MailRecipient, utcnow
 from tests.portal_support import DOMAIN, PASSWORD, STAFF_PASSWORD
-from tests.test_browser import CHROMIUM_ARGS, chromium_path, serve
+from tests.test_browser import chromium, chromium_path, serve
 from tests.webmail_support import Webmail, mail, standby_store, webmail  # noqa: F401
 
 AXE = Path(__file__).resolve().parent.parent / "node_modules" / "axe-core" / "axe.min.js"
@@ -51,21 +51,12 @@ def axe_source() -> str:
     return AXE.read_text(encoding="utf-8")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium for the whole test session."""
-    executable = chromium_path()
-    playwright: Playwright = sync_playwright().start()
-    try:
-        launched = playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
-    finally:
-        playwright.stop()
+    """Debian's Chromium for this module. Not for the session: Playwright's sync API runs
+    one instance at a time in a process, and the other browser tests start their own."""
+    with chromium(chromium_path()) as launched:
+        yield launched
 
 
 @dataclass

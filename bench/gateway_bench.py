@@ -785,7 +785,8 @@ def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"  group commit, median of the accept turns: {result['messages_per_commit']} messages "
         f"a commit, {result['ms_per_commit']} ms a commit, the committing threads busy "
-        f"{result['committer_busy']:.0%} of the run (summed: two threads on PostgreSQL)"
+        f"{result['committer_busy']:.0%} of the run (summed over them: one on SQLite, two on"
+        " PostgreSQL)"
     )
     print("  gateway process memory, VmRSS at 10% / 50% / 100% of its longest run, and peak:")
     for name, memory in result["memory"].items():

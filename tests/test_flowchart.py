@@ -10,7 +10,6 @@ import html
 import random
 import re
 import shutil
-import smtplib
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
@@ -77,6 +76,7 @@ from tests.portal_support import (
     text,
 )
 from tests.servers.smtp import Primary
+from tests.test_tracking import send_messages
 
 SPANISH = {"Accept-Language": "es"}
 PAGE = f"/admin/domains/{DOMAIN}"
@@ -149,20 +149,7 @@ class Flowing:
 
     def send(self, recipients: list[str], count: int = 1) -> list[str]:
         """Send ``count`` messages over one SMTP session; their queue ids."""
-        ids = []
-        with smtplib.SMTP("127.0.0.1", self.gateway.settings.port, timeout=30) as client:
-            client.ehlo("client.test")
-            for n in range(count):
-                client.mail("someone@sender.test")
-                for address in recipients:
-                    assert client.rcpt(address)[0] == 250, address
-                code, reply = client.data(
-                    f"From: someone@sender.test\r\nSubject: flow {n}\r\n"
-                    f"Message-ID: <{time.time_ns()}.{n}@sender.test>\r\n\r\nHi.\r\n".encode()
-                )
-                assert code == 250, reply
-                ids.append(reply.decode().rsplit(" ", 1)[-1])
-        return ids
+        return send_messages(self.gateway.settings.port, recipients, "flow", count)
 
     def statuses(self, queue_ids: list[str]) -> list[str]:
         """The queue status of every recipient of these messages."""

@@ -224,6 +224,25 @@ def test_times_and_keys_as_people_and_links_give_them() -> None:
 # ---------------------------------------------------------------------------
 # The Control Panel, over a real gateway
 # ---------------------------------------------------------------------------
+def send_messages(port: int, recipients: list[str], subject: str, count: int = 1) -> list[str]:
+    """Send ``count`` messages to the gateway on ``port`` over one SMTP session; their
+    queue ids, in order."""
+    ids = []
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("client.test")
+        for n in range(count):
+            client.mail("someone@sender.test")
+            for address in recipients:
+                assert client.rcpt(address)[0] == 250, address
+            code, reply = client.data(
+                f"From: someone@sender.test\r\nSubject: {subject} {n}\r\n"
+                f"Message-ID: <{time.time_ns()}.{n}@sender.test>\r\n\r\nHi.\r\n".encode()
+            )
+            assert code == 250, reply
+            ids.append(reply.decode().rsplit(" ", 1)[-1])
+    return ids
+
+
 @dataclass
 class Tracked:
     """The portal, and a gateway in front of acme.test's live primary."""
@@ -239,20 +258,7 @@ class Tracked:
 
     def send(self, recipients: list[str], subject: str = "Hello", count: int = 1) -> list[str]:
         """Send ``count`` messages over one SMTP session; their queue ids, in order."""
-        ids = []
-        with smtplib.SMTP("127.0.0.1", self.gateway.settings.port, timeout=30) as client:
-            client.ehlo("client.test")
-            for n in range(count):
-                client.mail("someone@sender.test")
-                for address in recipients:
-                    assert client.rcpt(address)[0] == 250, address
-                code, reply = client.data(
-                    f"From: someone@sender.test\r\nSubject: {subject} {n}\r\n"
-                    f"Message-ID: <{time.time_ns()}.{n}@sender.test>\r\n\r\nHi.\r\n".encode()
-                )
-                assert code == 250, reply
-                ids.append(reply.decode().rsplit(" ", 1)[-1])
-        return ids
+        return send_messages(self.gateway.settings.port, recipients, subject, count)
 
     def wait(self, condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
         """Wait until ``condition`` holds (the gateway works in its own threads)."""

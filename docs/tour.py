@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import shutil
 import signal
 import smtplib
-import subprocess  # noqa: S404 (starts the demo's own command with a fixed argument list)
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -44,11 +40,10 @@ from playwright.sync_api import (
 )
 from playwright.sync_api import Error as PlaywrightError
 
-from continuity.localslapd import free_port
+from continuity.demo_process import DemoNotReady, DemoProcess, start_demo
 
 HERE = Path(__file__).resolve().parent
 SHOTS = HERE / "tour"
-COMMAND = Path(sys.executable).with_name("continuity")
 CHROMIUM = Path("/usr/bin/chromium")
 # What Debian's Chromium needs to run headless here (as root, without a GPU or a network).
 CHROMIUM_ARGS = [
@@ -92,126 +87,48 @@ class TourFailed(Exception):
     """A page did not show what the tour expected: the tour stops, naming it."""
 
 
-def _reader(stream: object, lines: queue.Queue[str | None]) -> None:
-    for line in stream:  # type: ignore[attr-defined]
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
-
-
-@dataclass
-class Demo:
-    """The running `continuity demo`: its process and what it printed."""
-
-    process: subprocess.Popen[str]
-    workdir: Path
-    lines: queue.Queue[str | None]
-    reader: threading.Thread
-    printed: dict[str, str] = field(default_factory=dict)
-    seen: list[str] = field(default_factory=list)
-
-    @property
-    def base(self) -> str:
-        """The portal's address."""
-        return self.printed["portal"].removesuffix("/sign-in")
-
-    def stop(self) -> int:
-        """Ctrl-C, as a visitor stops it; its exit status once it has ended."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        try:
-            status = self.process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            print(f"tour: the demo did not stop in {STOP_SECONDS} s: killing it", file=sys.stderr)
-            self.process.kill()
-            status = self.process.wait()
-        self.reader.join(timeout=10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return status
-
-
 @contextmanager
-def running_demo() -> Iterator[Demo]:
+def running_demo() -> Iterator[DemoProcess]:
     """`continuity demo` in a temporary work directory on free ports, until the end."""
     # Dovecot's mail user must reach the work directory: not a private temp dir.
     folder = Path(tempfile.mkdtemp(prefix="continuity-tour-"))
     folder.chmod(0o755)
-    workdir = folder / "demo"
-    process = subprocess.Popen(  # noqa: S603 (our own command, arguments built here)
-        [str(COMMAND), "demo", "--workdir", str(workdir)]
-        + ["--listen", f"127.0.0.1:{free_port()}", "--gateway", f"127.0.0.1:{free_port()}"]
-        + ["--probe-interval", PROBE_INTERVAL],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    reader = threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True)
-    reader.start()
-    demo = Demo(process, workdir, lines, reader)
+    try:
+        demo = start_demo(
+            folder / "demo", ["--probe-interval", PROBE_INTERVAL], ready_seconds=READY_SECONDS
+        )
+    except DemoNotReady as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise TourFailed(str(error)) from None
     failed = True
     try:
-        _wait_until_ready(demo)
+        missing = [
+            label
+            for label in ("portal", "end user", "helpdesk", "admin", "password", "gateway")
+            if not demo.printed.get(label)
+        ]
+        if missing:
+            raise TourFailed(f"the demo did not print {', '.join(missing)}")
         yield demo
         failed = False
     finally:
-        status = demo.stop()
+        status = demo.stop(STOP_SECONDS)
         shutil.rmtree(folder, ignore_errors=True)
+        if status == -signal.SIGKILL:
+            print(f"tour: the demo did not stop in {STOP_SECONDS} s: killed", file=sys.stderr)
         print(f"tour: the demo stopped (exit status {status})")
         if failed:
-            _tell_what_the_demo_said(demo)
-
-
-def _tell_what_the_demo_said(demo: Demo) -> None:
-    """After a failure: the last lines the demo printed once it was ready."""
-    said = []
-    while True:
-        try:
-            line = demo.lines.get_nowait()
-        except queue.Empty:
-            break
-        if line is not None:
-            said.append(line)
-    if said:
-        print("tour: the demo said, at the end:", file=sys.stderr)
-        for line in said[-20:]:
-            print(f"    {line}", file=sys.stderr)
-
-
-def _wait_until_ready(demo: Demo) -> None:
-    deadline = time.monotonic() + READY_SECONDS
-    while True:
-        try:
-            line = demo.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            raise TourFailed(
-                f"the demo was not ready within {READY_SECONDS} s; it printed:\n"
-                + "\n".join(demo.seen)
-            ) from None
-        if line is None:
-            raise TourFailed(
-                f"the demo ended before it was ready (exit status {demo.process.wait()});"
-                " it printed:\n" + "\n".join(demo.seen)
-            )
-        demo.seen.append(line)
-        if line.startswith("ready"):
-            missing = [
-                label
-                for label in ("portal", "end user", "helpdesk", "admin", "password", "gateway")
-                if not demo.printed.get(label)
-            ]
-            if missing:
-                raise TourFailed(f"the demo did not print {', '.join(missing)}")
-            return
-        label, _, value = line.partition(": ")
-        demo.printed.setdefault(label, value)
+            said = demo.said_since()
+            if said:
+                print("tour: the demo said, at the end:", file=sys.stderr)
+                for line in said[-20:]:
+                    print(f"    {line}", file=sys.stderr)
 
 
 class Tour:
     """The browser, the demo, and the pictures taken so far."""
 
-    def __init__(self, browser: Browser, demo: Demo, out: Path) -> None:
+    def __init__(self, browser: Browser, demo: DemoProcess, out: Path) -> None:
         self.browser, self.demo, self.out = browser, demo, out
         self.base = demo.base
         self.password = demo.printed["password"]

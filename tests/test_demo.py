@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -28,83 +23,21 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from continuity.demo import SHARED_WORKDIR, demo_workdir
+from continuity.demo_process import COMMAND, DemoProcess, start_demo
 from continuity.localslapd import free_port
 from roster.db import make_engine
 from roster.models import AuditEvent, Domain
 from tests.test_browser import chromium, chromium_path
 
-COMMAND = Path(sys.executable).with_name("continuity")
 READY_SECONDS = 90
 TIMEOUT_MS = 20_000
 EVENT_MS = 30_000
 
 
-def _reader(stream: object, lines: queue.Queue[str | None]) -> None:
-    for line in stream:  # type: ignore[attr-defined]
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
-
-
-@dataclass
-class RunningDemo:
-    """The demo's process, what it printed, its work directory."""
-
-    process: subprocess.Popen[str]
-    workdir: Path
-    lines: queue.Queue[str | None]
-    printed: dict[str, str]
-    reader: threading.Thread
-
-    def stop(self) -> int:
-        """Ctrl-C, as a visitor stops it; its exit status once it has ended."""
-        self.process.send_signal(signal.SIGINT)
-        status = self.process.wait(timeout=60)
-        self.reader.join(timeout=10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return status
-
-    @property
-    def base(self) -> str:
-        """The portal's address."""
-        return self.printed["portal"].removesuffix("/sign-in")
-
-    def primary_mail(self, domain: str) -> list[bytes]:
-        """What the stand-in primary of ``domain`` received so far."""
-        folder = self.workdir / "primaries" / domain / "new"
-        return [path.read_bytes() for path in sorted(folder.iterdir())]
-
-
-def start_demo(workdir: Path, *extra: str) -> RunningDemo:
-    """`continuity demo` on free ports; returns once it printed ``ready``."""
-    process = subprocess.Popen(
-        [str(COMMAND), "demo", "--workdir", str(workdir)]
-        + ["--listen", f"127.0.0.1:{free_port()}", "--gateway", f"127.0.0.1:{free_port()}"]
-        + list(extra),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    reader = threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True)
-    reader.start()
-    demo = RunningDemo(process, workdir, lines, {}, reader)
-    seen: list[str] = []
-    deadline = time.monotonic() + READY_SECONDS
-    while True:
-        try:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            line = "(not ready in time)"
-        if line is None or line.startswith("(not ready"):
-            demo.stop()
-            raise AssertionError(f"the demo was not ready: {line}\n" + "\n".join(seen))
-        seen.append(line)
-        if line.startswith("ready"):
-            return demo
-        label, _, value = line.partition(": ")
-        demo.printed.setdefault(label, value)
+def primary_mail(demo: DemoProcess, domain: str) -> list[bytes]:
+    """What the demo's stand-in primary of ``domain`` received so far."""
+    folder = demo.workdir / "primaries" / domain / "new"
+    return [path.read_bytes() for path in sorted(folder.iterdir())]
 
 
 def sessions_alive(sessions: set[int]) -> list[str]:
@@ -171,7 +104,7 @@ def outside_mail(gateway: str, to: str, subject: str) -> None:
 def test_the_outage_story_in_the_browser_then_ctrl_c_leaves_nothing(workdir: Path) -> None:
     """The demo's promise, end to end, with its real command."""
     started = time.monotonic()
-    demo = start_demo(workdir, "--probe-interval", "1")
+    demo = start_demo(workdir, ["--probe-interval", "1"], ready_seconds=READY_SECONDS)
     try:
         printed = demo.printed
         for label in ("portal", "end user", "helpdesk", "admin", "password"):
@@ -189,7 +122,7 @@ def test_the_outage_story_in_the_browser_then_ctrl_c_leaves_nothing(workdir: Pat
         )
         assert second.returncode == 1
         assert f"a demo is running in {workdir}" in second.stderr
-        seeded = len(demo.primary_mail("acme.test"))
+        seeded = len(primary_mail(demo, "acme.test"))
         assert seeded > 10, "the seed mail reached the stand-in primary"
 
         with chromium(chromium_path()) as browser:
@@ -231,7 +164,7 @@ def test_the_outage_story_in_the_browser_then_ctrl_c_leaves_nothing(workdir: Pat
             page.click("#send")
             expect(page.locator(".flash")).to_contain_text("Your message was sent.")
             time.sleep(1)  # what a held message must not do: reach the primary
-            assert not any(held_subject.encode() in m for m in demo.primary_mail("acme.test"))
+            assert not any(held_subject.encode() in m for m in primary_mail(demo, "acme.test"))
 
             # The primary comes back: the held mail is handed back once, the event ends.
             # (From another terminal this time: the command the demo printed.)
@@ -254,7 +187,7 @@ def test_the_outage_story_in_the_browser_then_ctrl_c_leaves_nothing(workdir: Pat
                 "the hand-back ends the event",
                 EVENT_MS / 1000,
             )
-            at_primary = demo.primary_mail("acme.test")
+            at_primary = primary_mail(demo, "acme.test")
             assert sum(held_subject.encode() in m for m in at_primary) == 1
             assert sum(sent_subject.encode() in m for m in at_primary) >= 1
 

@@ -259,16 +259,18 @@ def event_counts(connection: Connection, domain_id: int, started_at: datetime) -
     return held, handed_back
 
 
-def domain_states(connection: Connection, domain_ids: list[int]) -> dict[int, str]:
-    """The continuity state of each domain with an event not ended: "outage" (its mail is
-    held) or "recovering" (handed back now); a domain without one is left out."""
-    if not domain_ids:
+def domain_states(connection: Connection, domain_ids: list[int] | None = None) -> dict[int, str]:
+    """The continuity state of each domain (of ``domain_ids``, or every one) with an
+    event not ended: "outage" (its mail is held) or "recovering" (handed back now); a
+    domain without one is left out."""
+    if domain_ids is not None and not domain_ids:
         return {}
-    rows = connection.execute(
-        select(ContinuityEvent.domain_id, ContinuityEvent.recovery_started_at)
-        .where(ContinuityEvent.domain_id.in_(domain_ids), ContinuityEvent.ended_at.is_(None))
-        .order_by(ContinuityEvent.id)
+    query = select(ContinuityEvent.domain_id, ContinuityEvent.recovery_started_at).where(
+        ContinuityEvent.ended_at.is_(None)
     )
+    if domain_ids is not None:
+        query = query.where(ContinuityEvent.domain_id.in_(domain_ids))
+    rows = connection.execute(query.order_by(ContinuityEvent.id))
     return {
         domain_id: "outage" if recovery_started_at is None else RECOVERING
         for domain_id, recovery_started_at in rows

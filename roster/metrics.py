@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from roster.continuity import RECOVERING, domain_states
 from roster.models import (
     COPY_PENDING,
     PENDING_STATES,
@@ -244,15 +245,9 @@ def _state(status: str, via_continuity: bool, domain_id: int | None, events: Any
 
 def _event_domains(connection: Connection) -> tuple[set[int], set[int]]:
     """Domains whose mail is held now, and those handing it back."""
-    held: set[int] = set()
-    recovering: set[int] = set()
-    for domain_id, recovery_started_at in connection.execute(
-        select(ContinuityEvent.domain_id, ContinuityEvent.recovery_started_at).where(
-            ContinuityEvent.ended_at.is_(None)
-        )
-    ):
-        (held if recovery_started_at is None else recovering).add(domain_id)
-    return held, recovering
+    states = domain_states(connection)
+    held = {domain_id for domain_id, state in states.items() if state != RECOVERING}
+    return held, set(states) - held
 
 
 def _received_at(connection: Connection, queue_ids: set[str]) -> dict[str, datetime]:

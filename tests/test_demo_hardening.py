@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from continuity.demo import child_command, free_ports_except
-from tests.test_demo import start_demo, workdir
+from continuity.demo_process import start_demo
+from tests.test_demo import READY_SECONDS, primary_mail, workdir
 
 __all__ = ["workdir"]  # the fixture, used by name
 
@@ -108,9 +109,9 @@ def test_the_ports_drawn_for_the_mail_servers_leave_the_visitors_alone() -> None
 
 
 def test_the_demos_files_are_roots_alone(workdir: Path) -> None:
-    demo = start_demo(workdir, "--probe-interval", "1")
+    demo = start_demo(workdir, ["--probe-interval", "1"], ready_seconds=READY_SECONDS)
     try:
-        assert demo.primary_mail("acme.test"), "the seed reached the stand-in primary"
+        assert primary_mail(demo, "acme.test"), "the seed reached the stand-in primary"
         open_to_others = []
         for path in sorted(workdir.rglob("*")):
             relative = path.relative_to(workdir)

@@ -7,8 +7,9 @@ indexed by Dovecot once before measuring). The app is the real portal (create_ap
 SQLite roster), called through Flask's test client by a signed-in person.
 
 - **list, cold**: the first view of the inbox in a session (the portal's pool holds no
-  connection: it connects, signs in, lists the folders, selects the inbox, fetches the
-  newest 50 and the folders' counts). The floor: a client that sends the same IMAP
+  connection: it connects, signs in, lists the folders, selects the inbox, asks the
+  folders' counts and fetches the newest 50; the portal makes the page around what is
+  still to come while the store works). The floor: a client that sends the same IMAP
   commands in the same order over a socket and reads the replies without parsing them.
 - **list, warm**: the same view again after a new message arrived.
 - **open**: a message not opened before (the reading page), at the largest size.
@@ -141,9 +142,9 @@ def raw_list_page(server: DovecotServer, address: str) -> float:
     client.command('LIST "" "*"')
     selected = client.command('SELECT "INBOX"')
     exists = int(selected.split(b" EXISTS")[0].rsplit(b"* ", 1)[1])
-    client.command(f"FETCH {max(1, exists - 49)}:{exists} {LIST_ITEMS}")
     for name in ("INBOX", "Sent", "Drafts", "Trash"):
         client.command(f'STATUS "{name}" (MESSAGES UNSEEN)')
+    client.command(f"FETCH {max(1, exists - 49)}:{exists} {LIST_ITEMS}")
     elapsed = time.perf_counter() - began
     client.close()
     return elapsed

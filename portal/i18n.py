@@ -18,7 +18,7 @@ def select_locale() -> str:
     return request.accept_languages.best_match(list(LANGUAGES), default="en") or "en"
 
 
-def _translations() -> Any:
+def template_translations() -> Any:
     """This request's catalogue, looked up once (Flask-Babel looks it up again for every
     message, through several context lookups: a third of the sign-in page's time)."""
     found = g.get("translations")
@@ -36,9 +36,9 @@ def install_template_gettext(app: Flask) -> None:
     """
     # jinja2.ext.i18n (which Flask-Babel loads) adds this method when the app starts.
     app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
-        gettext=lambda s: _translations().ugettext(s),
-        ngettext=lambda s, p, n: _translations().ungettext(s, p, n),
-        pgettext=lambda c, s: _translations().upgettext(c, s),
-        npgettext=lambda c, s, p, n: _translations().unpgettext(c, s, p, n),
+        gettext=lambda s: template_translations().ugettext(s),
+        ngettext=lambda s, p, n: template_translations().ungettext(s, p, n),
+        pgettext=lambda c, s: template_translations().upgettext(c, s),
+        npgettext=lambda c, s, p, n: template_translations().unpgettext(c, s, p, n),
         newstyle=True,
     )

@@ -5,6 +5,7 @@ mailbox; and the pool of IMAP connections behind it."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 import time
@@ -13,12 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 from werkzeug.routing import Rule
 
-from portal.webmail.imap import GREETERS, StorePool, StoreSettings, folder_token
+from portal.webmail.imap import (
+    GREETERS,
+    StorePool,
+    StoreSettings,
+    StoreUnavailable,
+    folder_token,
+)
 from roster.models import WEBMAIL_OUTAGE, ContinuityEvent, Domain, Person
 from tests.portal_support import (
     DOMAIN,
@@ -362,7 +370,10 @@ def test_a_flood_of_requests_opens_no_queue_of_connections_ahead() -> None:
     """Requests that open a connection ahead and then need none (a flood of them from
     one session) open at most a few, never a queue that the next person's first page
     would wait behind: that page's connection comes at once."""
-    pool = StorePool(StoreSettings("127.0.0.1", 1, False, None, "portal", "secret", timeout=1.0))
+    # A store named by a host name (resolving it may wait): a thread opens its connections.
+    pool = StorePool(
+        StoreSettings("store.invalid", 1, False, None, "portal", "secret", timeout=1.0)
+    )
     slow = SlowStore()
     pool._open = slow.open  # type: ignore[method-assign]  # no store needed for this
     for _ in range(40):
@@ -377,6 +388,26 @@ def test_a_flood_of_requests_opens_no_queue_of_connections_ahead() -> None:
     assert time.monotonic() - began < 0.6
     time.sleep(0.5)
     assert slow.opened <= GREETERS + 1
+
+
+def test_a_store_on_loopback_is_greeted_without_a_thread_and_a_store_down_is_told() -> None:
+    """On loopback the request itself starts the connection (the store greets it in the
+    socket while the portal checks access): no thread is involved. A store that is down
+    is told when the request needs the connection, as opening one then would; a
+    greeting not needed is closed; nothing is left open either way."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free again once closed: nobody listens there
+    pool = StorePool(StoreSettings("127.0.0.1", port, False, None, "portal", "secret", timeout=1.0))
+    greeting = pool.greet("person:1")
+    assert greeting is not None
+    with pytest.raises(StoreUnavailable, match="cannot be reached"):
+        greeting.take(1.0)
+    assert greeting.take(1.0) is None  # taken once
+    unused = pool.greet("person:1")
+    assert unused is not None and unused.discard()
+    assert pool._greeters is None  # noqa: SLF001 - no thread was started for either
+    assert pool.greetings == 2
 
 
 def test_many_pages_at_once_share_a_few_connections(webmail: Webmail) -> None:  # noqa: F811

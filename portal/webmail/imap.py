@@ -16,8 +16,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import functools
 import imaplib
+import ipaddress
+import logging
 import re
 import socket
 import ssl
@@ -31,11 +34,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.datetime_util import parse_to_datetime  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError  # type: ignore[import-untyped]
+from imapclient.imap4 import IMAP4WithTimeout  # type: ignore[import-untyped]
 
 from portal.webmail.message import addresses_of, header_text
 from roster.config import Config, ConfigError, host_port
@@ -63,6 +67,7 @@ LIST_ITEMS = [
 HEADER_KEY = b"BODY[HEADER.FIELDS (FROM TO SUBJECT DATE CONTENT-TYPE)]"
 LIST_QUERY = "(" + " ".join(item.decode("ascii") for item in LIST_ITEMS) + ")"
 _ANSWER_START = re.compile(rb"\d+ \(")
+_STATUS_ITEM = re.compile(rb"([A-Z]+) (\d+)")
 _ROW = {
     b"UID": re.compile(rb"\bUID (\d+)"),
     b"FLAGS": re.compile(rb"\bFLAGS \(([^)]*)\)"),
@@ -132,9 +137,8 @@ class Folder:
     unread: int
 
 
-@dataclass(frozen=True)
-class Summary:
-    """One line of the message list."""
+class Summary(NamedTuple):
+    """One line of the message list (a tuple: fifty are made for every list page)."""
 
     uid: int
     subject: str
@@ -428,8 +432,9 @@ class Mailbox:
                 return name
         return self.checked_folder(use)
 
-    def folders(self) -> list[Folder]:
-        """The folders with their message and unread counts, special ones first."""
+    def folders(self, *, counts: bool = True) -> list[Folder]:
+        """The folders with their message and unread counts (``counts`` False: without,
+        0 each, and no command to the store), special ones first."""
         names = self.folder_names()
         order = {use: index for index, use in enumerate(SPECIAL_FOLDERS)}
         listed = sorted(
@@ -438,21 +443,28 @@ class Mailbox:
         )
         result = []
         for name, special in listed:
-            status = self.client.folder_status(name, [b"MESSAGES", b"UNSEEN"])
-            result.append(
-                Folder(
-                    name=name,
-                    token=folder_token(name),
-                    special=special,
-                    total=int(status.get(b"MESSAGES", 0)),
-                    unread=int(status.get(b"UNSEEN", 0)),
-                )
-            )
+            total, unread = self._counts(name) if counts else (0, 0)
+            result.append(Folder(name, folder_token(name), special, total, unread))
         return result
 
-    def select(self, name: str) -> dict[bytes, Any]:
+    def _counts(self, name: str) -> tuple[int, int]:
+        """A listed folder's messages and unread ones (STATUS, its answer read with a
+        regular expression: imapclient's parser costs more than the store's answer)."""
+        imap = self.client._imap  # noqa: SLF001 - imaplib underneath, for its plain answers
+        kind, data = imap.status(self.client._normalise_folder(name), "(MESSAGES UNSEEN)")  # noqa: SLF001
+        if kind != "OK":
+            raise IMAPClientError(f"STATUS failed: {data!r}")
+        found: dict[bytes, bytes] = {}
+        for line in data:
+            if isinstance(line, bytes):
+                # The folder's name comes first and may hold anything: the items last.
+                found.update(_STATUS_ITEM.findall(line.rpartition(b"(")[2]))
+        return int(found.get(b"MESSAGES", 0)), int(found.get(b"UNSEEN", 0))
+
+    def select(self, name: str, meanwhile: Callable[[], None] | None = None) -> dict[bytes, Any]:
         """Select a listed folder (read-write: reading a message marks it read) and
-        return its state (EXISTS, UIDNEXT, UIDVALIDITY).
+        return its state (EXISTS, UIDNEXT, UIDVALIDITY). ``meanwhile`` runs once while
+        the store opens the folder (or before returning, when it does not need to).
 
         SELECT opens the folder's index again (about 30 ms at 50,000 messages): a folder
         the pooled connection has selected already is only brought up to date (NOOP,
@@ -461,9 +473,13 @@ class Mailbox:
         name = self.checked_folder(name)
         found = self._synced.get(name)
         if found is not None:
+            if meanwhile is not None:
+                meanwhile()
             return found
         state: dict[bytes, Any]
         if self._connection.selected == name:
+            if meanwhile is not None:
+                meanwhile()
             self.client.noop()
             status = self.client.folder_status(name, [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"])
             state = {
@@ -473,10 +489,27 @@ class Mailbox:
             }
         else:
             self._connection.selected = None
-            state = self.client.select_folder(name)
+            state = self._select(name, meanwhile)
             self._connection.selected = name
         self._synced = {name: state}
         return state
+
+    def _select(self, name: str, meanwhile: Callable[[], None] | None) -> dict[bytes, Any]:
+        """SELECT, as imapclient's ``select_folder`` sends and reads it, with
+        ``meanwhile`` run between the two (imaplib's own halves of a command)."""
+        if meanwhile is None:
+            return self.client.select_folder(name)  # type: ignore[no-any-return]
+        imap = self.client._imap  # noqa: SLF001
+        imap.untagged_responses = {}
+        imap.is_readonly = False
+        tag = imap._command("SELECT", self.client._normalise_folder(name))  # noqa: SLF001
+        meanwhile()
+        kind, data = imap._command_complete("SELECT", tag)  # noqa: SLF001
+        if kind != "OK":
+            imap.state = "AUTH"
+            raise IMAPClientError(f"select failed: {data!r}")
+        imap.state = "SELECTED"
+        return self.client._process_select_response(imap.untagged_responses)  # type: ignore[no-any-return]  # noqa: SLF001
 
     def changed(self) -> None:
         """Forget the folder state of this request (messages were moved or removed)."""
@@ -492,8 +525,11 @@ class Mailbox:
         reverse: bool = True,
         search: str = "",
         search_field: str = "text",
+        meanwhile: Callable[[Page], None] | None = None,
     ) -> Page:
-        """One page of ``folder``: newest first by arrival unless sorted or searched."""
+        """One page of ``folder``: newest first by arrival unless sorted or searched.
+        ``meanwhile`` is called once with the page's outline (where it sits, no
+        messages yet) while the store reads its messages, or before returning."""
         state = self.select(folder)
         exists = int(state.get(b"EXISTS", 0))
         search = checked_search(search)
@@ -508,21 +544,35 @@ class Mailbox:
             page = min(max(page, 1), pages)
             high = exists - (page - 1) * PAGE_SIZE
             low = max(1, high - PAGE_SIZE + 1)
+            outline = Page(folder, [], exists, page, pages)
             messages: list[Summary] = []
             if exists:
                 rows = sorted(
-                    self._fetch_rows(f"{low}:{high}", by_uid=False), key=lambda d: -d[b"UID"]
+                    self._fetch_rows(
+                        f"{low}:{high}", by_uid=False, meanwhile=meanwhile, outline=outline
+                    ),
+                    key=lambda d: -d[b"UID"],
                 )
                 messages = [_summary(int(d[b"UID"]), d) for d in rows]
+            elif meanwhile is not None:
+                meanwhile(outline)
             return Page(folder, messages, exists, page, pages)
         uids = self._ordered(folder, state, sort, reverse, search, search_field)
         pages = max(1, -(-len(uids) // PAGE_SIZE))
         page = min(max(page, 1), pages)
         chosen = uids[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        outline = Page(folder, [], len(uids), page, pages)
         fetched = {}
         if chosen:
             listed = ",".join(str(uid) for uid in chosen)
-            fetched = {row[b"UID"]: row for row in self._fetch_rows(listed, by_uid=True)}
+            fetched = {
+                row[b"UID"]: row
+                for row in self._fetch_rows(
+                    listed, by_uid=True, meanwhile=meanwhile, outline=outline
+                )
+            }
+        elif meanwhile is not None:
+            meanwhile(outline)
         messages = [_summary(uid, fetched[uid]) for uid in chosen if uid in fetched]
         return Page(folder, messages, len(uids), page, pages)
 
@@ -564,13 +614,26 @@ class Mailbox:
             orders.popitem(last=False)
         return uids
 
-    def _fetch_rows(self, message_set: str, *, by_uid: bool) -> list[dict[bytes, Any]]:
-        """LIST_ITEMS of ``message_set`` (numbers we made), each with its UID."""
+    def _fetch_rows(
+        self,
+        message_set: str,
+        *,
+        by_uid: bool,
+        meanwhile: Callable[[Page], None] | None = None,
+        outline: Page | None = None,
+    ) -> list[dict[bytes, Any]]:
+        """LIST_ITEMS of ``message_set`` (numbers we made), each with its UID;
+        ``meanwhile(outline)`` runs while the store reads them."""
         imap = self.client._imap  # noqa: SLF001 - imaplib underneath, for its plain answers
+        # imaplib's fetch and uid, in their two halves (send; read the answer).
         if by_uid:
-            kind, data = imap.uid("FETCH", message_set, LIST_QUERY)
+            tag = imap._command("UID", "FETCH", message_set, LIST_QUERY)  # noqa: SLF001
         else:
-            kind, data = imap.fetch(message_set, LIST_QUERY)
+            tag = imap._command("FETCH", message_set, LIST_QUERY)  # noqa: SLF001
+        if meanwhile is not None and outline is not None:
+            meanwhile(outline)
+        kind, data = imap._command_complete("UID" if by_uid else "FETCH", tag)  # noqa: SLF001
+        kind, data = imap._untagged_response(kind, data, "FETCH")  # noqa: SLF001
         if kind != "OK":
             raise IMAPClientError(f"FETCH failed: {data!r}")
         return [row for row in _rows(data) if b"UID" in row]
@@ -681,20 +744,32 @@ class StorePool:
         self.greetings = 0  # greetings begun since the pool was made
 
     # -- connections ------------------------------------------------------------------
-    def _open(self) -> IMAPClient:
+    def _open(self, connected: socket.socket | None = None) -> IMAPClient:
         """A connection to the store, greeted and (off loopback) under TLS, not yet
-        signed in: nothing in it depends on who will sign in."""
+        signed in: nothing in it depends on who will sign in. ``connected``: a socket
+        already connecting to the store (``greet``), else one is opened now."""
         settings = self.settings
         try:
-            client = IMAPClient(
-                settings.host,
-                port=settings.port,
-                ssl=False,
-                timeout=settings.timeout,
-            )
-        except (*_BROKEN, IMAPClientError) as error:
-            raise StoreUnavailable(f"the standby store cannot be reached: {error}") from None
+            if connected is not None:
+                client = _StoreClient(connected, settings.host, settings.port, settings.timeout)
+            else:
+                client = IMAPClient(
+                    settings.host,
+                    port=settings.port,
+                    ssl=False,
+                    timeout=settings.timeout,
+                )
+        except BaseException as error:
+            if connected is not None:
+                connected.close()
+            if isinstance(error, (*_BROKEN, IMAPClientError)):
+                raise StoreUnavailable(f"the standby store cannot be reached: {error}") from None
+            raise
         try:
+            if not _IMAP_LOG.isEnabledFor(logging.DEBUG):
+                # imapclient has imaplib log every line at debug level (hundreds of calls a
+                # page, all dropped unless that logger is on).
+                client._imap.debug = 0  # noqa: SLF001
             # Commands go as small writes (AUTHENTICATE's continuation among them): without
             # this, Nagle's algorithm holds each behind the last one's delayed ACK (40 ms).
             client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -706,6 +781,30 @@ class StorePool:
                 raise StoreUnavailable(f"the standby store cannot be reached: {error}") from None
             raise
         return client
+
+    def _connecting(self) -> socket.socket | None:
+        """A socket to the store whose connection the kernel completes while the portal
+        goes on (the store greets it a few milliseconds later, with nobody waiting): only
+        for a store named by its address and spoken to in plain text (loopback), else
+        None. Refused or unreachable shows when the request reads from it."""
+        settings = self.settings
+        if settings.tls:
+            return None
+        try:
+            family = (
+                socket.AF_INET6
+                if ipaddress.ip_address(settings.host).version == 6
+                else socket.AF_INET
+            )
+        except ValueError:
+            return None  # a name: resolving it may wait, so a thread opens it (``greet``)
+        connecting = socket.socket(family, socket.SOCK_STREAM)
+        connecting.setblocking(False)
+        code = connecting.connect_ex((settings.host, settings.port))
+        if code not in (0, errno.EINPROGRESS):
+            connecting.close()
+            return None  # opened (and its failure told) when the request needs it
+        return connecting
 
     def _connect(self, address: str, greeting: Greeting | None = None) -> _Connection:
         """A new connection signed in as ``address``: the request's early greeting when
@@ -732,8 +831,10 @@ class StorePool:
 
     def greet(self, user: str | None) -> Greeting | None:
         """Start opening a connection for a request of ``user`` (the session's user key)
-        that will need a new one, in the background: the store greets it while the
-        portal reads the session and checks access. None when ``user`` has an idle
+        that will need a new one: the store greets it while the portal reads the
+        session and checks access. On loopback the request's own thread only starts the
+        connection (the store's greeting then waits in the socket); elsewhere a thread
+        opens it and negotiates TLS in the background. None when ``user`` has an idle
         connection (or none is known to be needed)."""
         if user is None:
             return None
@@ -741,6 +842,12 @@ class StorePool:
         with self._lock:
             if address is None or (address and self._idle.get(address)):
                 return None
+        connecting = self._connecting()
+        if connecting is not None:
+            with self._lock:
+                self.greetings += 1
+            return Greeting(connected=connecting, opener=self._open)
+        with self._lock:
             # Never a queue: a greeting waits for no other (a flood of requests would
             # otherwise hold up everyone's first page behind its own).
             if self._greeting >= GREETERS:
@@ -906,11 +1013,20 @@ def _shut(client: IMAPClient) -> None:
 
 
 class Greeting:
-    """A connection being opened in the background for one request. The request takes
-    it when it needs a new connection; if it does not, ``discard`` closes it."""
+    """A connection being opened ahead of one request: a socket connecting (loopback)
+    or a thread opening it. The request takes it when it needs a new connection; if it
+    does not, ``discard`` closes it."""
 
-    def __init__(self, future: Future[IMAPClient]) -> None:
+    def __init__(
+        self,
+        future: Future[IMAPClient] | None = None,
+        *,
+        connected: socket.socket | None = None,
+        opener: Callable[[socket.socket], IMAPClient] | None = None,
+    ) -> None:
         self._future = future
+        self._connected = connected
+        self._opener = opener
         self._taken = False
 
     def take(self, timeout: float) -> IMAPClient | None:
@@ -919,7 +1035,10 @@ class Greeting:
         if self._taken:
             return None
         self._taken = True
-        if self._future.cancel():
+        if self._connected is not None and self._opener is not None:
+            connected, self._connected = self._connected, None
+            return self._opener(connected)
+        if self._future is None or self._future.cancel():
             return None  # not begun: the caller opens one itself
         try:
             return self._future.result(timeout)
@@ -933,9 +1052,41 @@ class Greeting:
         if self._taken:
             return False
         self._taken = True
-        if not self._future.cancel():
+        if self._connected is not None:
+            self._connected.close()
+            self._connected = None
+        elif self._future is not None and not self._future.cancel():
             self._future.add_done_callback(_discarded)
         return True
+
+
+class _OnSocket(IMAP4WithTimeout):  # type: ignore[misc]
+    """imaplib on a socket already connecting to the store."""
+
+    def __init__(self, connected: socket.socket, host: str, port: int, timeout: float) -> None:
+        self._connected: socket.socket | None = connected
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        connected, self._connected = self._connected, None
+        if connected is None:
+            raise OSError("the socket was used already")
+        connected.settimeout(timeout if timeout is not None else self._timeout)
+        return connected
+
+
+class _StoreClient(IMAPClient):  # type: ignore[misc]
+    """imapclient on a socket already connecting to the store (``StorePool.greet``)."""
+
+    def __init__(self, connected: socket.socket, host: str, port: int, timeout: float) -> None:
+        self._connected = connected
+        super().__init__(host, port=port, ssl=False, timeout=timeout)
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:  # noqa: N802 - imapclient's name
+        return _OnSocket(self._connected, self.host, self.port, self._timeout.connect)
+
+
+_IMAP_LOG = logging.getLogger("imapclient.imaplib")
 
 
 def _discarded(future: Future[IMAPClient]) -> None:

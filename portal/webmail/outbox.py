@@ -139,7 +139,7 @@ def _show(draft: Draft, errors: dict[str, str], status: int = 200) -> Any:
     person = current_access().person
     if person is None:
         abort(403)
-    chrome = on_store(lambda box: _chrome(box, ""))
+    chrome = on_store(lambda box: _chrome(box, ""), page=True)
     return (
         render_template(
             "webmail/compose.html",
@@ -385,7 +385,7 @@ def _submit(person: Person, domain: Domain) -> Any:
             "webmail/sent.html",
             refused=result.refused,
             accepted=result.accepted,
-            **on_store(lambda box: _chrome(box, "")),
+            **on_store(lambda box: _chrome(box, ""), page=True),
         )
     flash(_("Your message was sent."), "success")
     return redirect(url_for("webmail.folder", token=folder_token("INBOX")))

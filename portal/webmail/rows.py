@@ -57,6 +57,7 @@ def folder_rows(messages: Sequence[Summary], link_base: str, to_people: bool) ->
         for key, (label, css, sign) in marks.items()
     }
     base = escape(link_base)
+    select_before, _hole, select_after = str(escape(select)).partition("\x00")
     rows = []
     for m in messages:
         uid = int(m.uid)
@@ -72,7 +73,7 @@ def folder_rows(messages: Sequence[Summary], link_base: str, to_people: bool) ->
         rows.append(
             f'<tr class="{css}" data-uid="{uid}">'
             f'<td><input type="checkbox" name="uid" value="{uid}" id="pick-{uid}"'
-            f' aria-label="{escape(select).replace(chr(0), subject)}"></td>'
+            f' aria-label="{select_before}{subject}{select_after}"></td>'
             f'<td class="marks">{shown}</td>'
             f'<td class="sender"><a href="{link}" tabindex="-1">'
             f"{_who(m, to_people, unknown)}</a></td>"

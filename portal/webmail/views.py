@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,12 +23,17 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext as _
+from flask_wtf.csrf import generate_csrf
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
+from markupsafe import Markup, escape
 
+from portal.i18n import template_translations
+from portal.request_scope import close_db
 from portal.webmail import bp
 from portal.webmail.access import current_access, webmail_user
 from portal.webmail.imap import (
     BadRequest,
+    Folder,
     Mailbox,
     Page,
     StorePool,
@@ -39,6 +45,7 @@ from portal.webmail.imap import (
     settings_from,
 )
 from portal.webmail.message import parse, part_bytes
+from portal.webmail.rows import folder_rows
 from portal.webmail.sanitize import clean_html, frame_document, frame_policy
 from roster.config import ConfigError
 
@@ -148,10 +155,16 @@ def _drop_greeting(_error: BaseException | None) -> None:
         greeting.discard()
 
 
-def on_store(work: Callable[[Mailbox], T]) -> T:
+def on_store(work: Callable[[Mailbox], T], *, page: bool = False) -> T:
     """Run ``work`` on the signed-in person's mailbox; 404 for a name or number the
-    mailbox does not have, a page saying so when the store cannot be reached."""
+    mailbox does not have, a page saying so when the store cannot be reached.
+    ``page``: the request renders a page afterwards (see ``_ready_to_render``)."""
     address = current_access().person.mail  # type: ignore[union-attr]
+    if page and g.get(GREETING) is not None:
+        _ready_to_render()
+        # Nothing of the roster is needed until the page is made (the access checked,
+        # the principal loaded): its connection goes back now, not after the store.
+        close_db()
     try:
         store = pool()
         user = session.get("_user_id")
@@ -166,6 +179,15 @@ def on_store(work: Callable[[Mailbox], T]) -> T:
     except StoreUnavailable as error:
         log.warning("webmail: %s", error)
         raise StoreDown() from None
+
+
+def _ready_to_render() -> None:
+    """What a page's template asks for first in a request (the CSRF token, signed; the
+    catalogue of the person's language), made while a new connection to the store is
+    being greeted: the request would only wait for the store meanwhile (the first
+    page of a visit waits some milliseconds), and the page comes out that much sooner."""
+    generate_csrf()
+    template_translations()
 
 
 class StoreDown(Exception):
@@ -206,13 +228,16 @@ def _read(box: Mailbox, folder: str, uid: int) -> bytes:
     return raw
 
 
-def _chrome(box: Mailbox, current: str) -> dict[str, Any]:
-    """What every webmail page shows around its content: the folders and the state."""
+def _chrome(box: Mailbox, current: str, *, counts: bool = True) -> dict[str, Any]:
+    """What every webmail page shows around its content: the folders (``counts``: with
+    their counts) and the state."""
+    folders = box.folders(counts=counts)
     return {
-        "folders": box.folders(),
+        "folders": folders,
         "current_folder": current,
         "access": current_access(),
         "folder_token": folder_token,
+        "current": next((f for f in folders if f.name == current), None),
         "wide_page": True,
     }
 
@@ -254,23 +279,76 @@ def folder(token: str) -> Any:
         flash(_("That search cannot be made: use shorter text on one line."), "error")
         return redirect(url_for("webmail.folder", token=token))
 
-    def work(box: Mailbox) -> tuple[Page, dict[str, Any]]:
-        listed = box.page(
-            name, page=page_number, sort=sort, reverse=reverse, search=query, search_field=field
-        )
-        return listed, _chrome(box, name)
+    # The first page of a visit waits for the store three times (the folder opened, its
+    # counts, its messages read): the page is made around what is still to come while
+    # it waits, and each part, once known, goes where the page left room for it. The
+    # rooms are random tokens, which no message and no folder name can hold.
+    holes = [secrets.token_hex(16) for _hole in range(4)]
+    nav_hole, list_hole, note_hole, rows_hole = holes
+    shown = {"token": token, "sort": sort, "reverse": reverse, "query": query, "field": field}
+    made: dict[str, Any] = {}
 
-    listed, chrome = on_store(work)
-    return render_template(
-        "webmail/folder.html",
-        listing=listed,
-        token=token,
-        sort=sort,
-        reverse=reverse,
-        query=query,
-        field=field,
-        **chrome,
-    )
+    def work(box: Mailbox) -> Page:
+        made.clear()
+
+        def frame() -> None:  # while the store opens the folder
+            made["page"] = render_template(
+                "webmail/folder.html",
+                nav_section=Markup(nav_hole),  # noqa: S704 - a random token of ours
+                list_section=Markup(list_hole),  # noqa: S704 - the same
+                pane_note=Markup(note_hole),  # noqa: S704 - the same
+                **shown,
+                **_chrome(box, name, counts=False),
+            )
+
+        box.select(name, meanwhile=frame)
+        folders = box.folders()
+
+        def around(outline: Page) -> None:  # while the store reads the messages
+            current = next((f for f in folders if f.name == name), None)
+            note = (
+                _("Open a message to read it here.") if outline.total else _("No message to read.")
+            )
+            parts = (
+                render_template("webmail/_nav.html", folders=folders, current_folder=name),
+                render_template(
+                    "webmail/_folder_list.html",
+                    listing=outline,
+                    rows=Markup(rows_hole),  # noqa: S704 - a random token of ours
+                    folders=folders,
+                    current=current,
+                    current_folder=name,
+                    **shown,
+                ),
+                str(escape(note)),
+            )
+            page_text = made["page"]
+            for hole, part in zip((nav_hole, list_hole, note_hole), parts, strict=True):
+                page_text = page_text.replace(hole, part, 1)
+            made["page"], made["links"] = page_text, _row_links(current, token)
+
+        return box.page(
+            name,
+            page=page_number,
+            sort=sort,
+            reverse=reverse,
+            search=query,
+            search_field=field,
+            meanwhile=around,
+        )
+
+    listed = on_store(work, page=True)
+    link_base, to_people = made["links"]
+    return made["page"].replace(rows_hole, folder_rows(listed.messages, link_base, to_people), 1)
+
+
+def _row_links(current: Folder | None, token: str) -> tuple[str, bool]:
+    """Where a folder's rows link to (a draft opens in the editor; other messages on the
+    reading page, their UID appended) and whether they show recipients, not senders."""
+    special = current.special if current else None
+    if special == "Drafts":
+        return url_for("webmail.compose", mode="draft", source=token + "/"), True
+    return url_for("webmail.message", token=token, uid=0)[:-1], special == "Sent"
 
 
 @bp.get("/m/<token>/<uid>")
@@ -288,7 +366,7 @@ def message(token: str, uid: str) -> Any:
         chrome = {**_chrome(box, name), "listing": box.page(name)}
         return raw, box.neighbours(name, number), chrome
 
-    raw, (newer, older), chrome = on_store(work)
+    raw, (newer, older), chrome = on_store(work, page=True)
     parsed = parse(raw)
     blocked = False
     if parsed.html is not None:

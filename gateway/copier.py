@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -23,7 +25,7 @@ from gateway.standby import CopyResult, StandbyStore
 from gateway.standby_users import refresh_users_file
 from roster.logs import log_event
 from roster.models import COPY_DONE, COPY_FAILED, COPY_PENDING, utcnow
-from roster.queue import Copy, claim_copies, copies_due, record_copy, writing
+from roster.queue import Copy, CopyOutcome, claim_copies, copies_due, record_copies, writing
 
 log = logging.getLogger("continuity.gateway")
 
@@ -34,7 +36,8 @@ USERS_FILE_SETTLE_SECONDS = 2
 # a gateway that does not write it gives a refused copy one more try after that.
 USERS_REFRESH_SECONDS = 10.0
 ANOTHER_WRITER_SECONDS = USERS_REFRESH_SECONDS + USERS_FILE_SETTLE_SECONDS + 3
-RECORD_EVERY = 10  # outcomes written per transaction
+RECORD_EVERY = 10  # outcomes a copier hands to the recorder at a time
+RECORDER_BACKLOG = 16  # handed-over groups waiting to be written before copiers wait
 
 
 def next_copy_attempt(attempts: int, now: datetime) -> datetime:
@@ -70,8 +73,100 @@ class UsersFile:
         return recent
 
 
+Outcome = tuple[Copy, CopyResult, str, datetime | None]  # the copy, its result, status, retry
+
+
+class Recorder:
+    """Writes the copiers' outcomes, on a thread of its own, all that are waiting in one
+    transaction. A copier hands its outcomes over and goes on to its next copy: its LMTP
+    connection no longer waits while the roster is written (a copier spent a sixth of
+    its time writing), and on SQLite the copiers no longer queue for its one writer.
+
+    A crash loses at most the outcomes not yet written: those copies are made again
+    once their claims lapse (as a crash between a copy and its outcome always could).
+    """
+
+    def __init__(self, engine: Engine, worker: str) -> None:
+        self.engine = engine
+        self.worker = worker
+        self._waiting: queue.Queue[tuple[str, list[Outcome]] | None] = queue.Queue(RECORDER_BACKLOG)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start writing."""
+        self._thread = threading.Thread(target=self._run, name="copy-outcomes", daemon=True)
+        self._thread.start()
+
+    def hand_over(self, worker: str, outcomes: list[Outcome]) -> None:
+        """Outcomes of copies claimed by ``worker``, to be written (written at once when
+        the recorder is not running); waits while many are waiting already."""
+        if self._thread is None:
+            self.write([(worker, outcomes)])
+        else:
+            self._waiting.put((worker, outcomes))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write what is waiting, then stop."""
+        if self._thread is not None:
+            self._waiting.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            groups = []
+            item = self._waiting.get()
+            while item is not None:
+                groups.append(item)
+                try:
+                    item = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+            stopping = item is None
+            if groups:
+                try:
+                    self.write(groups)
+                except Exception as error:  # the copies are made again once their claims lapse
+                    log_event(
+                        log,
+                        logging.ERROR,
+                        "copier_failed",
+                        error=type(error).__name__,
+                        detail=str(error)[:200],
+                    )
+
+    def write(self, groups: Sequence[tuple[str, list[Outcome]]]) -> None:
+        """Write ``groups`` of outcomes in one transaction, then log each copy."""
+        # Not waiting for the disk (PostgreSQL): an outcome lost in a crash of the
+        # database server only makes the copy again.
+        with writing(self.engine, durable=False) as connection:
+            record_copies(
+                connection,
+                [
+                    CopyOutcome(
+                        copy.id, status, f"{result.code or ''} {result.reply}", retry, worker
+                    )
+                    for worker, outcomes in groups
+                    for copy, result, status, retry in outcomes
+                ],
+            )
+        for _worker, outcomes in groups:
+            for copy, result, status, _retry in outcomes:
+                log_event(
+                    log,
+                    logging.INFO if status != COPY_FAILED else logging.WARNING,
+                    "standby_copy",
+                    queue_id=copy.queue_id,
+                    status=status,
+                    attempt=copy.attempts + 1,
+                    reply=result.reply[:200],
+                )
+
+
 class Copier:
-    """One copy loop; the gateway's copiers share one pool of LMTP connections."""
+    """One copy loop; the gateway's copiers share one pool of LMTP connections and one
+    recorder of their outcomes."""
 
     def __init__(
         self,
@@ -81,12 +176,14 @@ class Copier:
         worker: str,
         *,
         lease: timedelta,
+        recorder: Recorder | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.users = users
         self.worker = worker
         self.lease = lease
+        self.recorder = recorder or Recorder(engine, worker)
         self.stopping = threading.Event()
         self.wake = threading.Event()
 
@@ -115,9 +212,9 @@ class Copier:
                 return 0
         with writing(self.engine, durable=False) as connection:
             copies = claim_copies(connection, self.worker, limit=BATCH, lease=self.lease)
-        # Outcomes are written a few at a time, in one transaction each: a transaction
-        # per copy queued the copiers on SQLite's one writer (copies ran at 0.43 of
-        # Dovecot's rate). A crash can repeat at most the copies not yet written.
+        # Outcomes go to the recorder a few at a time (a transaction per copy queued the
+        # copiers on SQLite's one writer: copies ran at 0.43 of Dovecot's rate). A crash
+        # can repeat at most the copies whose outcomes were not yet written.
         outcomes: list[tuple[Copy, CopyResult, float | None]] = []
         for copy in copies:
             result = self._copy(copy)
@@ -151,7 +248,7 @@ class Copier:
 
     def _record(self, outcomes: list[tuple[Copy, CopyResult, float | None]]) -> None:
         now = utcnow()
-        rows = []
+        rows: list[Outcome] = []
         for copy, result, again_in in outcomes:
             if result.copied:
                 status, retry = COPY_DONE, None
@@ -162,19 +259,4 @@ class Copier:
             else:
                 status, retry = COPY_PENDING, next_copy_attempt(copy.attempts + 1, now)
             rows.append((copy, result, status, retry))
-        # Not waiting for the disk (PostgreSQL): an outcome lost in a crash of the
-        # database server only makes the copy again.
-        with writing(self.engine, durable=False) as connection:
-            for copy, result, status, retry in rows:
-                reply = f"{result.code or ''} {result.reply}"
-                record_copy(connection, copy.id, status, reply, retry, worker=self.worker)
-        for copy, result, status, _ in rows:
-            log_event(
-                log,
-                logging.INFO if status != COPY_FAILED else logging.WARNING,
-                "standby_copy",
-                queue_id=copy.queue_id,
-                status=status,
-                attempt=copy.attempts + 1,
-                reply=result.reply[:200],
-            )
+        self.recorder.hand_over(self.worker, rows)

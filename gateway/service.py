@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from gateway.callout import Callout
 from gateway.commit import GroupCommitter, make_durable
-from gateway.copier import USERS_REFRESH_SECONDS, Copier, UsersFile
+from gateway.copier import USERS_REFRESH_SECONDS, Copier, Recorder, UsersFile
 from gateway.limits import ClientLimits, GatewayLimits
 from gateway.listener import ClosingController
 from gateway.monitor import Monitor
@@ -211,6 +211,7 @@ class Gateway:
         self.users = UsersFile(self.engine, self.settings.users_file)
         self.store: StandbyStore | None = None
         self.copiers: list[Copier] = []
+        self.recorder = Recorder(self.engine, self.worker)
         if copy and self.settings.lmtp:
             host, port = self.settings.lmtp
             self.store = StandbyStore(host, port, connections=self.settings.copy_connections)
@@ -221,6 +222,7 @@ class Gateway:
                     self.users,
                     f"{self.worker}/c{index}",
                     lease=self.settings.lease,
+                    recorder=self.recorder,
                 )
                 for index in range(self.settings.copy_workers)
             ]
@@ -296,6 +298,8 @@ class Gateway:
             self._thread("standby-users", self._keep_users_current)
         for index, runner in enumerate(self.runners):
             self._thread(f"runner-{index}", runner.run, self.idle)
+        if self.copiers:
+            self.recorder.start()
         for index, copier in enumerate(self.copiers):
             self._thread(f"copier-{index}", copier.run, self.idle)
         if self.monitor is not None:
@@ -354,6 +358,7 @@ class Gateway:
         deadline = time.monotonic() + 30
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
+        self.recorder.stop(max(0.1, deadline - time.monotonic()))  # after the copiers
         if self.store is not None:
             self.store.close()
         log_event(log, logging.INFO, "gateway_stopped", worker=self.worker)

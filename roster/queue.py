@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -38,6 +49,7 @@ from roster.models import (
     MailMessage,
     MailRecipient,
     StandbyCopy,
+    UTCDateTime,
     utcnow,
 )
 
@@ -495,31 +507,54 @@ def claim_copies(
     return [Copy(r.id, r.queue_id, r.mailbox, r.attempts, r.sender, r.body) for r in rows]
 
 
-def record_copy(
-    connection: Connection,
-    copy_id: int,
-    status: str,
-    reply: str,
-    next_attempt_at: datetime | None = None,
-    worker: str | None = None,
-) -> None:
-    """Write one standby copy's outcome and release its claim (caller commits); with
-    ``worker``, only while the copy is still claimed by it."""
-    values: dict[str, Any] = {
-        "status": status,
-        "last_reply": reply[:1000],
-        "attempts": StandbyCopy.attempts + 1,
-        "claimed_by": None,
-        "claimed_until": None,
-    }
-    if status == COPY_DONE:
-        values["copied_at"] = utcnow()
-    if next_attempt_at is not None:
-        values["next_attempt_at"] = next_attempt_at
-    condition = StandbyCopy.id == copy_id
-    if worker is not None:  # a lapsed claim is someone else's now
-        condition = and_(condition, StandbyCopy.claimed_by == worker)
-    connection.execute(update(StandbyCopy).where(condition).values(**values))
+@dataclass(frozen=True)
+class CopyOutcome:
+    """One standby copy's outcome, to be written by ``record_copies``."""
+
+    copy_id: int
+    status: str
+    reply: str
+    next_attempt_at: datetime | None  # None: unchanged
+    worker: str  # written only while the copy is still claimed by this worker
+
+
+def record_copies(connection: Connection, outcomes: Sequence[CopyOutcome]) -> None:
+    """Write standby copies' outcomes and release their claims (caller commits), each
+    only while its copy is still claimed by its worker (a lapsed claim is someone
+    else's now). One statement for them all, sent with every copy's values at once."""
+    if not outcomes:
+        return
+    now = utcnow()
+    table = StandbyCopy
+    statement = (
+        update(table)
+        .where(table.id == bindparam("b_id"), table.claimed_by == bindparam("b_worker"))
+        .values(
+            status=bindparam("b_status"),
+            last_reply=bindparam("b_reply"),
+            attempts=table.attempts + 1,
+            claimed_by=None,
+            claimed_until=None,
+            copied_at=func.coalesce(bindparam("b_copied_at", type_=UTCDateTime), table.copied_at),
+            next_attempt_at=func.coalesce(
+                bindparam("b_next", type_=UTCDateTime), table.next_attempt_at
+            ),
+        )
+    )
+    connection.execute(
+        statement,
+        [
+            {
+                "b_id": outcome.copy_id,
+                "b_worker": outcome.worker,
+                "b_status": outcome.status,
+                "b_reply": outcome.reply[:1000],
+                "b_copied_at": now if outcome.status == COPY_DONE else None,
+                "b_next": outcome.next_attempt_at,
+            }
+            for outcome in outcomes
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------

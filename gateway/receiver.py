@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session as DbSession
 
@@ -32,6 +32,7 @@ log = logging.getLogger("continuity.gateway")
 MAX_RECIPIENTS = 1000  # per message (RFC 5321 4.5.3.1.8 asks for at least 100)
 LOOKUP_SECONDS = 10.0  # how long a roster answer about a recipient is reused
 MAX_CALLOUTS = 8  # conversations with primaries at once, per gateway
+END_OF_DATA = b"\r\n.\r\n"  # RFC 5321 4.1.1.4: and nothing else ends a message
 
 
 @dataclass
@@ -303,3 +304,113 @@ class GatewaySMTP(TrackedSMTP):
             await self.push("550 5.7.1 Source routes are not accepted")
             return
         await super().smtp_RCPT(arg)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message in blocks instead of line by line (a
+        line at a time was a fifth of the receiver's work on a 10 KB message).
+
+        The same rules: the message ends only at CRLF.CRLF (a bare LF or CR ends
+        nothing), a line longer than ``line_length_limit`` gets 500 and more than
+        ``data_size_limit`` bytes 552, each once the message has ended, without keeping
+        what came; a leading dot is taken off every line; a client that goes away in
+        the middle leaves nothing stored."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None  # noqa: S101 - aiosmtpd's own invariant
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            sent = await read_message(self._reader, self.data_size_limit)
+        except (asyncio.CancelledError, asyncio.IncompleteReadError):
+            # The connection went away during DATA: nothing of it is kept.
+            log.info("Connection lost during DATA")
+            self._writer.close()
+            raise asyncio.CancelledError from None
+        if sent is None:
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        if longest_line(sent) > self.line_length_limit:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        content = unstuffed(sent)
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
+
+async def read_message(reader: asyncio.StreamReader, size_limit: int | None) -> bytes | None:
+    """What the client sent after DATA's 354, up to and with the end of data: each line
+    with its CRLF and its dots as sent, then ".\r\n". None when more than
+    ``size_limit`` bytes came (read to its end all the same, keeping nothing).
+
+    The stream is read in blocks up to the next CRLF.CRLF. Only at its start is there a
+    line with nothing read before it (the CRLF before it is DATA's own), so there it
+    is read a byte at a time for as long as what came could be the start of the end of
+    data ("." alone ends an empty message); past that, ``readuntil`` finds every
+    CRLF.CRLF, since a block read without one leaves its last four bytes in the
+    stream, to be read with what follows."""
+    parts: list[bytes] = []
+    size = 0
+    tail = b"\r\n"  # the end of what came that could begin the end of data
+    while tail and tail != END_OF_DATA:
+        byte = await reader.readexactly(1)
+        parts.append(byte)
+        size += 1
+        tail = _end_prefix(tail + byte)
+    ended = tail == END_OF_DATA
+    too_much = False
+    while not ended:
+        try:
+            block = await reader.readuntil(END_OF_DATA)
+            ended = True
+        except asyncio.LimitOverrunError as error:
+            block = await reader.read(error.consumed)
+            if not block:
+                raise asyncio.IncompleteReadError(b"", None) from None
+        size += len(block)
+        if size_limit and size - 3 > size_limit:  # the final ".\r\n" is not the message's
+            too_much = True
+            parts.clear()  # nothing more is kept: memory stays flat whatever comes
+        elif not too_much:
+            parts.append(block)
+    if too_much:
+        return None
+    return b"".join(parts)
+
+
+def unstuffed(sent: bytes) -> bytes:
+    """The message in what ``read_message`` returned: without the end of data, and one
+    leading dot taken off every line (RFC 5321 4.5.2)."""
+    return (b"\r\n" + sent[: len(sent) - 3]).replace(b"\r\n.", b"\r\n")[2:]
+
+
+def _end_prefix(text: bytes) -> bytes:
+    """The longest end of ``text`` that is a start of END_OF_DATA (b"" when none)."""
+    for length in range(min(len(text), len(END_OF_DATA)), 0, -1):
+        if END_OF_DATA.startswith(text[-length:]):
+            return text[-length:]
+    return b""
+
+
+def longest_line(content: bytes) -> int:
+    """The longest line of ``content`` with its CRLF, as aiosmtpd counts them."""
+    longest = 0
+    start = 0
+    while True:
+        end = content.find(b"\r\n", start)
+        if end < 0:
+            return max(longest, len(content) - start)
+        longest = max(longest, end + 2 - start)
+        start = end + 2

@@ -326,6 +326,46 @@ def _summary(uid: int, data: dict[bytes, Any]) -> Summary:
     )
 
 
+_UNTAGGED_FETCH = re.compile(rb"\* (\d+) FETCH (.*)", re.DOTALL)
+_LITERAL_SIZE = re.compile(rb"\{(\d+)\}$")
+
+
+def _fetch_answer(imap: imaplib.IMAP4, tag: bytes) -> tuple[str, list[Any]]:
+    """The answer to the FETCH sent with ``tag``, read straight from the connection:
+    its tagged status, and its FETCH lines as imaplib would hand them (a line before a
+    literal paired with it, the rest of the line after). imaplib's own reading, which
+    matches every line against several patterns, cost as much as the store's work.
+    Other untagged lines (a new message's EXISTS, flags) are left aside, as nothing on
+    the page reads them; the store closing the connection is an error, as in imaplib."""
+    found: list[Any] = []
+    while True:
+        line = imap.readline()
+        if not line.endswith(b"\r\n"):
+            raise imaplib.IMAP4.abort(f"socket error: unterminated line: {line[:100]!r}")
+        line = line[:-2]
+        if line.startswith(tag + b" "):
+            imap.tagged_commands.pop(tag, None)
+            kind, _, text = line[len(tag) + 1 :].partition(b" ")
+            return kind.decode("ascii", "replace"), found if kind == b"OK" else [text]
+        if line.startswith(b"* BYE"):
+            raise imaplib.IMAP4.abort(line.decode("ascii", "replace"))
+        answer = _UNTAGGED_FETCH.match(line)
+        text = answer.group(1) + b" " + answer.group(2) if answer else b""
+        while True:
+            size = _LITERAL_SIZE.search(line)
+            if size is None:
+                break
+            literal = imap.read(int(size.group(1)))
+            if answer:
+                found.append((text, literal))
+            line = imap.readline()
+            if not line.endswith(b"\r\n"):
+                raise imaplib.IMAP4.abort(f"socket error: unterminated line: {line[:100]!r}")
+            line = text = line[:-2]
+        if answer:
+            found.append(text)
+
+
 def _rows(data: list[Any]) -> list[dict[bytes, Any]]:
     """FETCH answers of LIST_ITEMS as imaplib hands them (the header fields as a literal,
     the other items around it), read with a few regular expressions: imapclient's own
@@ -632,8 +672,7 @@ class Mailbox:
             tag = imap._command("FETCH", message_set, LIST_QUERY)  # noqa: SLF001
         if meanwhile is not None and outline is not None:
             meanwhile(outline)
-        kind, data = imap._command_complete("UID" if by_uid else "FETCH", tag)  # noqa: SLF001
-        kind, data = imap._untagged_response(kind, data, "FETCH")  # noqa: SLF001
+        kind, data = _fetch_answer(imap, tag)
         if kind != "OK":
             raise IMAPClientError(f"FETCH failed: {data!r}")
         return [row for row in _rows(data) if b"UID" in row]

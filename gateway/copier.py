@@ -38,6 +38,7 @@ USERS_REFRESH_SECONDS = 10.0
 ANOTHER_WRITER_SECONDS = USERS_REFRESH_SECONDS + USERS_FILE_SETTLE_SECONDS + 3
 RECORD_EVERY = 10  # outcomes a copier hands to the recorder at a time
 RECORDER_BACKLOG = 16  # handed-over groups waiting to be written before copiers wait
+RECORD_RETRY_SECONDS = (0.5, 2.0, 5.0)  # pauses before writing outcomes again
 
 
 def next_copy_attempt(attempts: int, now: datetime) -> datetime:
@@ -89,52 +90,80 @@ class Recorder:
     def __init__(self, engine: Engine, worker: str) -> None:
         self.engine = engine
         self.worker = worker
-        self._waiting: queue.Queue[tuple[str, list[Outcome]] | None] = queue.Queue(RECORDER_BACKLOG)
+        self._waiting: queue.Queue[tuple[str, list[Outcome]]] = queue.Queue(RECORDER_BACKLOG)
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
 
     def start(self) -> None:
         """Start writing."""
-        self._thread = threading.Thread(target=self._run, name="copy-outcomes", daemon=True)
-        self._thread.start()
+        with self._lock:
+            self._closed.clear()
+            self._thread = threading.Thread(target=self._run, name="copy-outcomes", daemon=True)
+            self._thread.start()
 
     def hand_over(self, worker: str, outcomes: list[Outcome]) -> None:
-        """Outcomes of copies claimed by ``worker``, to be written (written at once when
-        the recorder is not running); waits while many are waiting already."""
-        if self._thread is None:
-            self.write([(worker, outcomes)])
-        else:
-            self._waiting.put((worker, outcomes))
+        """Outcomes of copies claimed by ``worker``, to be written: by the recorder's
+        thread, waiting while many are waiting already; at once by the caller when the
+        thread is not running (or stopped meanwhile)."""
+        while True:
+            with self._lock:  # handed over only while the thread will still read them
+                running = self._thread is not None and not self._closed.is_set()
+                if running:
+                    try:
+                        self._waiting.put_nowait((worker, outcomes))
+                        return
+                    except queue.Full:
+                        pass
+            if not running:
+                self._write_retrying([(worker, outcomes)])
+                return
+            time.sleep(0.01)  # the thread is busy writing: wait for room
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Write what is waiting, then stop."""
-        if self._thread is not None:
-            self._waiting.put(None)
-            self._thread.join(timeout)
-            self._thread = None
+        """Write what is waiting, then stop (outcomes handed over later are written by
+        whoever hands them over)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._closed.set()
+        if thread is not None:
+            thread.join(timeout)
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            groups = []
-            item = self._waiting.get()
-            while item is not None:
-                groups.append(item)
+        while True:
+            try:
+                groups = [self._waiting.get(timeout=0.2)]
+            except queue.Empty:
+                if self._closed.is_set():
+                    return
+                continue
+            while True:
                 try:
-                    item = self._waiting.get_nowait()
+                    groups.append(self._waiting.get_nowait())
                 except queue.Empty:
                     break
-            stopping = item is None
-            if groups:
-                try:
-                    self.write(groups)
-                except Exception as error:  # the copies are made again once their claims lapse
-                    log_event(
-                        log,
-                        logging.ERROR,
-                        "copier_failed",
-                        error=type(error).__name__,
-                        detail=str(error)[:200],
-                    )
+            self._write_retrying(groups)
+
+    def _write_retrying(self, groups: Sequence[tuple[str, list[Outcome]]]) -> None:
+        """``write``, tried again a few times (SQLite busy, a database hiccup): an
+        outcome not written makes its copy again once the claim lapses."""
+        for pause in (*RECORD_RETRY_SECONDS, None):
+            try:
+                self.write(groups)
+                return
+            except Exception as error:
+                log_event(
+                    log,
+                    logging.ERROR,
+                    "copier_failed",
+                    error=type(error).__name__,
+                    detail=str(error)[:200],
+                    outcomes=sum(len(outcomes) for _worker, outcomes in groups),
+                    again=pause is not None,
+                )
+                if pause is None:
+                    return
+                time.sleep(pause)
 
     def write(self, groups: Sequence[tuple[str, list[Outcome]]]) -> None:
         """Write ``groups`` of outcomes in one transaction, then log each copy."""

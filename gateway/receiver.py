@@ -32,7 +32,7 @@ log = logging.getLogger("continuity.gateway")
 MAX_RECIPIENTS = 1000  # per message (RFC 5321 4.5.3.1.8 asks for at least 100)
 LOOKUP_SECONDS = 10.0  # how long a roster answer about a recipient is reused
 MAX_CALLOUTS = 8  # conversations with primaries at once, per gateway
-END_OF_DATA = b"\r\n.\r\n"  # RFC 5321 4.1.1.4: and nothing else ends a message
+_DOT_LINE = b".\r\n"  # after a CRLF, the end of data (RFC 5321 4.1.1.4), and nothing else
 
 
 @dataclass
@@ -355,53 +355,40 @@ async def read_message(reader: asyncio.StreamReader, size_limit: int | None) -> 
     with its CRLF and its dots as sent, then ".\r\n". None when more than
     ``size_limit`` bytes came (read to its end all the same, keeping nothing).
 
-    The stream is read in blocks up to the next CRLF.CRLF. Only at its start is there a
-    line with nothing read before it (the CRLF before it is DATA's own), so there it
-    is read a byte at a time for as long as what came could be the start of the end of
-    data ("." alone ends an empty message); past that, ``readuntil`` finds every
-    CRLF.CRLF, since a block read without one leaves its last four bytes in the
-    stream, to be read with what follows."""
-    parts: list[bytes] = []
+    The stream is read in blocks up to each ".\r\n" (which cannot overlap itself, so
+    every one is met in turn); one ends the data when the two bytes before its dot are
+    CRLF, counting DATA's own CRLF before the first line ("." alone ends an empty
+    message). A block read without one (``readuntil``'s limit) leaves its last two
+    bytes in the stream, to be read with what follows."""
+    sent = bytearray()
     size = 0
-    tail = b"\r\n"  # the end of what came that could begin the end of data
-    while tail and tail != END_OF_DATA:
-        byte = await reader.readexactly(1)
-        parts.append(byte)
-        size += 1
-        tail = _end_prefix(tail + byte)
-    ended = tail == END_OF_DATA
     too_much = False
-    while not ended:
+    before = b"\r\n"  # the two bytes before the stream's next one
+    while True:
         try:
-            block = await reader.readuntil(END_OF_DATA)
-            ended = True
+            block = await reader.readuntil(_DOT_LINE)
+            dot = True
         except asyncio.LimitOverrunError as error:
             block = await reader.read(error.consumed)
             if not block:
                 raise asyncio.IncompleteReadError(b"", None) from None
+            dot = False
         size += len(block)
-        if size_limit and size - 3 > size_limit:  # the final ".\r\n" is not the message's
+        ended = dot and (before + block)[-5:-3] == b"\r\n"
+        before = (before + block[-2:])[-2:]
+        if size_limit and size - len(_DOT_LINE) > size_limit:
             too_much = True
-            parts.clear()  # nothing more is kept: memory stays flat whatever comes
+            sent.clear()  # nothing more is kept: memory stays flat whatever comes
         elif not too_much:
-            parts.append(block)
-    if too_much:
-        return None
-    return b"".join(parts)
+            sent += block
+        if ended:
+            return None if too_much else bytes(sent)
 
 
 def unstuffed(sent: bytes) -> bytes:
     """The message in what ``read_message`` returned: without the end of data, and one
     leading dot taken off every line (RFC 5321 4.5.2)."""
     return (b"\r\n" + sent[: len(sent) - 3]).replace(b"\r\n.", b"\r\n")[2:]
-
-
-def _end_prefix(text: bytes) -> bytes:
-    """The longest end of ``text`` that is a start of END_OF_DATA (b"" when none)."""
-    for length in range(min(len(text), len(END_OF_DATA)), 0, -1):
-        if END_OF_DATA.startswith(text[-length:]):
-            return text[-length:]
-    return b""
 
 
 def longest_line(content: bytes) -> int:

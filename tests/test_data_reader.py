@@ -79,6 +79,17 @@ def test_a_message_over_the_limit_is_read_to_its_end_and_not_kept() -> None:
     assert got is not None and len(unstuffed(got)) == 18_040 and left == NEXT
 
 
+@pytest.mark.parametrize("filler", [b"\r\n", b"\r", b"\n", b".\r", b"a.\r\n"])
+def test_a_message_of_line_ends_or_dots_alone_meets_the_limit_too(filler: bytes) -> None:
+    """Blank lines, bare CRs, dots: none of them escapes the size limit (an earlier
+    reader took them a byte at a time, keeping all)."""
+    sent = filler * (200_000 // len(filler)) + b"\r\n.\r\n"
+    got, left = read(sent, limit=10_000)
+    assert got is None and left == NEXT
+    got, left = read(sent, pieces=4096, limit=10_000)
+    assert got is None and left == NEXT
+
+
 def test_the_longest_line_is_measured_with_its_crlf() -> None:
     assert longest_line(b"ab\r\nabcd\r\n.\r\n") == 6
     assert longest_line(b"a" * 1000 + b"\r\n.\r\n") == 1002

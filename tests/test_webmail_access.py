@@ -408,6 +408,15 @@ def test_a_store_on_loopback_is_greeted_without_a_thread_and_a_store_down_is_tol
     assert unused is not None and unused.discard()
     assert pool._greeters is None  # noqa: SLF001 - no thread was started for either
     assert pool.greetings == 2
+    # A flood of requests at once opens no more than a few ahead; each one done (taken
+    # or closed) makes room again.
+    held = [pool.greet(f"person:{n}") for n in range(40)]
+    begun = [greeting for greeting in held if greeting is not None]
+    assert len(begun) == GREETERS
+    for greeting in begun:
+        greeting.discard()
+    again = pool.greet("person:1")
+    assert again is not None and again.discard()
 
 
 def test_many_pages_at_once_share_a_few_connections(webmail: Webmail) -> None:  # noqa: F811

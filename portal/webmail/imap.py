@@ -337,6 +337,16 @@ def _fetch_answer(imap: imaplib.IMAP4, tag: bytes) -> tuple[str, list[Any]]:
     matches every line against several patterns, cost as much as the store's work.
     Other untagged lines (a new message's EXISTS, flags) are left aside, as nothing on
     the page reads them; the store closing the connection is an error, as in imaplib."""
+    try:
+        return _read_fetch_answer(imap, tag)
+    except imaplib.IMAP4.abort:
+        raise
+    except imaplib.IMAP4.error as error:  # a line too long to be read, say
+        # Half an answer left on the connection would be read as the next request's.
+        raise imaplib.IMAP4.abort(str(error)) from None
+
+
+def _read_fetch_answer(imap: imaplib.IMAP4, tag: bytes) -> tuple[str, list[Any]]:
     found: list[Any] = []
     while True:
         line = imap.readline()
@@ -349,6 +359,9 @@ def _fetch_answer(imap: imaplib.IMAP4, tag: bytes) -> tuple[str, list[Any]]:
             return kind.decode("ascii", "replace"), found if kind == b"OK" else [text]
         if line.startswith(b"* BYE"):
             raise imaplib.IMAP4.abort(line.decode("ascii", "replace"))
+        if not line.startswith((b"* ", b"+ ")):
+            # Another command's answer: the connection is out of step (imaplib aborts).
+            raise imaplib.IMAP4.abort(f"unexpected tagged response: {line[:100]!r}")
         answer = _UNTAGGED_FETCH.match(line)
         text = answer.group(1) + b" " + answer.group(2) if answer else b""
         while True:
@@ -549,6 +562,8 @@ class Mailbox:
             imap.state = "AUTH"
             raise IMAPClientError(f"select failed: {data!r}")
         imap.state = "SELECTED"
+        if "READ-ONLY" in imap.untagged_responses:  # as imaplib's select checks
+            raise imaplib.IMAP4.readonly(f"{name} is not writable")
         return self.client._process_select_response(imap.untagged_responses)  # type: ignore[no-any-return]  # noqa: SLF001
 
     def changed(self) -> None:
@@ -837,7 +852,10 @@ class StorePool:
             )
         except ValueError:
             return None  # a name: resolving it may wait, so a thread opens it (``greet``)
-        connecting = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            connecting = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            return None  # no socket now (too many open files): the request opens its own
         connecting.setblocking(False)
         code = connecting.connect_ex((settings.host, settings.port))
         if code not in (0, errno.EINPROGRESS):
@@ -881,27 +899,29 @@ class StorePool:
         with self._lock:
             if address is None or (address and self._idle.get(address)):
                 return None
+            # Never a queue: a greeting waits for no other (a flood of requests would
+            # otherwise hold up everyone's first page behind its own), and a flood
+            # opens no more than a few connections ahead at once.
+            if self._greeting >= GREETERS:
+                return None
+            self._greeting += 1
         connecting = self._connecting()
         if connecting is not None:
             with self._lock:
                 self.greetings += 1
-            return Greeting(connected=connecting, opener=self._open)
+            return Greeting(connected=connecting, opener=self._open, done=self._greeted)
         with self._lock:
-            # Never a queue: a greeting waits for no other (a flood of requests would
-            # otherwise hold up everyone's first page behind its own).
-            if self._greeting >= GREETERS:
-                return None
             if self._greeters is None:
                 self._greeters = ThreadPoolExecutor(
                     max_workers=GREETERS, thread_name_prefix="imap-greeting"
                 )
-            self._greeting += 1
             self.greetings += 1
             future = self._greeters.submit(self._open)
-        future.add_done_callback(self._greeted)
+        future.add_done_callback(lambda _future: self._greeted())
         return Greeting(future)
 
-    def _greeted(self, _future: Future[IMAPClient]) -> None:
+    def _greeted(self) -> None:
+        """A connection opened ahead is no longer being opened."""
         with self._lock:
             self._greeting -= 1
 
@@ -1062,11 +1082,18 @@ class Greeting:
         *,
         connected: socket.socket | None = None,
         opener: Callable[[socket.socket], IMAPClient] | None = None,
+        done: Callable[[], None] | None = None,
     ) -> None:
         self._future = future
         self._connected = connected
         self._opener = opener
+        self._done = done  # told once a connecting socket is taken or closed
         self._taken = False
+
+    def _finished(self) -> None:
+        if self._done is not None:
+            done, self._done = self._done, None
+            done()
 
     def take(self, timeout: float) -> IMAPClient | None:
         """The greeted connection (waiting for it), or None once it was taken; its
@@ -1076,7 +1103,10 @@ class Greeting:
         self._taken = True
         if self._connected is not None and self._opener is not None:
             connected, self._connected = self._connected, None
-            return self._opener(connected)
+            try:
+                return self._opener(connected)
+            finally:
+                self._finished()
         if self._future is None or self._future.cancel():
             return None  # not begun: the caller opens one itself
         try:
@@ -1094,6 +1124,7 @@ class Greeting:
         if self._connected is not None:
             self._connected.close()
             self._connected = None
+            self._finished()
         elif self._future is not None and not self._future.cancel():
             self._future.add_done_callback(_discarded)
         return True

@@ -139,13 +139,14 @@ def _show(draft: Draft, errors: dict[str, str], status: int = 200) -> Any:
     person = current_access().person
     if person is None:
         abort(403)
+    senders = sender_addresses(person)  # before the store: the roster's session closes then
     chrome = on_store(lambda box: _chrome(box, ""), page=True)
     return (
         render_template(
             "webmail/compose.html",
             draft=draft,
             errors=errors,
-            senders=sender_addresses(person),
+            senders=senders,
             limit_mb=upload_limit() // (1024 * 1024),
             **chrome,
         ),

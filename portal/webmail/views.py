@@ -322,10 +322,11 @@ def folder(token: str) -> Any:
                 ),
                 str(escape(note)),
             )
-            page_text = made["page"]
+            page_text = made["frame"] = made["page"]
             for hole, part in zip((nav_hole, list_hole, note_hole), parts, strict=True):
                 page_text = page_text.replace(hole, part, 1)
             made["page"], made["links"] = page_text, _row_links(current, token)
+            made["folders"], made["current"] = folders, current
 
         return box.page(
             name,
@@ -339,6 +340,28 @@ def folder(token: str) -> Any:
 
     listed = on_store(work, page=True)
     link_base, to_people = made["links"]
+    if listed.total and not listed.messages:
+        # The messages counted went before they were read (moved elsewhere meanwhile):
+        # the list says the folder shows none, not an empty table.
+        section = render_template(
+            "webmail/_folder_list.html",
+            listing=Page(listed.folder, [], 0, 1, 1),
+            rows=Markup(""),
+            folders=made["folders"],
+            current=made["current"],
+            current_folder=name,
+            **shown,
+        )
+        return (
+            made["frame"]
+            .replace(
+                nav_hole,
+                render_template("webmail/_nav.html", folders=made["folders"], current_folder=name),
+                1,
+            )
+            .replace(list_hole, section, 1)
+            .replace(note_hole, str(escape(_("No message to read."))), 1)
+        )
     return made["page"].replace(rows_hole, folder_rows(listed.messages, link_base, to_people), 1)
 
 

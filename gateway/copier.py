@@ -155,7 +155,7 @@ class Recorder:
                 log_event(
                     log,
                     logging.ERROR,
-                    "copier_failed",
+                    "copy_outcomes_failed",
                     error=type(error).__name__,
                     detail=str(error)[:200],
                     outcomes=sum(len(outcomes) for _worker, outcomes in groups),

@@ -7,9 +7,9 @@ indexed by Dovecot once before measuring). The app is the real portal (create_ap
 SQLite roster), called through Flask's test client by a signed-in person.
 
 - **list, cold**: the first view of the inbox in a session (the portal's pool holds no
-  connection: it connects, signs in, lists the folders, selects the inbox, asks the
-  folders' counts and fetches the newest 50; the portal makes the page around what is
-  still to come while the store works). The floor: a client that sends the same IMAP
+  connection: it connects, signs in, lists the folders, asks the other folders'
+  counts, selects the inbox, asks its count and fetches its newest 50; the portal makes
+  the page around what is still to come while the store works). The floor: a client that sends the same IMAP
   commands in the same order over a socket and reads the replies without parsing them.
 - **list, warm**: the same view again after a new message arrived.
 - **open**: a message not opened before (the reading page), at the largest size.
@@ -140,10 +140,11 @@ def raw_list_page(server: DovecotServer, address: str) -> float:
     began = time.perf_counter()
     client = RawClient(server, address)
     client.command('LIST "" "*"')
+    for name in ("Sent", "Drafts", "Trash"):
+        client.command(f'STATUS "{name}" (MESSAGES UNSEEN)')
     selected = client.command('SELECT "INBOX"')
     exists = int(selected.split(b" EXISTS")[0].rsplit(b"* ", 1)[1])
-    for name in ("INBOX", "Sent", "Drafts", "Trash"):
-        client.command(f'STATUS "{name}" (MESSAGES UNSEEN)')
+    client.command('STATUS "INBOX" (MESSAGES UNSEEN)')
     client.command(f"FETCH {max(1, exists - 49)}:{exists} {LIST_ITEMS}")
     elapsed = time.perf_counter() - began
     client.close()

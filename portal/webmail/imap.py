@@ -500,6 +500,11 @@ class Mailbox:
             result.append(Folder(name, folder_token(name), special, total, unread))
         return result
 
+    def counted(self, folder: Folder) -> Folder:
+        """``folder`` with its message and unread counts as the store has them now."""
+        total, unread = self._counts(folder.name)
+        return Folder(folder.name, folder.token, folder.special, total, unread)
+
     def _counts(self, name: str) -> tuple[int, int]:
         """A listed folder's messages and unread ones (STATUS, its answer read with a
         regular expression: imapclient's parser costs more than the store's answer)."""

@@ -16,6 +16,7 @@ from flask import (
     current_app,
     flash,
     g,
+    get_template_attribute,
     redirect,
     render_template,
     request,
@@ -228,10 +229,13 @@ def _read(box: Mailbox, folder: str, uid: int) -> bytes:
     return raw
 
 
-def _chrome(box: Mailbox, current: str, *, counts: bool = True) -> dict[str, Any]:
-    """What every webmail page shows around its content: the folders (``counts``: with
-    their counts) and the state."""
-    folders = box.folders(counts=counts)
+def _chrome(box: Mailbox, current: str) -> dict[str, Any]:
+    """What every webmail page shows around its content: the folders and the state."""
+    return _chrome_of(box.folders(), current)
+
+
+def _chrome_of(folders: list[Folder], current: str) -> dict[str, Any]:
+    """``_chrome`` with the folders given."""
     return {
         "folders": folders,
         "current_folder": current,
@@ -280,53 +284,40 @@ def folder(token: str) -> Any:
         return redirect(url_for("webmail.folder", token=token))
 
     # The first page of a visit waits for the store three times (the folder opened, its
-    # counts, its messages read): the page is made around what is still to come while
-    # it waits, and each part, once known, goes where the page left room for it. The
-    # rooms are random tokens, which no message and no folder name can hold.
-    holes = [secrets.token_hex(16) for _hole in range(4)]
-    nav_hole, list_hole, note_hole, rows_hole = holes
+    # messages read, and less for its count): the page is made around what is still to
+    # come while it waits, and each part, once known, goes where the page left room
+    # for it. The rooms are random tokens, which no message and no folder name can hold;
+    # the messages go in last, so nothing of theirs is looked at again.
+    badge_hole, list_hole, note_hole, rows_hole = (secrets.token_hex(16) for _hole in range(4))
     shown = {"token": token, "sort": sort, "reverse": reverse, "query": query, "field": field}
     made: dict[str, Any] = {}
 
     def work(box: Mailbox) -> Page:
         made.clear()
+        # The other folders' counts first (a STATUS of a folder that is not open costs
+        # the same before the SELECT as after it); the open one's once it is open.
+        folders = [f if f.name == name else box.counted(f) for f in box.folders(counts=False)]
 
         def frame() -> None:  # while the store opens the folder
-            made["page"] = render_template(
+            made["frame"] = render_template(
                 "webmail/folder.html",
-                nav_section=Markup(nav_hole),  # noqa: S704 - a random token of ours
-                list_section=Markup(list_hole),  # noqa: S704 - the same
-                pane_note=Markup(note_hole),  # noqa: S704 - the same
+                badge_hole=Markup(badge_hole),  # noqa: S704 - random tokens of ours
+                list_section=Markup(list_hole),  # noqa: S704
+                pane_note=Markup(note_hole),  # noqa: S704
                 **shown,
-                **_chrome(box, name, counts=False),
+                **_chrome_of(folders, name),
             )
 
         box.select(name, meanwhile=frame)
-        folders = box.folders()
+        folders = [box.counted(f) if f.name == name else f for f in folders]
+        current = made["current"] = next((f for f in folders if f.name == name), None)
 
         def around(outline: Page) -> None:  # while the store reads the messages
-            current = next((f for f in folders if f.name == name), None)
-            note = (
+            made["badge"] = unread_badge(current) if current else ""
+            made["section"] = _list_section(outline, current, name, rows_hole, shown)
+            made["note"] = (
                 _("Open a message to read it here.") if outline.total else _("No message to read.")
             )
-            parts = (
-                render_template("webmail/_nav.html", folders=folders, current_folder=name),
-                render_template(
-                    "webmail/_folder_list.html",
-                    listing=outline,
-                    rows=Markup(rows_hole),  # noqa: S704 - a random token of ours
-                    folders=folders,
-                    current=current,
-                    current_folder=name,
-                    **shown,
-                ),
-                str(escape(note)),
-            )
-            page_text = made["frame"] = made["page"]
-            for hole, part in zip((nav_hole, list_hole, note_hole), parts, strict=True):
-                page_text = page_text.replace(hole, part, 1)
-            made["page"], made["links"] = page_text, _row_links(current, token)
-            made["folders"], made["current"] = folders, current
 
         return box.page(
             name,
@@ -339,30 +330,39 @@ def folder(token: str) -> Any:
         )
 
     listed = on_store(work, page=True)
-    link_base, to_people = made["links"]
+    current = made["current"]
     if listed.total and not listed.messages:
         # The messages counted went before they were read (moved elsewhere meanwhile):
         # the list says the folder shows none, not an empty table.
-        section = render_template(
-            "webmail/_folder_list.html",
-            listing=Page(listed.folder, [], 0, 1, 1),
-            rows=Markup(""),
-            folders=made["folders"],
-            current=made["current"],
-            current_folder=name,
-            **shown,
-        )
-        return (
-            made["frame"]
-            .replace(
-                nav_hole,
-                render_template("webmail/_nav.html", folders=made["folders"], current_folder=name),
-                1,
-            )
-            .replace(list_hole, section, 1)
-            .replace(note_hole, str(escape(_("No message to read."))), 1)
-        )
-    return made["page"].replace(rows_hole, folder_rows(listed.messages, link_base, to_people), 1)
+        made["section"] = _list_section(Page(name, [], 0, 1, 1), current, name, "", shown)
+        made["note"] = _("No message to read.")
+    link_base, to_people = _row_links(current, token)
+    return (
+        made["frame"]
+        .replace(badge_hole, str(made["badge"]), 1)
+        .replace(note_hole, str(escape(made["note"])), 1)
+        .replace(list_hole, made["section"], 1)
+        .replace(rows_hole, folder_rows(listed.messages, link_base, to_people), 1)
+    )
+
+
+def _list_section(
+    listing: Page, current: Folder | None, name: str, rows: str, shown: dict[str, Any]
+) -> str:
+    """The part of a folder's page around its messages (``rows`` where they go)."""
+    return render_template(
+        "webmail/_folder_list.html",
+        listing=listing,
+        rows=Markup(rows),  # noqa: S704 - a random token of ours, or nothing
+        current=current,
+        current_folder=name,
+        **shown,
+    )
+
+
+def unread_badge(folder: Folder) -> str:
+    """A folder's unread count as the folder list shows it (webmail/_labels.html)."""
+    return str(get_template_attribute("webmail/_labels.html", "unread_badge")(folder))
 
 
 def _row_links(current: Folder | None, token: str) -> tuple[str, bool]:

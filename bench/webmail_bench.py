@@ -9,8 +9,9 @@ SQLite roster), called through Flask's test client by a signed-in person.
 - **list, cold**: the first view of the inbox in a session (the portal's pool holds no
   connection: it connects, signs in, lists the folders, asks the other folders'
   counts, selects the inbox, asks its count and fetches its newest 50; the portal makes
-  the page around what is still to come while the store works). The floor: a client that sends the same IMAP
-  commands in the same order over a socket and reads the replies without parsing them.
+  the page around what is still to come while the store works). The floor: a client
+  that sends the same IMAP commands in the same order over a socket and reads the
+  replies without parsing them.
 - **list, warm**: the same view again after a new message arrived.
 - **open**: a message not opened before (the reading page), at the largest size.
 

@@ -775,6 +775,39 @@ def test_malformed_commands_and_long_lines_get_replies_and_the_server_goes_on(ma
     assert len(mail.primary.handler.wait_for(1)) == 1
 
 
+def test_a_smuggled_end_of_data_is_no_end_and_what_follows_the_real_end_is_read(
+    mail: Mail,
+) -> None:
+    """The gateway reads DATA in blocks: an end of data after a bare LF (SMTP smuggling)
+    ends nothing, so the commands after it are the message's text, not a second message
+    to bob; a line over the limit gets 500 and nothing is kept; a QUIT sent in the same
+    packet as the real end of data is answered after the 250."""
+    with (
+        socket.create_connection(("127.0.0.1", mail.gateway.settings.port), timeout=10) as raw,
+        raw.makefile("rb") as reader,
+    ):
+        say = talking(raw, reader)
+        assert reader.readline().startswith(b"220")
+        assert say(b"EHLO client.test").startswith(b"250")
+        for _ in range(2):
+            assert say(b"MAIL FROM:<a@sender.test>").startswith(b"250")
+            assert say(b"RCPT TO:<ana@acme.test>").startswith(b"250")
+            assert say(b"DATA").startswith(b"354")
+            if _ == 0:
+                assert say(b"Subject: long\r\n\r\n" + b"x" * 2000 + b"\r\n.").startswith(b"500")
+        raw.sendall(
+            b"Subject: first\r\n\r\nhi\n.\r\nMAIL FROM:<evil@sender.test>\r\n"
+            b"RCPT TO:<bob@acme.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\nQUIT\r\n"
+        )
+        assert reader.readline().startswith(b"250 2.0.0 Ok: queued as ")
+        assert reader.readline().startswith(b"221")
+    (got,) = mail.primary.handler.wait_for(1)
+    assert got.recipients == ["ana@acme.test"]
+    assert b"Subject: first" in got.content and b"Subject: smuggled" in got.content
+    time.sleep(0.3)
+    assert [r.address for r in mail.recipients()] == ["ana@acme.test"]
+
+
 def test_a_client_connected_when_the_gateway_stops_hears_421_and_nothing_half_sent_is_kept(
     engine: Engine, database_url: str
 ) -> None:

@@ -307,8 +307,8 @@ class GatewaySMTP(TrackedSMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, reading the message in blocks instead of line by line (a
-        line at a time was a fifth of the receiver's work on a 10 KB message).
+        """aiosmtpd's DATA, reading the message in blocks instead of line by line
+        (aiosmtpd reads a 10 KB message in 147 reads, each a turn of its loop).
 
         The same rules: the message ends only at CRLF.CRLF (a bare LF or CR ends
         nothing), a line longer than ``line_length_limit`` gets 500 and more than

@@ -30,7 +30,18 @@ from portal import create_app
 from roster.config import load_config
 from roster.db import make_engine
 from roster.identity import find_person, set_person_emergency_password
-from roster.models import AuditEvent, Base, CoverageEntry, Domain, Person, SignInThrottle
+from roster.models import (
+    AuditEvent,
+    Base,
+    ContinuityEvent,
+    CoverageEntry,
+    Domain,
+    MailMessage,
+    MailRecipient,
+    Person,
+    SignInThrottle,
+    utcnow,
+)
 from roster.throttle import ACCOUNT_LOCK_AFTER
 from tests.directory import Continuity, DirectoryTree, source_toml
 
@@ -406,3 +417,59 @@ def lock_out(portal: Portal, address: str) -> None:
         response = sign_in(portal.client(), address, "not-the-password")
         assert response.status_code == 401, response.status_code
         assert WRONG in text(response), text(response)
+
+
+def in_hand_back(
+    engine: Any,
+    domain: str,
+    queue_id: str,
+    recipients: list[tuple[str, bool, int, str]],
+    *,
+    started_ago: timedelta = timedelta(hours=2),
+    size: int = 1024,
+    message_id: str = "<held@sender.test>",
+) -> None:
+    """``domain`` in a continuity event's hand-back (started ``started_ago``, handing
+    back for 5 minutes), with one held message ``queue_id`` whose ``recipients`` are
+    (address, handed back yet, attempts, last reply)."""
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        domain_id = session.scalar(select(Domain.id).where(Domain.name == domain))
+        assert domain_id is not None
+        session.add(
+            ContinuityEvent(
+                domain_id=domain_id,
+                started_at=now - started_ago,
+                recovery_started_at=now - timedelta(minutes=5),
+                reason="Primary mail server unreachable",
+                started_by="monitor",
+            )
+        )
+        session.add(
+            MailMessage(
+                queue_id=queue_id,
+                received_at=now - timedelta(hours=1),
+                sender="carla@sender.test",
+                size=size,
+                message_id=message_id,
+                client_address="192.0.2.7",
+                helo="mx.sender.test",
+                body=b"",
+            )
+        )
+        session.flush()
+        for address, done, attempts, reply in recipients:
+            session.add(
+                MailRecipient(
+                    queue_id=queue_id,
+                    domain_id=domain_id,
+                    address=address,
+                    status="delivered" if done else "deferred",
+                    attempts=attempts,
+                    next_attempt_at=now,
+                    last_attempt_at=now - timedelta(minutes=1),
+                    last_reply=reply,
+                    delivered_at=now - timedelta(minutes=1) if done else None,
+                    via_continuity=True,
+                )
+            )

@@ -27,11 +27,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from roster.models import ContinuityEvent, Domain, MailMessage, MailRecipient, utcnow
-from tests.portal_support import DOMAIN, PASSWORD, STAFF_PASSWORD
+from tests.portal_support import DOMAIN, PASSWORD, STAFF_PASSWORD, in_hand_back
 from tests.test_browser import chromium, chromium_path, serve
 from tests.webmail_support import Webmail, mail, standby_store, webmail  # noqa: F401
 
@@ -169,47 +166,15 @@ def prepare(world: Webmail) -> tuple[str, str]:
             attachments=(("figures.csv", "text/csv", b"a,b\n1,2\n"),),
         ),
     )
-    now = utcnow()
-    with Session(portal.engine) as session, session.begin():
-        domain_id = session.scalar(select(Domain.id).where(Domain.name == DOMAIN))
-        assert domain_id is not None
-        session.add(
-            ContinuityEvent(
-                domain_id=domain_id,
-                started_at=now - timedelta(hours=3),
-                recovery_started_at=now - timedelta(minutes=5),
-                reason="Primary mail server unreachable",
-                started_by="monitor",
-            )
-        )
-        session.add(
-            MailMessage(
-                queue_id=QUEUE_ID,
-                received_at=now - timedelta(hours=1),
-                sender="carla@sender.test",
-                size=2048,
-                message_id="<figures@sender.test>",
-                client_address="192.0.2.7",
-                helo="mx.sender.test",
-                body=b"",
-            )
-        )
-        session.flush()
-        for number, address in enumerate((ana, bo)):
-            session.add(
-                MailRecipient(
-                    queue_id=QUEUE_ID,
-                    domain_id=domain_id,
-                    address=address,
-                    status="delivered" if number == 0 else "deferred",
-                    attempts=1 + number,
-                    next_attempt_at=now,
-                    last_attempt_at=now - timedelta(minutes=1),
-                    last_reply="250 2.0.0 Ok" if number == 0 else "451 4.3.0 Try again later",
-                    delivered_at=now - timedelta(minutes=1) if number == 0 else None,
-                    via_continuity=True,
-                )
-            )
+    in_hand_back(
+        portal.engine,
+        DOMAIN,
+        QUEUE_ID,
+        [(ana, True, 1, "250 2.0.0 Ok"), (bo, False, 2, "451 4.3.0 Try again later")],
+        started_ago=timedelta(hours=3),
+        size=2048,
+        message_id="<figures@sender.test>",
+    )
     return ana, bo
 
 

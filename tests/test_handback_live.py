@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 from flask.testing import FlaskClient
@@ -19,8 +18,15 @@ from playwright.sync_api import Page, Request, expect
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from roster.models import ContinuityEvent, Domain, MailMessage, MailRecipient, utcnow
-from tests.portal_support import OTHER_DOMAIN, STAFF_PASSWORD, Portal, signed_in_client, text
+from roster.models import ContinuityEvent, MailRecipient, utcnow
+from tests.portal_support import (
+    OTHER_DOMAIN,
+    STAFF_PASSWORD,
+    Portal,
+    in_hand_back,
+    signed_in_client,
+    text,
+)
 from tests.test_browser import chromium, chromium_path, serve
 from tests.test_controlpanel import PAGE, admin_of, flashes, panel, post
 
@@ -35,47 +41,12 @@ def start_hand_back(portal: Portal, held: int = 3, handed_back: int = 1) -> None
     """acme.test in a continuity event's hand-back: ``held`` recipients held by it, of
     which the primary has taken ``handed_back`` back so far."""
     portal.set_domain(active=True, mode="all")
-    now = utcnow()
-    with Session(portal.engine) as session, session.begin():
-        domain_id = session.scalar(select(Domain.id).where(Domain.name == "acme.test"))
-        assert domain_id is not None
-        session.add(
-            ContinuityEvent(
-                domain_id=domain_id,
-                started_at=now - timedelta(hours=2),
-                recovery_started_at=now - timedelta(minutes=5),
-                reason="Primary mail server unreachable",
-                started_by="monitor",
-            )
-        )
-        session.add(
-            MailMessage(
-                queue_id=QUEUE_ID,
-                received_at=now - timedelta(hours=1),
-                sender="carla@sender.test",
-                size=1024,
-                message_id="<held@sender.test>",
-                client_address="192.0.2.7",
-                helo="mx.sender.test",
-                body=b"",
-            )
-        )
-        session.flush()
-        for number in range(held):
-            done = number < handed_back
-            session.add(
-                MailRecipient(
-                    queue_id=QUEUE_ID,
-                    domain_id=domain_id,
-                    address=f"user{number}@acme.test",
-                    status="delivered" if done else "deferred",
-                    attempts=1,
-                    next_attempt_at=now,
-                    last_attempt_at=now - timedelta(minutes=1),
-                    delivered_at=now - timedelta(minutes=1) if done else None,
-                    via_continuity=True,
-                )
-            )
+    in_hand_back(
+        portal.engine,
+        "acme.test",
+        QUEUE_ID,
+        [(f"user{number}@acme.test", number < handed_back, 1, "") for number in range(held)],
+    )
 
 
 def hand_back_more(portal: Portal, count: int) -> None:

@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -182,6 +183,20 @@ def talking(raw: socket.socket, reader: BinaryIO) -> Callable[[bytes], bytes]:
         return reply
 
     return say
+
+
+@contextmanager
+def greeted(mail: Mail) -> Iterator[tuple[socket.socket, BinaryIO, Callable[[bytes], bytes]]]:
+    """A raw SMTP connection to the gateway, greeted and past EHLO: (socket, its
+    reader, ``say``)."""
+    with (
+        socket.create_connection(("127.0.0.1", mail.gateway.settings.port), timeout=10) as raw,
+        raw.makefile("rb") as reader,
+    ):
+        say = talking(raw, reader)
+        assert reader.readline().startswith(b"220")
+        assert say(b"EHLO client.test").startswith(b"250")
+        yield raw, reader, say
 
 
 def test_mail_reaches_the_primary_once_with_the_clients_identity(mail: Mail) -> None:
@@ -756,14 +771,7 @@ def test_an_operator_reads_and_retries_the_queue_from_the_command_line(
 def test_malformed_commands_and_long_lines_get_replies_and_the_server_goes_on(mail: Mail) -> None:
     """Garbage, NUL in a command, an over-long line and a bad address are answered with
     errors; the same connection can still send a message."""
-    with (
-        socket.create_connection(("127.0.0.1", mail.gateway.settings.port), timeout=10) as raw,
-        raw.makefile("rb") as reader,
-    ):
-        say = talking(raw, reader)
-
-        assert reader.readline().startswith(b"220")
-        assert say(b"EHLO client.test").startswith(b"250")
+    with greeted(mail) as (_raw, _reader, say):
         assert say(b"FROBNICATE").startswith(b"500")
         assert say(b"MAIL FROM:<a\x00b@sender.test>")[:1] == b"5"
         assert say(b"MAIL FROM:<" + b"a" * 2000 + b"@sender.test>").startswith(b"500")
@@ -782,19 +790,16 @@ def test_a_smuggled_end_of_data_is_no_end_and_what_follows_the_real_end_is_read(
     ends nothing, so the commands after it are the message's text, not a second message
     to bob; a line over the limit gets 500 and nothing is kept; a QUIT sent in the same
     packet as the real end of data is answered after the 250."""
-    with (
-        socket.create_connection(("127.0.0.1", mail.gateway.settings.port), timeout=10) as raw,
-        raw.makefile("rb") as reader,
-    ):
-        say = talking(raw, reader)
-        assert reader.readline().startswith(b"220")
-        assert say(b"EHLO client.test").startswith(b"250")
-        for _ in range(2):
+    with greeted(mail) as (raw, reader, say):
+
+        def envelope() -> None:
             assert say(b"MAIL FROM:<a@sender.test>").startswith(b"250")
             assert say(b"RCPT TO:<ana@acme.test>").startswith(b"250")
             assert say(b"DATA").startswith(b"354")
-            if _ == 0:
-                assert say(b"Subject: long\r\n\r\n" + b"x" * 2000 + b"\r\n.").startswith(b"500")
+
+        envelope()
+        assert say(b"Subject: long\r\n\r\n" + b"x" * 2000 + b"\r\n.").startswith(b"500")
+        envelope()
         raw.sendall(
             b"Subject: first\r\n\r\nhi\n.\r\nMAIL FROM:<evil@sender.test>\r\n"
             b"RCPT TO:<bob@acme.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\nQUIT\r\n"

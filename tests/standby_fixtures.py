@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,3 +22,10 @@ def standby_store() -> Iterator[DovecotServer]:
         yield server
     finally:
         server.remove()
+
+
+def next_second() -> None:
+    """Sleep into the next second of the clock: Dovecot looks at the users file at most
+    once a second, so a change written before this is certainly seen after it (and one
+    written in the same second as Dovecot's last look may not be, until then)."""
+    time.sleep(1.02 - time.time() % 1)

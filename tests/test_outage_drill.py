@@ -40,7 +40,7 @@ from roster.queue import queue_sent_copy
 from tests.directory import Continuity
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import Primary
-from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
+from tests.standby_fixtures import next_second, standby_store  # noqa: F401 - the fixture, by name
 from tests.test_gateway import people
 
 DURING = 500
@@ -180,6 +180,7 @@ def drill(
     )
     running = Gateway(config, engine=engine, idle=0.05)
     running.start()
+    next_second()  # Dovecot has read the users file the gateway wrote as it started
     try:
         yield Drill(engine, running, primary, standby_store, secrets.token_hex(4))
     finally:

@@ -46,14 +46,9 @@ from roster.queue import new_queue_id
 from roster.retention import LEASE_NAME, RetentionSettings, prune_queue
 from tests.directory import Continuity
 from tests.servers.dovecot import DovecotServer
-from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
+from tests.standby_fixtures import next_second, standby_store  # noqa: F401 - the fixture, by name
 
 DAY = timedelta(days=1)
-
-
-def next_second() -> None:
-    """Into the next second: Dovecot looks at the users file at most once a second."""
-    time.sleep(1.02 - time.time() % 1)
 
 
 @dataclass

@@ -30,15 +30,9 @@ from roster.domains import add_domain
 from roster.models import CoverageEntry, Domain, Person, utcnow
 from roster.standby import covered_addresses
 from tests.servers.dovecot import DovecotServer
-from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
+from tests.standby_fixtures import next_second, standby_store  # noqa: F401 - the fixture, by name
 
 SENDER = "someone@sender.test"
-
-
-def next_second() -> None:
-    """Sleep into the next second of the clock: Dovecot looks at the users file at most
-    once a second, so a change is certainly seen from then on."""
-    time.sleep(1.02 - time.time() % 1)
 
 
 def cover(server: DovecotServer, addresses: list[str]) -> None:

@@ -17,6 +17,7 @@ from gateway.standby_users import write_users_file
 from roster.config import Config
 from tests.portal_support import Portal, text
 from tests.servers.dovecot import DovecotServer
+from tests.standby_fixtures import next_second
 from tests.webmail_support import mail, webmail_world
 
 
@@ -75,7 +76,7 @@ def test_retention_reads_the_store_with_the_webmails_tls_settings(
     CA) is not the store's: it used to be the one read, and the store was refused."""
     store, ca = tls_store
     write_users_file(store.users_file, ["keeper@acme.test"])
-    time.sleep(1.1)  # Dovecot looks at the users file at most once a second
+    next_second()
     standby = {
         "imap": f"{store.imap[0]}:{store.imap[1]}",
         "master_user": store.master_user,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import secrets
 import smtplib
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from gateway.standby_users import users_file_content, write_users_file
 from tests.portal_support import DOMAIN, Portal, signed_in_client
 from tests.servers.dovecot import DovecotServer
 from tests.servers.smtp import Collect, smtp_server
-from tests.standby_fixtures import standby_store  # noqa: F401 - the fixture, by name
+from tests.standby_fixtures import next_second, standby_store  # noqa: F401 - the fixture, by name
 
 PREFIX = "wm"
 PREPARED = 5000  # more people than the whole suite makes
@@ -45,11 +44,6 @@ def prepare(store: DovecotServer) -> None:
     if current != expected:
         write_users_file(store.users_file, wanted)
         next_second()
-
-
-def next_second() -> None:
-    """Sleep into the next second: Dovecot looks at the users file at most once a second."""
-    time.sleep(1.02 - time.time() % 1)
 
 
 def mail(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Select, and_, func, insert, or_, select, update
 
 from roster.models import (
     PENDING_STATES,
@@ -289,15 +289,8 @@ def events_in_recovery(connection: Connection) -> list[int]:
     )
 
 
-def mark_received_during_events(connection: Connection, queue_ids: list[str]) -> None:
-    """Recipients just stored for a domain whose mail is held now (an open event, not
-    yet handing back) are received via Continuity; during the hand-back new mail goes
-    to the primary like any other."""
-    connection.execute(
-        update(MailRecipient)
-        .where(
-            MailRecipient.queue_id.in_(queue_ids),
-            MailRecipient.domain_id.in_(held_domains_clause()),
-        )
-        .values(via_continuity=True)
-    )
+def held_now(domain_id: Any) -> ColumnElement[bool]:
+    """True, in SQL, when ``domain_id``'s mail is held now (an open event, not yet
+    handing back): a recipient stored then is received via Continuity; during the
+    hand-back new mail goes to the primary like any other."""
+    return held_domains_clause().where(ContinuityEvent.domain_id == domain_id).exists()

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Integer,
     and_,
     bindparam,
     case,
@@ -33,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from roster.continuity import held_domains_clause, mark_received_during_events
+from roster.continuity import held_domains_clause, held_now
 from roster.identity import covered, find_person
 from roster.models import (
     BOUNCED,
@@ -149,6 +150,23 @@ class Incoming:
     received_at: datetime = field(default_factory=utcnow)
 
 
+# A recipient stored while its domain's mail is held is received via Continuity: the
+# same statement decides it, once per row, as it inserts (marking the recipients with an
+# UPDATE after the inserts cost a fifth of a group commit's time on PostgreSQL). Built
+# once: constructing it anew for every commit cost as much again.
+_INSERT_RECIPIENT = insert(MailRecipient).values(
+    queue_id=bindparam("b_queue_id"),
+    domain_id=bindparam("b_domain_id", type_=Integer),
+    address=bindparam("b_address"),
+    route=bindparam("b_route"),
+    status=QUEUED,
+    attempts=0,
+    next_attempt_at=bindparam("b_next", type_=UTCDateTime),
+    last_reply="",
+    via_continuity=held_now(bindparam("b_domain_id", type_=Integer)),
+)
+
+
 def store(connection: Connection, messages: Sequence[Incoming]) -> None:
     """Insert ``messages`` with their recipients and standby copies (caller commits)."""
     if not messages:
@@ -174,20 +192,17 @@ def store(connection: Connection, messages: Sequence[Incoming]) -> None:
     )
     recipients = [
         {
-            "queue_id": m.queue_id,
-            "domain_id": r.domain_id if m.route == ROUTE_PRIMARY else None,
-            "address": r.address,
-            "route": m.route,
-            "status": QUEUED,
-            "attempts": 0,
-            "next_attempt_at": m.received_at,
-            "last_reply": "",
+            "b_queue_id": m.queue_id,
+            "b_domain_id": r.domain_id if m.route == ROUTE_PRIMARY else None,
+            "b_address": r.address,
+            "b_route": m.route,
+            "b_next": m.received_at,
         }
         for m in messages
         for r in m.recipients
     ]
     if recipients:
-        connection.execute(insert(MailRecipient), recipients)
+        connection.execute(_INSERT_RECIPIENT, recipients)
     copies = []
     for m in messages:
         seen: set[str] = set()
@@ -208,7 +223,6 @@ def store(connection: Connection, messages: Sequence[Incoming]) -> None:
                 )
     if copies:
         connection.execute(insert(StandbyCopy), copies)
-    mark_received_during_events(connection, [m.queue_id for m in messages])
 
 
 # ---------------------------------------------------------------------------

@@ -27,6 +27,37 @@ from aiosmtpd.smtp import SMTP
 
 STOP_WAIT_SECONDS = 5.0
 
+# The names aiosmtpd looks for when it sets up a connection: its commands and AUTH
+# mechanisms on the server object, the hooks (and mechanisms) on the handler.
+SERVER_NAMES = ("smtp_", "auth_")
+HANDLER_NAMES = ("handle_", "auth_")
+
+
+def names_for_aiosmtpd(thing: object, prefixes: tuple[str, ...]) -> list[str]:
+    """What ``dir(thing)`` lists that starts with ``prefixes``, for a ``__dir__``.
+
+    aiosmtpd's ``SMTP.__init__`` lists every attribute of the server and of the handler
+    (``dir`` and ``inspect.getmembers``, which reads each one, properties included) at
+    every connection, only to keep those starting with these prefixes: a fifth of the
+    receiving thread's time. A ``__dir__`` that answers just those names gives it the
+    same commands, mechanisms and hooks: the class's, listed once, and any set on the
+    object itself (tests/test_listener.py compares them with aiosmtpd's own listing).
+    """
+    own = [name for name in vars(thing) if name.startswith(prefixes)]
+    return [*_class_names(type(thing), prefixes), *own]
+
+
+_CLASS_NAMES: dict[tuple[type, tuple[str, ...]], tuple[str, ...]] = {}
+
+
+def _class_names(kind: type, prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    found = _CLASS_NAMES.get((kind, prefixes))
+    if found is None:  # two threads may both list it: the same answer
+        found = _CLASS_NAMES[kind, prefixes] = tuple(
+            name for name in dir(kind) if name.startswith(prefixes)
+        )
+    return found
+
 
 class Connections:
     """The open connections of one server, by their server object (a connection that
@@ -73,6 +104,10 @@ class TrackedSMTP(SMTP):
     def __init__(self, handler: Any, *, connections: Connections, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._connections = connections
+
+    def __dir__(self) -> list[str]:
+        """Only what aiosmtpd looks for (``names_for_aiosmtpd``)."""
+        return names_for_aiosmtpd(self, SERVER_NAMES)
 
     @property
     def tls_started(self) -> bool:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session as DbSession
 from gateway import headers, recipients
 from gateway.commit import GroupCommitter
 from gateway.limits import ClientLimits
-from gateway.listener import TrackedSMTP
+from gateway.listener import HANDLER_NAMES, TrackedSMTP, names_for_aiosmtpd
 from roster.logs import log_event
 from roster.queue import Incoming, Recipient, domain_named, new_queue_id, resolve_recipient
 
@@ -82,6 +82,10 @@ class GatewayHandler:
         # Callouts have threads of their own, apart from the roster lookups of every RCPT.
         self._callout_threads = ThreadPoolExecutor(MAX_CALLOUTS, thread_name_prefix="callout")
         self._callouts_running = 0
+
+    def __dir__(self) -> list[str]:
+        """Only what aiosmtpd looks for (``gateway.listener.names_for_aiosmtpd``)."""
+        return names_for_aiosmtpd(self, HANDLER_NAMES)
 
     def close(self) -> None:
         """Let the callout threads go."""

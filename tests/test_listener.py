@@ -7,6 +7,7 @@ and with clients in the middle of a transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 import threading
@@ -17,7 +18,8 @@ from contextlib import contextmanager
 from aiosmtpd.handlers import Sink
 
 from continuity.localslapd import free_port
-from gateway.listener import ClosingController, TrackedSMTP
+from gateway.listener import ClosingController, Connections, TrackedSMTP
+from gateway.receiver import GatewayHandler, GatewaySMTP
 
 
 class _Server(ClosingController):
@@ -109,3 +111,68 @@ def test_a_client_in_the_middle_of_a_message_is_told_421_when_the_server_stops()
         assert reader.readline() == b"421 bye\r\n"
         assert reader.readline() == b""
     assert leaked == [], "\n".join(leaked)
+
+
+class _ListedInFull(GatewaySMTP):
+    """The gateway's server object as aiosmtpd lists it without the short ``__dir__``."""
+
+    __dir__ = object.__dir__
+
+
+class _HandlerInFull(GatewayHandler):
+    __dir__ = object.__dir__
+
+
+def _what_aiosmtpd_found(server: TrackedSMTP) -> dict[str, dict[str, object]]:
+    """The commands, AUTH mechanisms and hooks aiosmtpd found, as the functions they call
+    and the object each is bound to."""
+
+    def named(methods: dict[str, object]) -> dict[str, object]:
+        return {
+            name: (getattr(m, "__func__", m), getattr(m, "__self__", None))
+            for name, m in methods.items()
+        }
+
+    return {
+        "commands": named(server._smtp_methods),
+        "mechanisms": named({k: v.method for k, v in server._auth_methods.items()}),
+        "hooks": named(server._handle_hooks),
+    }
+
+
+def test_the_short_listing_gives_aiosmtpd_the_same_commands_mechanisms_and_hooks() -> None:
+    """aiosmtpd finds the same commands, AUTH mechanisms and handler hooks, bound to the
+    same objects, through the gateway's short ``__dir__`` as through a full listing;
+    a hook set on the handler object itself is found too."""
+    loop = asyncio.new_event_loop()
+
+    def noop(*_: object) -> str:
+        return "250 OK"
+
+    short: dict[str, dict[str, object]] = {}
+    try:
+        for full in (False, True):
+            handler = (_HandlerInFull if full else GatewayHandler).__new__(
+                _HandlerInFull if full else GatewayHandler
+            )
+            handler.handle_NOOP = noop  # type: ignore[attr-defined]
+            kind = _ListedInFull if full else GatewaySMTP
+            server = kind(handler, connections=Connections(), hostname="gw.test", loop=loop)
+            found = _what_aiosmtpd_found(server)
+            swap = {id(server): "server", id(handler): "handler"}
+            listed = {
+                part: {
+                    name: (function, swap.get(id(bound), bound))
+                    for name, (function, bound) in methods.items()
+                }
+                for part, methods in found.items()
+            }
+            if full:
+                assert listed == short
+            else:
+                short = listed
+        assert {"EHLO", "MAIL", "RCPT", "DATA", "QUIT", "STARTTLS"} <= set(short["commands"])
+        assert {"EHLO", "MAIL", "RCPT", "DATA", "NOOP"} <= set(short["hooks"])
+        assert {"LOGIN", "PLAIN"} <= set(short["mechanisms"])
+    finally:
+        loop.close()

@@ -899,6 +899,34 @@ def test_a_client_that_leaves_while_its_commit_waits_stores_nothing(
     assert stored == {kept.queue_id, after.queue_id}
 
 
+def test_a_message_that_cannot_be_stored_fails_alone(engine: Engine, database_url: str) -> None:
+    """A group commit with one message the database refuses (its queue id is taken)
+    stores the others: only the refused message's sender hears of a failure (a 451),
+    whatever point of the commit the database reports it at (on PostgreSQL, at the end
+    of the group's pipelined inserts)."""
+    taken = Incoming(queue_id=new_queue_id(), sender="a@sender.test", body=b"x", recipients=[])
+    with writing(engine) as connection:
+        store(connection, [taken])
+    committer = GroupCommitter(engine)
+    good = [
+        Incoming(queue_id=new_queue_id(), sender=f"{n}@sender.test", body=b"y", recipients=[])
+        for n in range(3)
+    ]
+    again = Incoming(queue_id=taken.queue_id, sender="b@sender.test", body=b"z", recipients=[])
+    futures = [committer.submit(message) for message in (good[0], again, *good[1:])]
+    committer.start()  # all four are waiting: they make one group
+    try:
+        outcomes = [f.exception(timeout=20) for f in futures]
+    finally:
+        committer.stop()
+    assert [error is None for error in outcomes] == [True, False, True, True]
+    with Session(engine) as session:
+        stored = session.execute(select(MailMessage.queue_id, MailMessage.sender)).all()
+    assert sorted(stored) == sorted(
+        [(taken.queue_id, "a@sender.test"), *((m.queue_id, m.sender) for m in good)]
+    )
+
+
 def test_a_stalled_commit_holds_back_no_other_message_on_postgresql(engine: Engine) -> None:
     """On PostgreSQL two groups may be committing at once: a message whose commit is held
     up (here by another transaction's lock on its row) does not hold back the messages

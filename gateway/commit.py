@@ -24,13 +24,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 
 from roster.logs import log_event
-from roster.queue import Incoming, store, writing
+from roster.queue import Incoming, store
 
 log = logging.getLogger("continuity.gateway")
 
@@ -39,6 +40,9 @@ BATCH = 500
 # How long a commit may hold back the next messages before a second thread commits them
 # (PostgreSQL): far above a commit's usual 2-15 ms, far below a sender's patience.
 STALL_SECONDS = 0.2
+# A committing thread's connection idle longer than this is handed back to the pool, and
+# checked (pinged) when taken again: a database restarted meanwhile costs no commit.
+HELD_IDLE_SECONDS = 1.0
 
 
 def make_durable(engine: Engine) -> None:
@@ -78,6 +82,7 @@ class GroupCommitter:
             for index in range(threads or committing_threads(engine))
         ]
         self._turn = threading.Lock()  # held by the thread whose group commits now
+        self._held = threading.local()  # each thread's connection between commits
         self._counting = threading.Lock()
         self.commits = 0
         self.messages = 0
@@ -108,12 +113,17 @@ class GroupCommitter:
         await asyncio.wrap_future(self.submit(message))
 
     def _run(self) -> None:
-        while True:
-            try:
-                if not self._round():
-                    return
-            except Exception as error:  # the thread must outlive anything one group does
-                log_event(log, logging.ERROR, "group_commit_failed", error=type(error).__name__)
+        try:
+            while True:
+                try:
+                    if not self._round():
+                        return
+                except Exception as error:  # the thread must outlive anything one group does
+                    log_event(log, logging.ERROR, "group_commit_failed", error=type(error).__name__)
+        finally:
+            held = getattr(self._held, "connection", None)
+            if held is not None:
+                held.close()
 
     def _round(self) -> bool:
         """Take what is waiting and commit it; False once asked to stop."""
@@ -149,10 +159,38 @@ class GroupCommitter:
                 self._turn.release()
         return not stopping
 
-    def _commit(self, group: Sequence[tuple[Incoming, Future[None]]]) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A write transaction on this thread's connection, committed at the end.
+
+        The thread keeps its connection from one commit to the next: taking one from
+        the pool for every group cost a ping of the database each time (the pool's
+        pre-ping) and a fifth of the Python time of a commit. A connection idle for
+        ``HELD_IDLE_SECONDS`` goes back to the pool, to be checked again when next
+        taken; one whose transaction failed goes back at once (the pool drops it if it
+        was lost), and the next group takes a fresh one.
+        """
+        held: Connection | None = getattr(self._held, "connection", None)
+        self._held.connection = None
+        if held is not None and time.monotonic() - self._held.used > HELD_IDLE_SECONDS:
+            held.close()
+            held = None
+        self._held.reused = held is not None
+        if held is None:
+            held = self._engine.connect().execution_options(begin_immediate=True)
+        try:
+            with held.begin():
+                yield held
+        except BaseException:
+            held.close()
+            raise
+        self._held.connection = held
+        self._held.used = time.monotonic()
+
+    def _commit(self, group: Sequence[tuple[Incoming, Future[None]]], again: bool = False) -> None:
         started = time.perf_counter()
         try:
-            with writing(self._engine) as connection:
+            with self._transaction() as connection:
                 store(connection, [message for message, _ in group])
         except Exception as error:  # every waiter learns its message was not stored
             log_event(
@@ -162,10 +200,15 @@ class GroupCommitter:
                 messages=len(group),
                 error=type(error).__name__,
             )
+            if self._held.reused and not again:
+                # The kept connection may have been lost since its last commit (the
+                # database restarted): once more on one the pool has checked.
+                self._commit(group, again=True)
+                return
             if len(group) > 1:
                 # One bad message must not fail its neighbours: store them one by one.
                 for item in group:
-                    self._commit([item])
+                    self._commit([item], again=True)
                 return
             for _, done in group:
                 done.set_exception(error)

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import pytest
 from imapclient import IMAPClient
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session
 
 from continuity.localslapd import free_port, make_test_ca
@@ -925,6 +925,47 @@ def test_a_message_that_cannot_be_stored_fails_alone(engine: Engine, database_ur
     assert sorted(stored) == sorted(
         [(taken.queue_id, "a@sender.test"), *((m.queue_id, m.sender) for m in good)]
     )
+
+
+def test_a_commit_after_the_database_dropped_the_connection_is_stored(engine: Engine) -> None:
+    """The committing thread keeps its connection between commits. PostgreSQL ends it
+    (a restart, an administrator's pg_terminate_backend) between two messages: the next
+    message is still stored, on a new connection, and its sender hears 250, not 451."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    committer = GroupCommitter(engine, threads=1)  # the thread that kept it commits next
+    committer.start()
+    try:
+        first = Incoming(queue_id=new_queue_id(), sender="a@sender.test", body=b"x", recipients=[])
+        committer.submit(first).result(timeout=20)
+        with engine.connect() as admin:
+            ended = admin.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+            assert ended >= 1
+            others = text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+            def left() -> int:
+                admin.rollback()  # pg_stat_activity holds still within a transaction
+                return int(admin.execute(others).scalar_one())
+
+            deadline = time.monotonic() + 10  # the backends end a moment after the signal
+            while left() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert left() == 0
+        after = Incoming(queue_id=new_queue_id(), sender="b@sender.test", body=b"y", recipients=[])
+        assert committer.submit(after).exception(timeout=20) is None
+    finally:
+        committer.stop()
+    with Session(engine) as session:
+        stored = set(session.scalars(select(MailMessage.queue_id)))
+    assert stored == {first.queue_id, after.queue_id}
 
 
 def test_a_stalled_commit_holds_back_no_other_message_on_postgresql(engine: Engine) -> None:

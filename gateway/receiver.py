@@ -420,12 +420,7 @@ def unstuffed(sent: bytes) -> bytes:
 
 
 def longest_line(content: bytes) -> int:
-    """The longest line of ``content`` with its CRLF, as aiosmtpd counts them."""
-    longest = 0
-    start = 0
-    while True:
-        end = content.find(b"\r\n", start)
-        if end < 0:
-            return max(longest, len(content) - start)
-        longest = max(longest, end + 2 - start)
-        start = end + 2
+    """The longest line of ``content`` with its CRLF, as aiosmtpd counts them (a last
+    line without CRLF, without)."""
+    *lines, last = content.split(b"\r\n")
+    return max(max(map(len, lines), default=-2) + 2, len(last))

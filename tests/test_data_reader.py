@@ -93,6 +93,10 @@ def test_a_message_of_line_ends_or_dots_alone_meets_the_limit_too(filler: bytes)
 def test_the_longest_line_is_measured_with_its_crlf() -> None:
     assert longest_line(b"ab\r\nabcd\r\n.\r\n") == 6
     assert longest_line(b"a" * 1000 + b"\r\n.\r\n") == 1002
+    # Only CRLF ends a line; a last line without one is counted without it.
+    assert longest_line(b"a\rb\nc\r\nxy") == 7
+    assert longest_line(b"a\r\nlonger line") == 11
+    assert longest_line(b"") == 0
 
 
 def test_a_client_gone_in_the_middle_leaves_nothing() -> None:

@@ -40,8 +40,8 @@ BATCH = 500
 # How long a commit may hold back the next messages before a second thread commits them
 # (PostgreSQL): far above a commit's usual 2-15 ms, far below a sender's patience.
 STALL_SECONDS = 0.2
-# A committing thread's connection idle longer than this is handed back to the pool, and
-# checked (pinged) when taken again: a database restarted meanwhile costs no commit.
+# A committing thread's connection idle longer than this goes back to the pool at the
+# next group, which takes one the pool has checked (pinged).
 HELD_IDLE_SECONDS = 1.0
 
 
@@ -165,10 +165,10 @@ class GroupCommitter:
 
         The thread keeps its connection from one commit to the next: taking one from
         the pool for every group cost a ping of the database each time (the pool's
-        pre-ping) and a fifth of the Python time of a commit. A connection idle for
-        ``HELD_IDLE_SECONDS`` goes back to the pool, to be checked again when next
-        taken; one whose transaction failed goes back at once (the pool drops it if it
-        was lost), and the next group takes a fresh one.
+        pre-ping) and a fifth of the Python time of a commit. A connection left idle
+        longer than ``HELD_IDLE_SECONDS`` goes back to the pool when the next group
+        comes, and the group takes one the pool has checked; one whose transaction
+        failed goes back at once (the pool drops it if it was lost).
         """
         held: Connection | None = getattr(self._held, "connection", None)
         self._held.connection = None

@@ -263,6 +263,8 @@ def _peer(session: Session) -> str:
     return ""
 
 
+SPLIT_UP_TO = 1 << 20  # longest_line splits messages up to this size
+
 # A path of the usual shape: <dot-atom@host name>, then spaces and parameters or
 # nothing. Read here in one match; aiosmtpd hands every path to the email package's
 # header parser and defines a class at each call, which cost about a tenth of receiving
@@ -319,7 +321,7 @@ class GatewaySMTP(TrackedSMTP):
         """The address in a MAIL or RCPT path and what follows it (aiosmtpd's reader
         for anything but the usual shape)."""
         plain = _PLAIN_PATH.match(arg)
-        if plain is None:
+        if plain is None or "=?" in arg:  # aiosmtpd decodes RFC 2047 encoded words
             return super()._getaddr(arg)
         address = plain.group(1)
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
@@ -421,6 +423,17 @@ def unstuffed(sent: bytes) -> bytes:
 
 def longest_line(content: bytes) -> int:
     """The longest line of ``content`` with its CRLF, as aiosmtpd counts them (a last
-    line without CRLF, without)."""
-    *lines, last = content.split(b"\r\n")
-    return max(max(map(len, lines), default=-2) + 2, len(last))
+    line without CRLF, without). Up to ``SPLIT_UP_TO`` bytes with one split (a loop over
+    the lines of every message was 2.6% of the receiving thread's time); a bigger
+    message line by line, so that it is not copied whole into small pieces."""
+    if len(content) <= SPLIT_UP_TO:
+        *lines, last = content.split(b"\r\n")
+        return max(max(map(len, lines), default=-2) + 2, len(last))
+    longest = 0
+    start = 0
+    while True:
+        end = content.find(b"\r\n", start)
+        if end < 0:
+            return max(longest, len(content) - start)
+        longest = max(longest, end + 2 - start)
+        start = end + 2

@@ -9,6 +9,7 @@ another gateway takes the rows then.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import time
@@ -177,12 +178,20 @@ def _together(connection: Connection) -> Iterator[None]:
     waiting, and their results are read once at the end (psycopg's pipeline mode: a
     group commit's three inserts took three round trips, and a quarter more time);
     elsewhere each runs as it comes. An error in any of them is raised at the end."""
-    pipeline = getattr(connection.connection.driver_connection, "pipeline", None)
-    if connection.dialect.name != "postgresql" or pipeline is None:
+    driver = connection.connection.driver_connection
+    if driver is None or connection.dialect.name != "postgresql" or not _pipelines_work():
         yield
         return
-    with pipeline():
+    with driver.pipeline():
         yield
+
+
+@functools.cache
+def _pipelines_work() -> bool:
+    """Whether psycopg can pipeline here (its libpq must be 14 or later)."""
+    import psycopg  # noqa: PLC0415 - PostgreSQL's driver, only where it is used
+
+    return bool(psycopg.Pipeline.is_supported())
 
 
 def store(connection: Connection, messages: Sequence[Incoming]) -> None:

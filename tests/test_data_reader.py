@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from gateway.receiver import longest_line, read_message, unstuffed
+from gateway.receiver import SPLIT_UP_TO, longest_line, read_message, unstuffed
 
 NEXT = b"QUIT\r\n"
 
@@ -97,6 +97,10 @@ def test_the_longest_line_is_measured_with_its_crlf() -> None:
     assert longest_line(b"a\rb\nc\r\nxy") == 7
     assert longest_line(b"a\r\nlonger line") == 11
     assert longest_line(b"") == 0
+    # A message over SPLIT_UP_TO is measured line by line, the same way.
+    big = b"x" * 5 + b"\r\n" + b"y" * SPLIT_UP_TO + b"\r\nz"
+    assert len(big) > SPLIT_UP_TO and longest_line(big) == SPLIT_UP_TO + 2
+    assert longest_line(big[: SPLIT_UP_TO - 10]) == SPLIT_UP_TO - 17
 
 
 def test_a_client_gone_in_the_middle_leaves_nothing() -> None:

@@ -907,7 +907,7 @@ def test_a_message_that_cannot_be_stored_fails_alone(engine: Engine, database_ur
     taken = Incoming(queue_id=new_queue_id(), sender="a@sender.test", body=b"x", recipients=[])
     with writing(engine) as connection:
         store(connection, [taken])
-    committer = GroupCommitter(engine)
+    committer = GroupCommitter(engine, threads=1)  # one thread: the four are one group
     good = [
         Incoming(queue_id=new_queue_id(), sender=f"{n}@sender.test", body=b"y", recipients=[])
         for n in range(3)
@@ -927,13 +927,17 @@ def test_a_message_that_cannot_be_stored_fails_alone(engine: Engine, database_ur
     )
 
 
-def test_a_commit_after_the_database_dropped_the_connection_is_stored(engine: Engine) -> None:
+def test_a_commit_after_the_database_dropped_the_connection_is_stored(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The committing thread keeps its connection between commits. PostgreSQL ends it
     (a restart, an administrator's pg_terminate_backend) between two messages: the next
     message is still stored, on a new connection, and its sender hears 250, not 451."""
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite has no server to drop a connection")
-    committer = GroupCommitter(engine, threads=1)  # the thread that kept it commits next
+    # The thread that kept the connection commits next, however long the wait took.
+    monkeypatch.setattr("gateway.commit.HELD_IDLE_SECONDS", 600.0)
+    committer = GroupCommitter(engine, threads=1)
     committer.start()
     try:
         first = Incoming(queue_id=new_queue_id(), sender="a@sender.test", body=b"x", recipients=[])

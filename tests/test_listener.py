@@ -158,6 +158,9 @@ def test_the_short_listing_gives_aiosmtpd_the_same_commands_mechanisms_and_hooks
             handler.handle_NOOP = noop  # type: ignore[attr-defined]
             kind = _ListedInFull if full else GatewaySMTP
             server = kind(handler, connections=Connections(), hostname="gw.test", loop=loop)
+            if not full:  # the short listing is what aiosmtpd was given
+                assert "connection_made" not in dir(server)
+                assert "close" not in dir(handler)
             found = _what_aiosmtpd_found(server)
             swap = {id(server): "server", id(handler): "handler"}
             listed = {

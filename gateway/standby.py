@@ -244,13 +244,9 @@ def _command(lmtp: smtplib.LMTP, line: str, *, before_data: bool) -> tuple[int, 
     """Send one command line and read its reply; _Lost if the connection fails."""
     try:
         lmtp.putcmd(line)
-        code, reply = lmtp.getreply()
     except (OSError, smtplib.SMTPException) as error:
         raise _Lost(f"connection lost: {_describe(error)}", before_data=before_data) from error
-    if code == 421 or code < 0:
-        # 421: the server is closing the connection (idle, shutting down).
-        raise _Lost(f"{code} {_text(reply)}", before_data=before_data)
-    return code, reply
+    return _reply(lmtp, before_data=before_data)
 
 
 def _transaction(
@@ -261,7 +257,13 @@ def _transaction(
     results: dict[str, CopyResult],
 ) -> None:
     """MAIL, one RCPT per address, DATA and one reply per accepted address, each
-    outcome put in ``results`` as soon as it is known."""
+    outcome put in ``results`` as soon as it is known. To a store that offers
+    PIPELINING (Dovecot does), MAIL, the RCPTs and DATA go in one write and their
+    replies are read after it (RFC 2920): a copy takes one round trip before its data
+    instead of three, and the store and the gateway wake half as often for it."""
+    if lmtp.has_extn("pipelining"):
+        _pipelined(lmtp, message, addresses, sender, results)
+        return
     code, reply = _command(lmtp, f"MAIL FROM:<{sender}>", before_data=True)
     if code != 250:
         _command(lmtp, "RSET", before_data=True)
@@ -282,6 +284,62 @@ def _transaction(
         _command(lmtp, "RSET", before_data=True)
         results.update(_all(accepted, _status(code), code, f"DATA: {code} {_text(reply)}"))
         return
+    _send_data(lmtp, message, accepted, results)
+
+
+def _pipelined(
+    lmtp: smtplib.LMTP,
+    message: bytes,
+    addresses: list[str],
+    sender: str,
+    results: dict[str, CopyResult],
+) -> None:
+    """``_transaction`` with MAIL, RCPT and DATA sent together."""
+    lines = [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{a}>" for a in addresses), "DATA"]
+    try:
+        lmtp.send("".join(f"{line}\r\n" for line in lines))
+    except (OSError, smtplib.SMTPException) as error:
+        raise _Lost(f"connection lost: {_describe(error)}", before_data=True) from error
+    replies = [_reply(lmtp, before_data=True) for _ in lines]
+    (mail_code, mail_reply), (data_code, data_reply) = replies[0], replies[-1]
+    accepted: list[str] = []
+    for address, (code, reply) in zip(addresses, replies[1:-1], strict=True):
+        if mail_code != 250:
+            results[address] = CopyResult(
+                address, _status(mail_code), mail_code, f"MAIL: {mail_code} {_text(mail_reply)}"
+            )
+        elif 200 <= code < 300:
+            accepted.append(address)
+        else:
+            results[address] = CopyResult(address, _status(code), code, f"{code} {_text(reply)}")
+    if data_code == 354 and not accepted:
+        # Data invited for nobody: what the store does with it is unknown; start afresh.
+        raise _Lost(f"DATA {data_code} without a recipient", before_data=False)
+    if data_code != 354:
+        _command(lmtp, "RSET", before_data=True)
+        results.update(
+            _all(accepted, _status(data_code), data_code, f"DATA: {data_code} {_text(data_reply)}")
+        )
+        return
+    _send_data(lmtp, message, accepted, results)
+
+
+def _reply(lmtp: smtplib.LMTP, *, before_data: bool) -> tuple[int, bytes]:
+    """Read one reply; _Lost if the connection fails, or the store is closing it (421:
+    idle, shutting down)."""
+    try:
+        code, reply = lmtp.getreply()
+    except (OSError, smtplib.SMTPException) as error:
+        raise _Lost(f"connection lost: {_describe(error)}", before_data=before_data) from error
+    if code == 421 or code < 0:
+        raise _Lost(f"{code} {_text(reply)}", before_data=before_data)
+    return code, reply
+
+
+def _send_data(
+    lmtp: smtplib.LMTP, message: bytes, accepted: list[str], results: dict[str, CopyResult]
+) -> None:
+    """The message, dot-stuffed, then one reply for each accepted address."""
     body = _LEADING_DOT.sub(b"..", message)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"

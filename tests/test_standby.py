@@ -9,6 +9,7 @@ import os
 import pwd
 import secrets
 import signal
+import smtplib
 import socket
 import threading
 import time
@@ -80,9 +81,24 @@ def store(standby_store: DovecotServer) -> Iterator[StandbyStore]:  # noqa: F811
     client.close()
 
 
+@pytest.fixture(params=["pipelined", "one command at a time"])
+def lmtp_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The store's client sends MAIL, RCPT and DATA together (Dovecot offers PIPELINING),
+    or one at a time, as to a store that does not."""
+    if request.param != "pipelined":
+        offered = smtplib.LMTP.has_extn
+        monkeypatch.setattr(
+            smtplib.LMTP,
+            "has_extn",
+            lambda self, name: name.lower() != "pipelining" and offered(self, name),
+        )
+    return str(request.param)
+
+
 def test_a_copy_lands_in_the_persons_inbox_as_sent(
     standby_store: DovecotServer,  # noqa: F811
     store: StandbyStore,
+    lmtp_mode: str,
 ) -> None:
     alice, bob = fresh("alice"), fresh("bob")
     cover(standby_store, [alice, bob])
@@ -107,6 +123,7 @@ def test_a_copy_lands_in_the_persons_inbox_as_sent(
 def test_an_address_not_in_the_users_file_is_refused_for_good_and_gets_no_mailbox(
     standby_store: DovecotServer,  # noqa: F811
     store: StandbyStore,
+    lmtp_mode: str,
 ) -> None:
     covered, stranger = fresh("covered"), fresh("stranger")
     cover(standby_store, [covered])
@@ -129,6 +146,7 @@ def test_an_address_not_in_the_users_file_is_refused_for_good_and_gets_no_mailbo
 def test_a_mailbox_the_store_cannot_write_fails_for_now_and_for_that_person_only(
     standby_store: DovecotServer,  # noqa: F811
     store: StandbyStore,
+    lmtp_mode: str,
 ) -> None:
     tag = secrets.token_hex(4)
     fine, stuck = f"fine-{tag}@acme.test", f"stuck@blocked-{tag}.test"

@@ -267,22 +267,19 @@ def _transaction(
     code, reply = _command(lmtp, f"MAIL FROM:<{sender}>", before_data=True)
     if code != 250:
         _command(lmtp, "RSET", before_data=True)
-        results.update(_all(addresses, _status(code), code, f"MAIL: {code} {_text(reply)}"))
+        results.update(_refused(addresses, "MAIL", code, reply))
         return
     accepted: list[str] = []
     for address in addresses:
         code, reply = _command(lmtp, f"RCPT TO:<{address}>", before_data=True)
-        if 200 <= code < 300:
-            accepted.append(address)
-        else:
-            results[address] = CopyResult(address, _status(code), code, f"{code} {_text(reply)}")
+        _rcpt_reply(address, code, reply, accepted, results)
     if not accepted:
         _command(lmtp, "RSET", before_data=True)
         return
     code, reply = _command(lmtp, "DATA", before_data=True)
     if code != 354:
         _command(lmtp, "RSET", before_data=True)
-        results.update(_all(accepted, _status(code), code, f"DATA: {code} {_text(reply)}"))
+        results.update(_refused(accepted, "DATA", code, reply))
         return
     _send_data(lmtp, message, accepted, results)
 
@@ -303,25 +300,34 @@ def _pipelined(
     replies = [_reply(lmtp, before_data=True) for _ in lines]
     (mail_code, mail_reply), (data_code, data_reply) = replies[0], replies[-1]
     accepted: list[str] = []
-    for address, (code, reply) in zip(addresses, replies[1:-1], strict=True):
-        if mail_code != 250:
-            results[address] = CopyResult(
-                address, _status(mail_code), mail_code, f"MAIL: {mail_code} {_text(mail_reply)}"
-            )
-        elif 200 <= code < 300:
-            accepted.append(address)
-        else:
-            results[address] = CopyResult(address, _status(code), code, f"{code} {_text(reply)}")
+    if mail_code != 250:  # the RCPT replies then only say there is no sender
+        results.update(_refused(addresses, "MAIL", mail_code, mail_reply))
+    else:
+        for address, (code, reply) in zip(addresses, replies[1:-1], strict=True):
+            _rcpt_reply(address, code, reply, accepted, results)
     if data_code == 354 and not accepted:
         # Data invited for nobody: what the store does with it is unknown; start afresh.
         raise _Lost(f"DATA {data_code} without a recipient", before_data=False)
     if data_code != 354:
         _command(lmtp, "RSET", before_data=True)
-        results.update(
-            _all(accepted, _status(data_code), data_code, f"DATA: {data_code} {_text(data_reply)}")
-        )
+        results.update(_refused(accepted, "DATA", data_code, data_reply))
         return
     _send_data(lmtp, message, accepted, results)
+
+
+def _rcpt_reply(
+    address: str, code: int, reply: bytes, accepted: list[str], results: dict[str, CopyResult]
+) -> None:
+    """An address the store took joins ``accepted``; a refused one gets its result."""
+    if 200 <= code < 300:
+        accepted.append(address)
+    else:
+        results[address] = CopyResult(address, _status(code), code, f"{code} {_text(reply)}")
+
+
+def _refused(addresses: Sequence[str], step: str, code: int, reply: bytes) -> dict[str, CopyResult]:
+    """The store's refusal at ``step`` (MAIL or DATA), as the result of each address."""
+    return _all(addresses, _status(code), code, f"{step}: {code} {_text(reply)}")
 
 
 def _reply(lmtp: smtplib.LMTP, *, before_data: bool) -> tuple[int, bytes]:

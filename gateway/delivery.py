@@ -65,6 +65,11 @@ class SessionFailed(Exception):
         super().__init__(f"{reply[0]} {reply[1]}")
         self.reply = reply
 
+    @property
+    def said(self) -> str:
+        """The reply as a check of the primary records it (no code when none came)."""
+        return f"{self.reply[0] or ''} {self.reply[1]}".strip()
+
 
 RESOLVE_TIMEOUT = 10.0
 

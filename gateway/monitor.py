@@ -139,6 +139,8 @@ class Monitor:
             if due and not self.stopping.is_set() and self._hold():
                 self._check(domain)
         ended: list[Transition] = []
+        if self.stopping.is_set() or not self._hold():
+            return
         with writing(self.engine) as connection:
             for event_id in events_in_recovery(connection):
                 finished = finish_recovery(connection, event_id)
@@ -156,6 +158,11 @@ class Monitor:
             helo=self.hostname,
             ca_file=self.ca_file,
         )
+        # A slow primary's check (up to 10 s a step) can outlast the lease: a monitor
+        # that lost it meanwhile keeps its result to itself, as the new one checks too.
+        if not self._hold():
+            log_event(log, logging.INFO, "primary_check_dropped", domain=domain.name)
+            return
         with writing(self.engine) as connection:
             transition = record_check(connection, domain.id, ok, reply)
         log_event(
@@ -196,7 +203,7 @@ def check_primary(
         )
         client = open_session(target, timeout=PROBE_TIMEOUT)
     except SessionFailed as failed:
-        return False, f"{failed.reply[0] or ''} {failed.reply[1]}".strip()
+        return False, failed.said
     try:
         code, text = client.docmd("MAIL FROM:<>")
         if code != 250:

@@ -144,16 +144,32 @@ class QueueRunner:
             for delivery in batch:
                 self._record(delivery, failed, host="")
             return
+        told: list[SessionFailed] = []
+
+        def heard(delivery: Delivery, result: Result | SessionFailed) -> None:
+            if (
+                isinstance(result, SessionFailed)
+                and not result.reply[0]
+                and route == ROUTE_PRIMARY
+                and domain_id is not None
+                and not told
+                and not any(verdict and verdict[0] for verdict in verdicts)
+            ):
+                # The primary did not answer, and took nothing of this batch: said before
+                # the outcomes are written, so that a hand-back it stops is stopped first
+                # (the monitor ends a hand-back once every held message was offered).
+                told.append(result)
+                self._judge(domain_id, [(False, result.said)], silent=True)
+            verdicts.append(self._record(delivery, result, host=target.host))
+
         deliver_batch(
             target,
             batch,
-            lambda delivery, result: verdicts.append(
-                self._record(delivery, result, host=target.host)
-            ),
+            heard,
             forward_client=route != ROUTE_RELAY,
             still_ours=self._renew,
         )
-        if route == ROUTE_PRIMARY and domain_id is not None:
+        if route == ROUTE_PRIMARY and domain_id is not None and not told:
             self._judge(domain_id, verdicts)
 
     def _renew(self, delivery: Delivery) -> bool:
@@ -167,7 +183,9 @@ class QueueRunner:
             delivery.body = message_body(connection, delivery.queue_id)
             return True
 
-    def _judge(self, domain_id: int, verdicts: list[tuple[bool, str] | None]) -> None:
+    def _judge(
+        self, domain_id: int, verdicts: list[tuple[bool, str] | None], *, silent: bool = False
+    ) -> None:
         """One verdict on the primary per batch, for failover: a success if any message
         was taken; a failure if the session failed or every message of the batch was
         refused whole (or a reply code the admin listed came back); otherwise none.
@@ -188,7 +206,7 @@ class QueueRunner:
             return
         with writing(self.engine) as connection:
             transition = record_check(
-                connection, domain_id, verdict[0], verdict[1], by_monitor=False
+                connection, domain_id, verdict[0], verdict[1], by_monitor=False, silent=silent
             )
         if transition is not None:
             event_notices.log_transition(transition)
@@ -300,7 +318,7 @@ class QueueRunner:
         the admin listed, is a failure; an accepted message a success; a single refused
         recipient (a full mailbox, an unknown user) says nothing of the server."""
         if isinstance(result, SessionFailed):
-            return False, f"{result.reply[0] or ''} {result.reply[1]}".strip()
+            return False, result.said
         codes = connection.scalar(
             select(Domain.failover_codes).where(Domain.id == delivery.domain_id)
         )

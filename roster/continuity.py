@@ -75,6 +75,7 @@ def record_check(
     reply: str,
     *,
     by_monitor: bool = True,
+    silent: bool = False,
     now: datetime | None = None,
 ) -> Transition | None:
     """Record one check of a domain's primary (the monitor's, or a real delivery's) and
@@ -82,6 +83,9 @@ def record_check(
 
     A real delivery (``by_monitor=False``) counts failures toward failover but its
     successes do not end an event: only the monitor's checks (or an admin's retry) do.
+    A delivery's failure stops a hand-back only when the primary did not answer at all
+    (``silent``: no connection, a timeout, a failed TLS handshake): it is down again.
+    One that answered with a refusal (421, too many connections) is alive and busy.
     """
     now = now or utcnow()
     # Counted in the database (not read, then written): two writers at once each count.
@@ -119,14 +123,17 @@ def record_check(
             and failures >= domain.failures_before_failover
         ):
             return start_event(connection, domain_id, reason=reply, actor="monitor", now=now)
-        # A hand-back is stopped by the monitor's checks only: a delivery refused during
-        # it (a primary limiting connections) must not hold the mail again.
-        if by_monitor and event is not None and event.recovery_started_at is not None:
+        # A hand-back is stopped by the monitor's checks, and by a delivery the primary
+        # did not answer; a delivery it refused (a primary limiting connections) must
+        # not hold the mail again.
+        if (by_monitor or silent) and event is not None and event.recovery_started_at is not None:
             connection.execute(
                 update(ContinuityEvent)
                 .where(ContinuityEvent.id == event.id)
                 .values(recovery_started_at=None)
             )
+            # Mail that came in during the hand-back is held now, like the rest.
+            _hold_waiting(connection, domain_id)
             return Transition(REOPENED, domain_id, event.id, reply)
         return None
     if (
@@ -158,16 +165,31 @@ def start_event(
         .values(domain_id=domain_id, started_at=now, reason=reason[:1000], started_by=actor)
         .returning(ContinuityEvent.id)
     ).scalar_one()
+    # The hand-back waits for ``recover_after`` good checks counted from now: an event
+    # started by hand while the primary answered would otherwise hand back at once.
+    connection.execute(update(Domain).where(Domain.id == domain_id).values(successes_in_a_row=0))
+    _hold_waiting(connection, domain_id)
+    return Transition(STARTED, domain_id, event_id, reason)
+
+
+def _waiting_for_primary(domain_id: int) -> ColumnElement[bool]:
+    """A domain's recipients that still wait for its primary."""
+    return and_(
+        MailRecipient.domain_id == domain_id,
+        MailRecipient.route == ROUTE_PRIMARY,
+        MailRecipient.status.in_(PENDING_STATES),
+    )
+
+
+def _hold_waiting(connection: Connection, domain_id: int, **values: Any) -> None:
+    """Mark what waits for the domain's primary as held by its event (received via
+    Continuity: Email Live Tracking says so, it keeps the held mail's lifetime and the
+    event counts it), setting ``values`` too."""
     connection.execute(
         update(MailRecipient)
-        .where(
-            MailRecipient.domain_id == domain_id,
-            MailRecipient.route == ROUTE_PRIMARY,
-            MailRecipient.status.in_(PENDING_STATES),
-        )
-        .values(via_continuity=True)
+        .where(_waiting_for_primary(domain_id))
+        .values(via_continuity=True, **values)
     )
-    return Transition(STARTED, domain_id, event_id, reason)
 
 
 def begin_recovery(
@@ -181,16 +203,10 @@ def begin_recovery(
         .where(ContinuityEvent.id == event_id, ContinuityEvent.recovery_started_at.is_(None))
         .values(recovery_started_at=now)
     )
-    # Due now, in the order they arrived: claims take the oldest first.
-    connection.execute(
-        update(MailRecipient)
-        .where(
-            MailRecipient.domain_id == event.domain_id,
-            MailRecipient.route == ROUTE_PRIMARY,
-            MailRecipient.status.in_(PENDING_STATES),
-        )
-        .values(next_attempt_at=now)
-    )
+    # Due now, in the order they arrived: claims take the oldest first. Everything that
+    # waits was held (a message stored as the event started, its mark decided a moment
+    # before, is marked here too).
+    _hold_waiting(connection, event.domain_id, next_attempt_at=now)
     return Transition(RECOVERING, event.domain_id, event_id)
 
 
@@ -205,9 +221,7 @@ def finish_recovery(
         return None
     waiting = connection.scalar(
         select(func.count(MailRecipient.id)).where(
-            MailRecipient.domain_id == event.domain_id,
-            MailRecipient.route == ROUTE_PRIMARY,
-            MailRecipient.status.in_(PENDING_STATES),
+            _waiting_for_primary(event.domain_id),
             MailRecipient.via_continuity.is_(True),
             or_(
                 MailRecipient.last_attempt_at.is_(None),

@@ -457,14 +457,24 @@ def renew_claim(
     now: datetime | None = None,
 ) -> bool:
     """Push this worker's claim on these recipients forward before it sends them; False
-    when any of them is no longer its own (the claim lapsed and another took it)."""
+    when any of them is no longer its own (the claim lapsed and another took it), or
+    when its domain's mail is held now (an event started while the batch was on its way:
+    nothing more goes to that primary). What is still its own is then given back
+    unsent, for the hand-back to take."""
     now = now or utcnow()
     renewed = connection.execute(
         update(MailRecipient)
-        .where(MailRecipient.id.in_(list(recipient_ids)), MailRecipient.claimed_by == worker)
+        .where(
+            MailRecipient.id.in_(list(recipient_ids)),
+            MailRecipient.claimed_by == worker,
+            _not_held(MailRecipient),
+        )
         .values(claimed_until=now + lease)
     )
-    return int(getattr(renewed, "rowcount", 0) or 0) == len(recipient_ids)
+    if int(getattr(renewed, "rowcount", 0) or 0) == len(recipient_ids):
+        return True
+    release(connection, worker, recipient_ids)
+    return False
 
 
 def release(connection: Connection, worker: str, recipient_ids: Sequence[int]) -> None:

@@ -276,6 +276,35 @@ def test_search_finds_by_field_and_refuses_command_text(webmail: Webmail) -> Non
         assert imap.select_folder("INBOX", readonly=True)[b"EXISTS"] == 3
 
 
+def test_search_text_with_imap_syntax_in_it_is_searched_as_text(webmail: Webmail) -> None:  # noqa: F811
+    """Braces, parentheses and quotes are text like any other: "{1}" sent as it is would
+    announce a literal the store waits for (the page hung, then failed), "(" would
+    break the command."""
+    ana = webmail.person("ana")
+    webmail.deliver(
+        ana,
+        raw("Invoice {1} of {5+}", body="Amounts.\n"),
+        raw("Plan (draft)", body="Steps.\n"),
+        raw('Say "when"', body="Quotes.\n"),
+        raw("Informe del ñandú", body="Aves.\n"),
+    )
+    client = webmail.client(ana)
+    for query, sort, expected in (
+        ("{1}", "arrival", ["Invoice {1} of {5+}"]),
+        ("{5+}", "subject", ["Invoice {1} of {5+}"]),
+        ("(draft)", "arrival", ["Plan (draft)"]),
+        ("(", "subject", ["Plan (draft)"]),
+        ('"when"', "arrival", ['Say "when"']),
+        ("ñandú", "arrival", ["Informe del ñandú"]),
+        ("{0}", "arrival", []),
+    ):
+        answer = client.get(
+            f"/webmail/f/{INBOX}", query_string={"q": query, "in": "subject", "sort": sort}
+        )
+        assert answer.status_code == 200, query
+        assert subjects(page_of(answer)) == expected, query
+
+
 # -- reading ------------------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.datetime_util import parse_to_datetime  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError  # type: ignore[import-untyped]
 from imapclient.imap4 import IMAP4WithTimeout  # type: ignore[import-untyped]
+from imapclient.imapclient import _literal  # type: ignore[import-untyped]
 
 from portal.webmail.message import addresses_of, header_text
 from roster.config import Config, ConfigError, host_port
@@ -214,6 +215,16 @@ def checked_search(text: str) -> str:
     if len(text) > MAX_SEARCH_LENGTH or any(ord(c) < 32 or c == "\x7f" for c in text):
         raise BadRequest("search")
     return text
+
+
+def search_term(text: str) -> bytes:
+    """Search text as an IMAP string whatever it holds. imapclient quotes a term only
+    when it has a space, a quote or a backslash, and sends any other as it is: ``{1}``
+    would then announce a literal the store waits for (a worker hung until its timeout),
+    ``(`` would break the command. Marked as a literal, the term goes as a quoted string
+    when imapclient quotes it, and as a literal otherwise: both are read as text."""
+    term: bytes = _literal(text.encode("utf-8"))
+    return term
 
 
 def _addresses(value: str) -> list[tuple[str, str]]:
@@ -660,9 +671,10 @@ class Mailbox:
         if key in orders:
             orders.move_to_end(key)
             return orders[key]
-        criteria: list[Any] = [SEARCH_FIELDS[search_field], search] if search else ["ALL"]
+        term = search_term(search)
+        criteria: list[Any] = [SEARCH_FIELDS[search_field], term] if search else ["ALL"]
         if search and search_field == "to":  # a recipient is in To, Cc or (in Sent) Bcc
-            criteria = ["OR", "TO", search, "OR", "CC", search, "BCC", search]
+            criteria = ["OR", "TO", term, "OR", "CC", term, "BCC", term]
         if sort == "arrival":
             uids = sorted(self.client.search(criteria, charset="UTF-8"))
         else:

@@ -43,6 +43,12 @@ _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _MESSAGE_ID = re.compile(
     rb"^message-id[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
 )
+# Headers only Continuity writes (roster.queue.SENT_COPY_HEADER: the primary files a
+# message that has it in the person's Sent folder), with their folded lines.
+_OURS = re.compile(
+    rb"^x-continuity-sent-copy[ \t]*:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*",
+    re.IGNORECASE | re.MULTILINE,
+)
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 _LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
@@ -62,6 +68,16 @@ def header_block(data: bytes) -> bytes:
         return b""
     end = data.find(b"\r\n\r\n")
     return data if end < 0 else data[: end + 2]
+
+
+def without_our_headers(data: bytes) -> bytes:
+    """``data`` (CRLF lines) without the headers only Continuity may write: an outside
+    sender's ``X-Continuity-Sent-Copy`` would have the primary file a forged message in
+    the recipient's Sent folder, as if they had sent it."""
+    headers = header_block(data)
+    if _OURS.search(headers) is None:
+        return data
+    return _OURS.sub(b"", headers) + data[len(headers) :]
 
 
 def count_received(data: bytes) -> int:

@@ -195,7 +195,9 @@ class GatewayHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Check the message, add our Received line, store it durably, then say 250."""
         state = _state(envelope)
-        content = headers.normalise_line_endings(envelope.original_content or b"")
+        content = headers.without_our_headers(
+            headers.normalise_line_endings(envelope.original_content or b"")
+        )
         refusal = headers.check_message(content, smtputf8=envelope.smtp_utf8)
         if refusal:
             log_event(

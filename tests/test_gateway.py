@@ -378,6 +378,31 @@ def test_bare_line_feeds_never_pass_on(mail: Mail) -> None:
     assert got.count(b"\n") == got.count(b"\r\n")
 
 
+def test_an_outside_sender_cannot_mark_a_message_as_sent_by_the_recipient(mail: Mail) -> None:
+    """The header that has the primary file a webmail's sent copy in Sent is written by
+    Continuity alone: one that comes from outside, in any case and folded, is dropped,
+    and the rest of the message reaches the primary as it was sent."""
+    body = (
+        b"From: someone@sender.test\r\n"
+        b"X-Continuity-Sent-Copy: yes\r\n"
+        b"Subject: I resign\r\n"
+        b"x-continuity-SENT-copy:\r\n yes\r\n"
+        b"X-Continuity-Sent-Copy-Note: not ours\r\n"
+        b"\r\n"
+        b"X-Continuity-Sent-Copy: yes (in the body, text like any other)\r\n"
+    )
+    mail.send(["ana@acme.test"], body=body)
+    got = mail.primary.handler.wait_for(1)[0].content
+    head, text_part = got.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"Received: ")  # ours, folded, then the sender's headers
+    assert head[head.index(b"\r\nFrom: ") + 2 :].split(b"\r\n") == [
+        b"From: someone@sender.test",
+        b"Subject: I resign",
+        b"X-Continuity-Sent-Copy-Note: not ours",
+    ]
+    assert text_part == b"X-Continuity-Sent-Copy: yes (in the body, text like any other)\r\n"
+
+
 def test_a_client_that_disconnects_in_data_leaves_nothing(mail: Mail) -> None:
     """Half a message stores nothing and the server keeps serving."""
     with (

@@ -11,6 +11,7 @@ import secrets
 from email import message_from_bytes, policy
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,6 +19,7 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import TestResponse, encode_multipart
 
 from continuity.localslapd import free_port
+from portal.webmail import outbox
 from portal.webmail.imap import folder_token
 from roster.models import AuditEvent
 from tests.portal_support import Portal, csrf_token, text
@@ -899,6 +901,66 @@ def test_upload_limit_and_sending_limit(portal: Portal, standby_store: DovecotSe
         assert len(limited.portal.audit_actions(ana)) >= 2
     finally:
         for _rest in world:  # the fixture's own clean-up: the pool closed, the relay stopped
+            pass
+
+
+def sent_audited(world: Webmail, address: str) -> int:
+    """How many sends of ``address`` the audit (and so the hourly limit) counts."""
+    return [action for action, _actor in world.portal.audit_actions(address)].count("webmail_sent")
+
+
+def test_sends_at_the_same_moment_share_the_hourly_limit(
+    portal: Portal,
+    standby_store: DovecotServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second send that comes while the first is still with the relay finds the
+    first one counted: a stolen emergency password cannot pass the limit by sending
+    in parallel. A send that the relay did not take counts for nothing."""
+    world = webmail_world(portal, standby_store, recipients_per_hour=3)
+    limited = next(world)
+    try:
+        ana = limited.person("ana")
+        first, second = limited.client(ana), limited.client(ana)
+        relay_send = outbox.send
+        meanwhile: list[str] = []
+
+        def with_the_relay(*args: Any, **kwargs: Any) -> Any:
+            if not meanwhile:  # the second send arrives while the first is with the relay
+                meanwhile.append(text(send(second, to="x@far.test", subject="Second")))
+            return relay_send(*args, **kwargs)
+
+        monkeypatch.setattr(outbox, "send", with_the_relay)
+        answer = send(first, to="a@far.test, b@far.test, c@far.test", subject="First")
+        assert answer.status_code == 302, text(answer)
+        assert "You may send to 3 recipients an hour; 0 are left for now." in meanwhile[0]
+        assert [sorted(e.rcpt_tos) for e in limited.relay.envelopes] == [
+            ["a@far.test", "b@far.test", "c@far.test"]
+        ]
+        assert sent_audited(limited, ana) == 1
+    finally:
+        for _rest in world:
+            pass
+
+
+def test_a_send_the_relay_refused_counts_for_nothing(
+    portal: Portal,
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    world = webmail_world(portal, standby_store, recipients_per_hour=2)
+    limited = next(world)
+    try:
+        ana = limited.person("ana")
+        client = limited.client(ana)
+        limited.relay.reply = "554 5.7.1 Not today"
+        answer = send(client, to="a@far.test, b@far.test", subject="Refused")
+        assert "The outgoing mail server refused the message" in text(answer)
+        assert sent_audited(limited, ana) == 0
+        limited.relay.reply = None
+        assert send(client, to="a@far.test, b@far.test", subject="Again").status_code == 302
+        assert sent_audited(limited, ana) == 1
+    finally:
+        for _rest in world:
             pass
 
 

@@ -37,9 +37,9 @@ from portal.webmail.message import ParsedMessage, addresses_of, parse, part_byte
 from portal.webmail.sending import (
     NotSent,
     RelayDown,
-    recipients_sent_last_hour,
-    record_sent,
+    reserve_sending,
     send,
+    settle_sending,
 )
 from portal.webmail.views import GREETING, _chrome, _read, on_store, pool
 from roster.models import Alias, Domain, Person
@@ -318,10 +318,13 @@ def _submit(person: Person, domain: Domain) -> Any:
             return _reshow_from_draft(uid, draft, errors)
         return _show(draft, errors, 400)
 
-    # Sending.
+    # Sending: counted toward the hourly limit before the relay is asked.
     limit = recipients_per_hour()
-    already = recipients_sent_last_hour(db(), person.id)
-    if already + len(everyone) > limit:
+    with writing() as write:
+        already, reservation = reserve_sending(
+            write, person, len(everyone), client_address(), limit
+        )
+    if reservation is None:
         errors["to"] = _(
             "You may send to %(limit)d recipients an hour; %(left)d are left for now."
             " Your message is kept in Drafts.",
@@ -337,7 +340,11 @@ def _submit(person: Person, domain: Domain) -> Any:
     config = current_app.config["CONTINUITY"]
     try:
         result = send(config, message, draft.sender, everyone, dkim=dkim)
-    except NotSent as error:
+    except BaseException as error:
+        with writing() as write:
+            settle_sending(write, reservation, 0)  # nothing went
+        if not isinstance(error, NotSent):
+            raise
         log.warning("webmail: nothing sent for %s: %s", person.mail, error)
         uid = _save_draft(build(True).as_bytes(), replaces)
         if isinstance(error, RelayDown):
@@ -352,15 +359,16 @@ def _submit(person: Person, domain: Domain) -> Any:
                 reply=f"{error.reply[0]} {error.reply[1]}".strip(),
             )
         return _reshow_from_draft(uid, draft, errors)
+    with writing() as write:
+        settle_sending(write, reservation, len(result.accepted))
+        if result.accepted:
+            queue_sent_copy(write.connection(), domain, person.id, draft.sender, message.as_bytes())
     if not result.accepted:
         uid = _save_draft(build(True).as_bytes(), replaces)
         errors["send"] = _(
             "No recipient was accepted; nothing was sent. The message is kept in Drafts."
         )
         return _reshow_from_draft(uid, draft, errors, refused=result.refused)
-    with writing() as write:
-        record_sent(write, person, len(result.accepted), client_address())
-        queue_sent_copy(write.connection(), domain, person.id, draft.sender, message.as_bytes())
     copy = build(True).as_bytes()
 
     def file_it(box: Mailbox) -> None:

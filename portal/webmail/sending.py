@@ -22,14 +22,14 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from portal.access import Principal
 from roster.addresses import printable
 from roster.config import Config
 from roster.dkim import DkimError, sign
-from roster.domains import RosterError, audit, parse_primary
+from roster.domains import RosterError, audit_row, parse_primary
 from roster.logs import log_event
 from roster.models import AuditEvent, Person, utcnow
 
@@ -100,13 +100,12 @@ def recipients_sent_last_hour(session: Session, person_id: int) -> int:
 
 def record_sent(
     session: Session, person: Person | Principal, recipients: int, client: str | None
-) -> None:
+) -> int:
     """Audit one message sent: who, when, from where and to how many recipients, never
     to whom or what; in the caller's transaction. The count is what the hourly limit
-    adds up."""
+    adds up. The audit row's id."""
     address = person.mail if isinstance(person, Person) else person.address
-    audit(
-        session,
+    row = audit_row(
         address,
         SENT_ACTION,
         domain_id=person.domain_id,
@@ -114,6 +113,37 @@ def record_sent(
         after={"recipients": recipients},
         client=client,
     )
+    written = session.execute(insert(AuditEvent).values(**row).returning(AuditEvent.id))
+    return int(written.scalar_one())
+
+
+def reserve_sending(
+    session: Session, person: Person, recipients: int, client: str | None, limit: int
+) -> tuple[int, int | None]:
+    """Check the hourly limit and count this message in one step, before the relay is
+    asked: two sends of one person at the same moment would otherwise both pass the
+    check and both count afterwards. In the caller's write transaction, with the
+    person's row locked (PostgreSQL; SQLite's write lock does the same). The recipients
+    already sent to in the last hour, and the reservation's id (an audit row that
+    ``settle_sending`` corrects), or None when the message would pass the limit."""
+    session.execute(select(Person.id).where(Person.id == person.id).with_for_update())
+    already = recipients_sent_last_hour(session, person.id)
+    if already + recipients > limit:
+        return already, None
+    return already, record_sent(session, person, recipients, client)
+
+
+def settle_sending(session: Session, reservation: int, accepted: int) -> None:
+    """After the relay's answer: the reservation says how many recipients it took, or,
+    when it took none (or nothing could be sent), goes: nothing was sent."""
+    if accepted:
+        session.execute(
+            update(AuditEvent)
+            .where(AuditEvent.id == reservation)
+            .values(after={"recipients": accepted})
+        )
+    else:
+        session.execute(delete(AuditEvent).where(AuditEvent.id == reservation))
 
 
 def message_bytes(message: EmailMessage) -> bytes:

@@ -94,8 +94,11 @@ class Collect:
 
     def __init__(self) -> None:
         self.envelopes: list[Any] = []
+        self.reply: str | None = None  # e.g. "554 5.7.1 refused": the message is not kept
 
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:  # noqa: N802
+        if self.reply is not None:
+            return self.reply
         self.envelopes.append(envelope)
         return "250 OK"
 

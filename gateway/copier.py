@@ -25,7 +25,15 @@ from gateway.standby import CopyResult, StandbyStore
 from gateway.standby_users import refresh_users_file
 from roster.logs import log_event
 from roster.models import COPY_DONE, COPY_FAILED, COPY_PENDING, utcnow
-from roster.queue import Copy, CopyOutcome, claim_copies, copies_due, record_copies, writing
+from roster.queue import (
+    Copy,
+    CopyOutcome,
+    claim_copies,
+    copies_due,
+    record_copies,
+    renew_copy_claims,
+    writing,
+)
 
 log = logging.getLogger("continuity.gateway")
 
@@ -245,7 +253,18 @@ class Copier:
         # copiers on SQLite's one writer: copies ran at 0.43 of Dovecot's rate). A crash
         # can repeat at most the copies whose outcomes were not yet written.
         outcomes: list[tuple[Copy, CopyResult, float | None]] = []
+        ours, renewed = {copy.id for copy in copies}, time.monotonic()
         for copy in copies:
+            # A batch into a slow store (a stalled disk) must not outlast its claim:
+            # another gateway would take the copies not made yet, or made but with their
+            # outcomes still to be written, and make them again.
+            if time.monotonic() - renewed > self.lease.total_seconds() / 2:
+                with writing(self.engine, durable=False) as connection:
+                    ids = [claimed.id for claimed in copies]
+                    ours = renew_copy_claims(connection, self.worker, ids, self.lease)
+                renewed = time.monotonic()
+            if copy.id not in ours:
+                continue  # its claim lapsed and another copier has it now
             result = self._copy(copy)
             outcomes.append((copy, result, self._again_in(copy, result)))
             if len(outcomes) >= RECORD_EVERY:
@@ -271,7 +290,9 @@ class Copier:
             return None
         if self.users.refresh():
             return USERS_FILE_SETTLE_SECONDS
-        if self.users.path is None and copy.attempts == 0:
+        # Once: unless the store refused it as unknown before (another kind of failure,
+        # a store down for a moment, leaves the copy its one more try).
+        if self.users.path is None and not copy.last_reply.startswith("5"):
             return ANOTHER_WRITER_SECONDS
         return None
 

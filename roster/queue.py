@@ -517,6 +517,7 @@ class Copy:
     attempts: int
     sender: str = ""
     body: bytes = b""
+    last_reply: str = ""
 
 
 def claim_copies(
@@ -554,6 +555,7 @@ def claim_copies(
             table.queue_id,
             table.mailbox,
             table.attempts,
+            table.last_reply,
             MailMessage.sender,
             MailMessage.body,
         )
@@ -561,7 +563,29 @@ def claim_copies(
         .where(table.id.in_(ids), table.claimed_by == worker)
         .order_by(table.id)
     ).all()
-    return [Copy(r.id, r.queue_id, r.mailbox, r.attempts, r.sender, r.body) for r in rows]
+    return [
+        Copy(r.id, r.queue_id, r.mailbox, r.attempts, r.sender, r.body, r.last_reply or "")
+        for r in rows
+    ]
+
+
+def renew_copy_claims(
+    connection: Connection,
+    worker: str,
+    copy_ids: Sequence[int],
+    lease: timedelta,
+    now: datetime | None = None,
+) -> set[int]:
+    """Push this worker's claim on these copies forward (a batch into a slow store can
+    outlast the claim it started with); the ids still its own."""
+    now = now or utcnow()
+    renewed = connection.execute(
+        update(StandbyCopy)
+        .where(StandbyCopy.id.in_(list(copy_ids)), StandbyCopy.claimed_by == worker)
+        .values(claimed_until=now + lease)
+        .returning(StandbyCopy.id)
+    )
+    return set(renewed.scalars())
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ MAX_ADDRESS = 320
 
 _ROUTING = frozenset("%!@")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
-_SOURCE_ROUTE = re.compile(r"\s*<?\s*@[^:<>]*:")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,12 @@ class Refusal:
 
 
 def source_route(argument: str) -> bool:
-    """True when the raw argument of RCPT (``<@a,@b:user@d>``) carries a source route."""
-    return _SOURCE_ROUTE.match(argument) is not None
+    """True when the raw argument of RCPT (``<@a,@b:user@d>``) carries a source route:
+    a colon before the address's last ``@`` outside a quoted string, however the route
+    is spelled (the email parser behind aiosmtpd also takes ``<,@a:user@d>`` and
+    ``<(comment)@a:user@d>``, and drops the route)."""
+    path = _QUOTED.sub('""', argument).split(">", 1)[0]
+    return ":" in path.rpartition("@")[0]
 
 
 def check_address(address: str) -> Recipient | Refusal:
@@ -57,6 +61,8 @@ def check_address(address: str) -> Recipient | Refusal:
     argument (``<@relay:user@domain>``).
     """
     shown = _shown(address)
+    if not address.strip().isprintable():
+        return Refusal(f"553 5.1.3 {shown}: malformed address", "malformed address")
     if source_route(address):
         return _refused(shown, "source route", "source routes are not accepted")
     address = address.strip()

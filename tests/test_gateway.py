@@ -246,12 +246,15 @@ def test_no_open_relay(mail: Mail, address: str, words: bytes) -> None:
 
 
 def test_source_routes_are_refused(mail: Mail) -> None:
-    """aiosmtpd would drop a source route and accept the address; the gateway refuses it."""
+    """aiosmtpd would drop a source route and accept the address; the gateway refuses it,
+    however the route is spelled."""
     with smtplib.SMTP("127.0.0.1", mail.gateway.settings.port) as client:
         client.ehlo("client.test")
         client.mail("someone@sender.test")
-        code, _ = client.docmd("RCPT TO:<@relay.test:ana@acme.test>")
-    assert code == 550
+        for route in ("@relay.test:", ",@relay.test:", "(x)@relay.test:", "@a.test,@b.test:"):
+            code, _ = client.docmd(f"RCPT TO:<{route}ana@acme.test>")
+            assert code == 550, route
+        assert client.docmd("RCPT TO:<ana@acme.test>")[0] == 250
 
 
 def test_unknown_recipients_are_checked_with_the_primary(mail: Mail) -> None:

@@ -109,8 +109,16 @@ def test_an_address_that_routes_elsewhere_is_refused(given: str, reason: str) ->
 def test_source_route_is_found_in_the_raw_argument_only() -> None:
     assert source_route("<@relay.example:user@acme.test>")
     assert source_route(" <@a,@b:user@acme.test>")
+    # Spellings of the obsolete route syntax that aiosmtpd's parser takes too.
+    assert source_route("<,@relay.example:user@acme.test>")
+    assert source_route("< , @relay.example:user@acme.test>")
+    assert source_route("<(comment)@relay.example:user@acme.test>")
+    assert source_route("@relay.example:user@acme.test")
     assert not source_route("<user@acme.test>")
     assert not source_route('<"@x:y"@acme.test>')
+    assert not source_route('<"a\\"@x:y"@acme.test>')
+    assert not source_route("<user@acme.test> ORCPT=rfc822;a:b@c")
+    assert not source_route("<user@[IPv6:2001:db8::1]>")  # a literal, refused as one
 
 
 def refuse_source_routes(argument: str) -> str | None:
@@ -143,6 +151,8 @@ class CheckingHandler:
         "<other.example!user@acme.test>",
         "<@relay.example:user@acme.test>",
         "<@a.example,@b.example:user@acme.test>",
+        "<,@relay.example:user@acme.test>",
+        "<(x)@relay.example:user@acme.test>",
         '<"user@other.example"@acme.test>',
         '<"user%other.example"@acme.test>',
         "<user@[127.0.0.1]>",

@@ -216,9 +216,22 @@ def xforward(client: smtplib.SMTP, delivery: Delivery) -> None:
         f"{name}={_xtext(value)}" for name, value in fields.items() if value and name in offered
     ]
     if words:
-        code, message = client.docmd("XFORWARD", " ".join(words))
+        try:
+            code, message = client.docmd("XFORWARD", " ".join(words))
+        except (OSError, smtplib.SMTPException) as error:
+            raise SessionFailed((0, _failure(error))) from error
         if code != 250:
             raise SessionFailed(_text((code, message)))
+
+
+def _reset(client: smtplib.SMTP) -> None:
+    """RSET after a refused transaction; SessionFailed when the session broke."""
+    try:
+        code, message = client.rset()
+    except (OSError, smtplib.SMTPException) as error:
+        raise SessionFailed((0, _failure(error))) from error
+    if code != 250:
+        raise SessionFailed(_text((code, message)))
 
 
 def _xtext(value: str) -> str:
@@ -275,7 +288,7 @@ def send_one(client: smtplib.SMTP, delivery: Delivery) -> Result:
         if mail_reply[0] != 250:
             # The server refused this sender (too large, its own policy): this message's
             # result, not the session's; the next message may well be taken.
-            client.rset()
+            _reset(client)
             return Result([], dict.fromkeys(rows, mail_reply))
         accepted = [
             row for row, reply in zip(rows, rcpt_replies, strict=True) if reply[0] in (250, 251)
@@ -286,13 +299,16 @@ def send_one(client: smtplib.SMTP, delivery: Delivery) -> Result:
             if reply[0] not in (250, 251)
         }
         if not accepted:
-            client.rset()
+            _reset(client)
             return Result([], refused)
         code, message = client.data(delivery.body)
     except smtplib.SMTPDataError as error:
         reply = _text((error.smtp_code, error.smtp_error))
         if reply[0] == 421:
             raise SessionFailed(reply) from error
+        # DATA itself refused: the transaction is still open at the server (RFC 5321
+        # 4.1.4), and the next message's MAIL would meet "503 nested MAIL command".
+        _reset(client)
         return Result([], dict.fromkeys(accepted, reply) | refused)
     except smtplib.SMTPResponseException as error:
         raise SessionFailed(_text((error.smtp_code, error.smtp_error))) from error
@@ -330,9 +346,9 @@ def deliver_batch(
             done += 1
             if still_ours is not None and not still_ours(delivery):
                 continue  # its claim lapsed and another runner has it now
-            if forward_client:
-                xforward(client, delivery)
             try:
+                if forward_client:
+                    xforward(client, delivery)
                 result = send_one(client, delivery)
             except SessionFailed:
                 done -= 1

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -39,6 +40,7 @@ from roster.queue import (
     claim_deliveries,
     delay_notified,
     deliveries_due,
+    keep_claims,
     mark_delay_notified,
     message_body,
     new_queue_id,
@@ -162,15 +164,40 @@ class QueueRunner:
                 self._judge(domain_id, [(False, result.said)], silent=True)
             verdicts.append(self._record(delivery, result, host=target.host))
 
-        deliver_batch(
-            target,
-            batch,
-            heard,
-            forward_client=route != ROUTE_RELAY,
-            still_ours=self._renew,
-        )
+        with self._claims_kept(batch):
+            deliver_batch(
+                target,
+                batch,
+                heard,
+                forward_client=route != ROUTE_RELAY,
+                still_ours=self._renew,
+            )
         if route == ROUTE_PRIMARY and domain_id is not None and not told:
             self._judge(domain_id, verdicts)
+
+    @contextmanager
+    def _claims_kept(self, batch: Sequence[Delivery]) -> Iterator[None]:
+        """Keep the batch's claims while it is sent, every third of a lease: one message
+        to a slow primary can outlast a claim (each reply may take minutes), and another
+        runner would send it again."""
+        rows = [row for delivery in batch for row, _ in delivery.recipients]
+        done = threading.Event()
+
+        def keep() -> None:
+            while not done.wait(self.settings.lease.total_seconds() / 3):
+                try:
+                    with writing(self.engine) as connection:
+                        keep_claims(connection, self.worker, rows, self.settings.lease)
+                except Exception as error:  # the next round tries again
+                    log_event(log, logging.ERROR, "claims_not_kept", error=type(error).__name__)
+
+        keeper = threading.Thread(target=keep, name=f"{self.worker}-claims", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join()
 
     def _renew(self, delivery: Delivery) -> bool:
         """Renew this runner's claim on a message's recipients just before sending it (a
@@ -274,7 +301,9 @@ class QueueRunner:
         for row in accepted:
             outcomes.append(Outcome(row, DELIVERED, "250 accepted"))
         for row, (raw, text) in refused.items():
-            code = raw if 400 <= raw < 600 else 0  # a garbled reply is no verdict
+            # A garbled reply is no verdict; nor is a failed session (a 5xx greeting, a
+            # refused XFORWARD or log-in): it says nothing of this message, which waits.
+            code = raw if 400 <= raw < 600 and not isinstance(result, SessionFailed) else 0
             reply = f"{raw} {text}" if raw else text
             if code >= 500 or expired:
                 outcomes.append(Outcome(row, BOUNCED, reply))

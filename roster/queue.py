@@ -477,6 +477,24 @@ def renew_claim(
     return False
 
 
+def keep_claims(
+    connection: Connection,
+    worker: str,
+    recipient_ids: Sequence[int],
+    lease: timedelta,
+    now: datetime | None = None,
+) -> None:
+    """Push this worker's claims on these recipients forward, those it still holds (a
+    message to a slow primary can take longer than a claim: RFC 5321 lets each reply
+    take minutes)."""
+    now = now or utcnow()
+    connection.execute(
+        update(MailRecipient)
+        .where(MailRecipient.id.in_(list(recipient_ids)), MailRecipient.claimed_by == worker)
+        .values(claimed_until=now + lease)
+    )
+
+
 def release(connection: Connection, worker: str, recipient_ids: Sequence[int]) -> None:
     """Give back claims without an attempt (a gateway stopping)."""
     connection.execute(

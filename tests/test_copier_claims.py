@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from gateway.copier import Copier, Recorder, UsersFile
+from gateway.copier import Copier, UsersFile
 from gateway.standby import CopyResult, StandbyStore
 from gateway.standby_users import write_users_file
 from roster.models import COPY_DONE, COPY_PENDING, Domain, Person, StandbyCopy, utcnow

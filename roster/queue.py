@@ -122,11 +122,13 @@ def domain_named(session: Session, name: str) -> Domain | None:
 def resolve_recipient(session: Session, domain: Domain, address: str) -> Recipient:
     """Who ``address`` (already normalised, in ``domain``) is, and whether their mail is
     copied to the standby store: an alias maps to its person; a person of another domain
-    reached through an alias here is still that person."""
+    reached through an alias here is still that person, but their mail to this domain is
+    archived only when this domain has the service on too (a domain that never switched
+    it on has nothing of its mail in the standby store)."""
     person = find_person(session, address)
     if person is None:
         return Recipient(address, domain.id, known=False)
-    mailbox = person.mail if covered(session, person) else None
+    mailbox = person.mail if domain.continuity_active and covered(session, person) else None
     return Recipient(address, domain.id, known=True, person_id=person.id, mailbox=mailbox)
 
 

@@ -536,6 +536,31 @@ def test_covered_people_find_their_mail_in_the_standby_store(
     ]
 
 
+def test_mail_to_a_domain_without_the_service_is_not_archived_through_an_alias(
+    mail_with_standby: Mail,
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    """Ana (acme.test, covered) also has an address in beta.test, a domain that never
+    switched the service on: mail to it reaches her at the primary, but nothing of
+    beta.test's mail goes to the standby store."""
+    mail = mail_with_standby
+    with Session(mail.engine) as session, session.begin():
+        ana = session.scalars(select(Person).where(Person.mail == "ana@acme.test")).one()
+        session.add(Alias(person_id=ana.id, address="ana.garcia@beta.test"))
+    subject = f"through beta {secrets.token_hex(4)}"
+    mail.send(["ana.garcia@beta.test"], subject=subject)
+    mail.send(["sales@acme.test"], subject=f"{subject} and acme")
+    mail.wait(lambda: [c.status for c in copies(mail.engine)] == [COPY_DONE])
+    assert [s for s in standby_subjects(standby_store, "ana@acme.test") if subject in s] == [
+        f"{subject} and acme"
+    ]
+    arrived = mail.primary.handler.wait_for(2)
+    assert sorted(r for m in arrived for r in m.recipients) == [
+        "ana.garcia@beta.test",
+        "sales@acme.test",
+    ]
+
+
 def test_a_gateway_that_does_not_write_the_users_file_tries_a_refused_copy_once_more(
     engine: Engine,
     database_url: str,

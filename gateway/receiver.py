@@ -42,6 +42,9 @@ class ReceiverSettings:
 
     hostname: str
     max_message_size: int = 50 * 1024 * 1024
+    # Message data held in memory at once, over every connection ([gateway]
+    # receive_memory_mb): a DATA past it gets 452 and the sender tries again later.
+    receive_memory: int = 512 * 1024 * 1024
     # (domain name, address) -> None to accept, or the refusal: the callout to the primary
     ask_primary: Callable[[str, str], str | None] | None = None
 
@@ -78,6 +81,7 @@ class GatewayHandler:
         self.committer = committer
         self.settings = settings
         self.limits = limits
+        self.memory = MemoryBudget(settings.receive_memory)
         self._lookups: dict[str, _Lookup] = {}
         # Callouts have threads of their own, apart from the roster lookups of every RCPT.
         self._callout_threads = ThreadPoolExecutor(MAX_CALLOUTS, thread_name_prefix="callout")
@@ -359,33 +363,75 @@ class GatewaySMTP(TrackedSMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        memory: MemoryBudget | None = getattr(self.event_handler, "memory", None)
         try:
-            sent = await read_message(self._reader, self.data_size_limit)
+            sent = await read_message(self._reader, self.data_size_limit, memory)
         except (asyncio.CancelledError, asyncio.IncompleteReadError):
             # The connection went away during DATA: nothing of it is kept.
             log.info("Connection lost during DATA")
             self._writer.close()
             raise asyncio.CancelledError from None
+        except NoRoom:
+            await self.push(NoRoom.REPLY)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
         if sent is None:
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
-        if longest_line(sent) > self.line_length_limit:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        content = unstuffed(sent)
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        try:
+            if longest_line(sent) > self.line_length_limit:
+                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                return
+            content = unstuffed(sent)
+            self.envelope.content = content
+            self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+        finally:
+            if memory is not None:
+                memory.give(len(sent))
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
 
-async def read_message(reader: asyncio.StreamReader, size_limit: int | None) -> bytes | None:
+class MemoryBudget:
+    """The message data the receiving server holds at once, over all its connections:
+    without a bound, clients sending large messages side by side could take the
+    process's memory (each message is held whole until it is committed, and copied a
+    few times on the way: the process takes up to about five times this). Used from the
+    server's event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        """Hold ``size`` more bytes, if there is room."""
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        """Let ``size`` bytes go."""
+        self.used -= size
+
+
+class NoRoom(Exception):  # noqa: N818 - a reply, not an error of ours
+    """The message came whole but was not kept: the gateway held too much data at once."""
+
+    REPLY = "452 4.3.1 Insufficient system storage: try again later"
+
+
+async def read_message(
+    reader: asyncio.StreamReader, size_limit: int | None, memory: MemoryBudget | None = None
+) -> bytes | None:
     """What the client sent after DATA's 354, up to and with the end of data: each line
     with its CRLF and its dots as sent, then ".\r\n". None when more than
-    ``size_limit`` bytes came (read to its end all the same, keeping nothing).
+    ``size_limit`` bytes came (read to its end all the same, keeping nothing). With
+    ``memory``, what is kept is taken from it (the caller gives back the length of what
+    it got); NoRoom, once the data has ended, when it had no room (nothing kept).
 
     The stream is read in blocks up to each ".\r\n" (which cannot overlap itself, so
     every one is met in turn); one ends the data when the two bytes before its dot are
@@ -394,27 +440,47 @@ async def read_message(reader: asyncio.StreamReader, size_limit: int | None) -> 
     bytes in the stream, to be read with what follows."""
     sent = bytearray()
     size = 0
-    too_much = False
+    too_much = no_room = False
     before = b"\r\n"  # the two bytes before the stream's next one
-    while True:
-        try:
-            block = await reader.readuntil(_DOT_LINE)
-            dot = True
-        except asyncio.LimitOverrunError as error:
-            block = await reader.read(error.consumed)
-            if not block:
-                raise asyncio.IncompleteReadError(b"", None) from None
-            dot = False
-        size += len(block)
-        ended = dot and (before + block)[-5:-3] == b"\r\n"
-        before = (before + block[-2:])[-2:]
-        if size_limit and size - len(_DOT_LINE) > size_limit:
-            too_much = True
-            sent.clear()  # nothing more is kept: memory stays flat whatever comes
-        elif not too_much:
-            sent += block
-        if ended:
-            return None if too_much else bytes(sent)
+    try:
+        while True:
+            try:
+                block = await reader.readuntil(_DOT_LINE)
+                dot = True
+            except asyncio.LimitOverrunError as error:
+                block = await reader.read(error.consumed)
+                if not block:
+                    raise asyncio.IncompleteReadError(b"", None) from None
+                dot = False
+            size += len(block)
+            ended = dot and (before + block)[-5:-3] == b"\r\n"
+            before = (before + block[-2:])[-2:]
+            if size_limit and size - len(_DOT_LINE) > size_limit:
+                too_much = True
+                _let_go(sent, memory)  # nothing more is kept: memory stays flat
+            elif not (too_much or no_room):
+                if memory is None or memory.take(len(block)):
+                    sent += block
+                else:
+                    no_room = True
+                    _let_go(sent, memory)
+            if ended:
+                break
+    except BaseException:
+        _let_go(sent, memory)
+        raise
+    if too_much:
+        return None
+    if no_room:
+        raise NoRoom
+    return bytes(sent)
+
+
+def _let_go(sent: bytearray, memory: MemoryBudget | None) -> None:
+    """Drop what was kept of a message, and give its room back."""
+    if memory is not None:
+        memory.give(len(sent))
+    sent.clear()
 
 
 def unstuffed(sent: bytes) -> bytes:

@@ -50,6 +50,7 @@ class GatewaySettings:
     port: int
     hostname: str
     max_message_size: int
+    receive_memory: int
     tls_context: ssl.SSLContext | None
     limits: GatewayLimits
     delivery_workers: int
@@ -93,6 +94,7 @@ def settings_from(config: Config) -> GatewaySettings:
         port=port,
         hostname=gateway.get("hostname") or socket.getfqdn(),
         max_message_size=gateway.get("max_message_size", 50 * 1024 * 1024),
+        receive_memory=gateway.get("receive_memory_mb", 512) * 1024 * 1024,
         tls_context=tls_context,
         limits=GatewayLimits(
             trusted_networks=tuple(gateway.get("trusted_networks", ())),
@@ -183,6 +185,7 @@ class Gateway:
             ReceiverSettings(
                 hostname=self.settings.hostname,
                 max_message_size=self.settings.max_message_size,
+                receive_memory=self.settings.receive_memory,
                 ask_primary=self.ask_primary,
             ),
             self.limits,

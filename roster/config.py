@@ -565,6 +565,7 @@ _TABLES: dict[str, dict[str, Check]] = {
         "tls_key_file": _absolute_path,
         "ca_file": _absolute_path,
         "max_message_size": _whole(1024),
+        "receive_memory_mb": _whole(1),
         "allow_local_primary": _flag,
         "deny_primary_networks": _networks,
         "trusted_networks": _networks,

@@ -9,13 +9,24 @@ import asyncio
 
 import pytest
 
-from gateway.receiver import SPLIT_UP_TO, longest_line, read_message, unstuffed
+from gateway.receiver import (
+    SPLIT_UP_TO,
+    MemoryBudget,
+    NoRoom,
+    longest_line,
+    read_message,
+    unstuffed,
+)
 
 NEXT = b"QUIT\r\n"
 
 
 def read(
-    sent: bytes, *, pieces: int | None = None, limit: int | None = None
+    sent: bytes,
+    *,
+    pieces: int | None = None,
+    limit: int | None = None,
+    memory: MemoryBudget | None = None,
 ) -> tuple[bytes | None, bytes]:
     """(what read_message returned, what the stream still held), ``sent`` fed whole
     or in pieces of ``pieces`` bytes, with a stream limit like aiosmtpd's (1001)."""
@@ -32,8 +43,10 @@ def read(
             reader.feed_eof()
 
         feeding = asyncio.ensure_future(feed())
-        got = await read_message(reader, limit)
-        await feeding
+        try:
+            got = await read_message(reader, limit, memory)
+        finally:
+            await feeding
         return got, await reader.read()
 
     return asyncio.run(run())
@@ -112,3 +125,35 @@ def test_a_client_gone_in_the_middle_leaves_nothing() -> None:
 
     with pytest.raises(asyncio.IncompleteReadError):
         asyncio.run(run())
+
+
+@pytest.mark.parametrize("pieces", [None, 1, 700])
+def test_a_message_the_memory_has_no_room_for_is_read_to_its_end_and_not_kept(
+    pieces: int | None,
+) -> None:
+    """The gateway holds at most so much message data at once: one that does not fit is
+    read to its end (the session goes on with the next command) and refused."""
+    memory = MemoryBudget(4000)
+    memory.take(1000)  # another connection's message, still being read
+    with pytest.raises(NoRoom):
+        read(b"line\r\n" * 1000 + b".\r\n", pieces=pieces, memory=memory)
+    assert memory.used == 1000  # nothing of the refused one is still held
+    got, rest = read(b"line\r\n" * 100 + b".\r\n", pieces=pieces, memory=memory)
+    assert got == b"line\r\n" * 100 + b".\r\n" and rest == NEXT
+    assert memory.used == 1000 + len(got)  # held until the caller gives it back
+
+
+def test_a_refused_size_or_a_lost_client_gives_the_memory_back() -> None:
+    memory = MemoryBudget(10_000)
+    got, rest = read(b"x" * 900 + b"\r\n" + b"y" * 900 + b"\r\n.\r\n", limit=1000, memory=memory)
+    assert got is None and rest == NEXT and memory.used == 0
+
+    async def lost() -> None:
+        reader = asyncio.StreamReader(limit=1001)
+        reader.feed_data(b"half a message\r\n" * 50)
+        reader.feed_eof()
+        await read_message(reader, None, memory)
+
+    with pytest.raises(asyncio.IncompleteReadError):
+        asyncio.run(lost())
+    assert memory.used == 0

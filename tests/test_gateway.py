@@ -406,6 +406,45 @@ def test_an_outside_sender_cannot_mark_a_message_as_sent_by_the_recipient(mail: 
     assert text_part == b"X-Continuity-Sent-Copy: yes (in the body, text like any other)\r\n"
 
 
+def test_message_data_past_the_memory_for_receiving_waits_for_room(
+    engine: Engine, database_url: str
+) -> None:
+    """With 1 MiB for message data at once, a 700 KB message while another 700 KB one is
+    still coming gets 452 4.3.1 (the sender tries again); once the first is stored, the
+    same message is taken. Nothing is held afterwards."""
+    primary, relay = Primary().start(), Primary().start()
+    people(engine, primary.port)
+    running = Gateway(
+        gateway_config(database_url, relay.port, receive_memory_mb=1), engine=engine, idle=0.05
+    )
+    running.start()
+    block = (b"x" * 998 + b"\r\n") * 700
+    try:
+        mail = Mail(engine, running, primary, relay)
+        with greeted(mail) as (raw, _reader, say):
+            assert say(b"MAIL FROM:<first@sender.test>").startswith(b"250")
+            assert say(b"RCPT TO:<ana@acme.test>").startswith(b"250")
+            assert say(b"DATA").startswith(b"354")
+            raw.sendall(b"Subject: first\r\n\r\n" + block)
+            mail.wait(lambda: running.handler.memory.used >= len(block))
+            second = b"Subject: second\r\n\r\n" + block
+            with smtplib.SMTP("127.0.0.1", running.settings.port) as client:
+                client.ehlo("client.test")
+                with pytest.raises(smtplib.SMTPDataError) as refused:
+                    client.sendmail("second@sender.test", ["ana@acme.test"], second)
+                assert refused.value.smtp_code == 452
+                assert b"4.3.1" in refused.value.smtp_error
+                assert say(b".").startswith(b"250")  # the first one, stored
+                client.sendmail("second@sender.test", ["ana@acme.test"], second)
+        arrived = primary.handler.wait_for(2)
+        assert sorted(m.sender for m in arrived) == ["first@sender.test", "second@sender.test"]
+        assert running.handler.memory.used == 0
+    finally:
+        running.stop()
+        primary.stop()
+        relay.stop()
+
+
 def test_a_client_that_disconnects_in_data_leaves_nothing(mail: Mail) -> None:
     """Half a message stores nothing and the server keeps serving."""
     with (

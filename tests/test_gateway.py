@@ -583,7 +583,8 @@ def test_mail_to_a_domain_without_the_service_is_not_archived_through_an_alias(
     switched the service on: mail to it reaches her at the primary, but nothing of
     beta.test's mail goes to the standby store."""
     mail = mail_with_standby
-    with Session(mail.engine) as session, session.begin():
+    # A write transaction that waits for the running gateway's (SQLite: BEGIN IMMEDIATE).
+    with transaction(session_factory(mail.engine), writing=True) as session:
         ana = session.scalars(select(Person).where(Person.mail == "ana@acme.test")).one()
         session.add(Alias(person_id=ana.id, address="ana.garcia@beta.test"))
     subject = f"through beta {secrets.token_hex(4)}"

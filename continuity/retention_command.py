@@ -52,6 +52,12 @@ def retention(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
             f" recipient(s), {report.queue_copies} copy record(s), {report.bodies_dropped}"
             " body(ies) dropped"
         )
+        if report.handed_over_emptied:
+            click.echo(
+                f"{report.handed_over_emptied} mailbox(es) of addresses now held by someone"
+                f" else emptied ({report.handed_over_messages_expunged} message(s)): their"
+                " new holders may open the webmail"
+            )
         if not report.standby:
             click.echo("the standby store is not configured ([standby] imap, master_password)")
         if report.mailboxes_failed or report.uncovered_waiting:

@@ -42,6 +42,7 @@ from roster.config import Config
 from roster.locks import Lease, LockHeld
 from roster.logs import log_event
 from roster.models import Domain, utcnow
+from roster.queue import writing
 from roster.retention import (
     FAILED,
     INCOMPLETE,
@@ -60,7 +61,7 @@ from roster.retention import (
     still_uncovered,
     sweep_mailboxes,
 )
-from roster.standby import store_uses_tls
+from roster.standby import mailboxes_of_others, mark_removed, store_uses_tls
 
 log = logging.getLogger("continuity.retention")
 
@@ -96,6 +97,10 @@ class RetentionReport:
     uncovered_mailboxes_emptied: int = 0
     uncovered_messages_expunged: int = 0
     uncovered_waiting: int = 0
+    # Covered mailboxes that held someone else's mail (the address passed to another
+    # person), emptied before their new holder may open the webmail.
+    handed_over_emptied: int = 0
+    handed_over_messages_expunged: int = 0
     newly_uncovered: int = 0
     covered_again: int = 0
     queue_messages: int = 0
@@ -364,6 +369,7 @@ def _standby(
         covered = [m for m in covered_mailboxes(session, settings) if is_mailbox_address(m.address)]
         held = held_by_mailbox(session)
         domain_names = {row.id: row.name for row in session.execute(select(Domain.id, Domain.name))}
+        others = mailboxes_of_others(session, {m.address: m.person_id for m in covered})
     due, changes = sweep_mailboxes(engine, covered, settings, now, dry_run=dry_run)
     report.newly_uncovered = changes["newly_uncovered"]
     report.covered_again = changes["covered_again"]
@@ -375,6 +381,10 @@ def _standby(
 
     for mailbox in covered:
         renew()
+        if mailbox.address in others:
+            if not _empty_for_new_holder(store, engine, mailbox.address, others, report):
+                return
+            continue
         before: date = (now - timedelta(days=mailbox.retention_days)).date()
         try:
             with store.mailbox(mailbox.address) as client:
@@ -421,6 +431,51 @@ def _standby(
     if due and users_file and not dry_run:
         with Session(engine) as session:
             refresh_users_file(session, users_file)
+
+
+def _empty_for_new_holder(
+    store: StandbyIMAP,
+    engine: Engine,
+    address: str,
+    others: dict[str, set[str]],
+    report: RetentionReport,
+) -> bool:
+    """Empty a covered mailbox that holds someone else's mail (the address was another
+    person's): all of it goes, what waits for the primary too (it is not the new
+    holder's to read), and the new holder's own first copies with it (they are at the
+    primary). Until then the webmail stays closed to them. False when the store cannot
+    be reached at all (the run stops looking at mailboxes)."""
+    report.mailboxes += 1
+    if report.dry_run:
+        report.handed_over_emptied += 1
+        return True
+    moment = utcnow()
+    try:
+        with store.mailbox(address) as client:
+            removed, _kept, empty = expunge(client, ["ALL"], None, dry_run=False)
+            if empty:
+                _remove_folders(client)
+    except StoreUnavailable as error:
+        report.mailboxes_failed += 1
+        log_event(log, logging.ERROR, "retention_store_unavailable", error=str(error)[:200])
+        return False
+    except (LoginError, IMAPClientError, OSError) as error:
+        report.mailboxes_failed += 1
+        log_event(
+            log,
+            logging.WARNING,
+            "retention_mailbox_failed",
+            mailbox=address,
+            error=type(error).__name__,
+            detail=str(error)[:200],
+        )
+        return True
+    with writing(engine) as connection:
+        mark_removed(connection, others[address], moment)
+    report.handed_over_emptied += 1
+    report.handed_over_messages_expunged += removed
+    log_event(log, logging.WARNING, "retention_handed_over", mailbox=address, removed=removed)
+    return True
 
 
 def _empty(

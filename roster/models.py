@@ -392,6 +392,9 @@ ROUTE_RELAY = "relay"  # through [outbound] relay (notices the gateway writes)
 COPY_PENDING = "pending"
 COPY_DONE = "copied"
 COPY_FAILED = "failed"
+# Made, then removed by retention: the address passed to someone else, whose webmail
+# must not show it (roster.standby.holds_others_mail).
+COPY_REMOVED = "removed"
 
 
 class MailMessage(Base):
@@ -477,6 +480,8 @@ class StandbyCopy(Base):
             sqlite_where=text("status = 'pending'"),
             postgresql_where=text("status = 'pending'"),
         ),
+        # Whose mail a mailbox holds (roster.standby.holds_others_mail, migration 0014).
+        Index("ix_standby_copy_mailbox_person", "mailbox", "person_id"),
         UniqueConstraint("queue_id", "mailbox"),
     )
 

@@ -103,6 +103,7 @@ class CoveredMailbox:
     address: str
     domain_id: int
     retention_days: int
+    person_id: int = 0  # who holds the address now
 
 
 def covered_mailboxes(session: Session, settings: RetentionSettings) -> list[CoveredMailbox]:
@@ -114,10 +115,10 @@ def covered_mailboxes(session: Session, settings: RetentionSettings) -> list[Cov
     ).all()
     for domain in domains:
         days = domain.retention_days or settings.retention_days
-        for address in session.scalars(
-            select(Person.mail).where(covered_clause(domain)).order_by(Person.mail)
+        for address, person_id in session.execute(
+            select(Person.mail, Person.id).where(covered_clause(domain)).order_by(Person.mail)
         ):
-            found.append(CoveredMailbox(address.lower(), domain.id, days))
+            found.append(CoveredMailbox(address.lower(), domain.id, days, person_id))
     return found
 
 

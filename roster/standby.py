@@ -4,12 +4,13 @@ and how the processes that sign in to the store reach it."""
 from __future__ import annotations
 
 import ipaddress
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Connection, select, update
 from sqlalchemy.orm import Session
 
 from roster.coverage import covered_clause
-from roster.models import Domain, Person
+from roster.models import COPY_DONE, COPY_REMOVED, Domain, Person, StandbyCopy
 
 
 def covered_addresses(session: Session) -> list[str]:
@@ -38,3 +39,61 @@ def store_uses_tls(host: str, imap_tls: object = None) -> bool:
         return not ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host.lower() != "localhost"
+
+
+def _others(address: str, person_id: int) -> list[ColumnElement[bool]]:
+    """Copies in ``address``'s mailbox made for someone other than ``person_id`` (the
+    store names mailboxes in lower case; the copies keep the roster's spelling). A copy
+    whose person is not recorded says nothing (the gateway records it on every copy,
+    and the roster never deletes a person)."""
+    return [
+        StandbyCopy.mailbox.in_({address, address.lower()}),
+        StandbyCopy.status == COPY_DONE,
+        StandbyCopy.person_id != person_id,
+    ]
+
+
+def holds_others_mail(session: Session, address: str, person_id: int) -> bool:
+    """True when the standby mailbox of ``address`` holds mail copied for someone else:
+    the address was another person's within the archive's months (a departed person's
+    address given to a newcomer). The webmail stays closed to its new holder until
+    retention has emptied it (``mailboxes_of_others``, ``mark_removed``)."""
+    found = session.scalar(select(StandbyCopy.id).where(*_others(address, person_id)).limit(1))
+    return found is not None
+
+
+def mailboxes_of_others(session: Session, holders: dict[str, int]) -> dict[str, set[str]]:
+    """Of ``holders`` (lower-case address -> the person who holds it now), the addresses
+    whose standby mailbox holds mail copied for someone else, each with the spellings its
+    copies were made under; in one pass over the copies (their index)."""
+    spellings: dict[str, set[str]] = {}
+    others: set[str] = set()
+    rows = session.execute(
+        select(StandbyCopy.mailbox, StandbyCopy.person_id)
+        .where(StandbyCopy.status == COPY_DONE)
+        .distinct()
+    )
+    for mailbox, person_id in rows:
+        address = mailbox.lower()
+        holder = holders.get(address)
+        if holder is None:
+            continue
+        spellings.setdefault(address, set()).add(mailbox)
+        if person_id is not None and person_id != holder:
+            others.add(address)
+    return {address: spellings[address] for address in sorted(others)}
+
+
+def mark_removed(connection: Connection, spellings: set[str], before: datetime) -> int:
+    """The copies made into a mailbox (under any of ``spellings``) up to ``before``, all
+    emptied out of it by retention: tracking no longer says they are there; how many."""
+    result = connection.execute(
+        update(StandbyCopy)
+        .where(
+            StandbyCopy.mailbox.in_(spellings),
+            StandbyCopy.status == COPY_DONE,
+            StandbyCopy.copied_at <= before,
+        )
+        .values(status=COPY_REMOVED)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -46,6 +46,7 @@ COPY_WORDS = {
     "pending": _l("waiting"),
     "copied": _l("copied"),
     "failed": _l("failed"),
+    "removed": _l("removed (the address passed to someone else)"),
 }
 LONGEST = 320  # an address, the longest thing typed in a filter
 

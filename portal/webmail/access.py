@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from portal.request_scope import db
 from roster.identity import covered
 from roster.models import WEBMAIL_OUTAGE, ContinuityEvent, Domain, Person
+from roster.standby import holds_others_mail
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +33,9 @@ NOT_A_PERSON = "not_a_person"
 INACTIVE = "inactive"
 NOT_COVERED = "not_covered"
 ONLY_IN_OUTAGE = "only_in_outage"
+# The address's standby mailbox holds mail of its previous holder until retention has
+# emptied it (roster.standby.holds_others_mail).
+OTHERS_MAIL = "others_mail"
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ def webmail_access(roster: Session, person: Person | None) -> WebmailAccess:
         return WebmailAccess(INACTIVE, domain, person)
     if not covered(roster, person):
         return WebmailAccess(NOT_COVERED, domain, person)
+    if holds_others_mail(roster, person.mail, person.id):
+        return WebmailAccess(OTHERS_MAIL, domain, person)
     event = roster.execute(
         select(ContinuityEvent.started_at, ContinuityEvent.recovery_started_at)
         .where(ContinuityEvent.domain_id == domain.id, ContinuityEvent.ended_at.is_(None))

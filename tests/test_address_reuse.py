@@ -1,0 +1,102 @@
+"""An address that passes from one person to another within the archive's months (a
+departed person's address given to a newcomer): the newcomer never reads the previous
+holder's standby mail. The webmail stays closed to them, saying why, until retention
+has emptied the mailbox; then it opens, empty of the other's mail, and Email Live
+Tracking says the copies were removed. Real slapd, sync, Dovecot, copier, retention and
+portal."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.copier import Copier, UsersFile
+from gateway.retention import run_retention
+from gateway.standby import StandbyStore
+from roster.models import COPY_DONE, COPY_REMOVED, Domain, Person, StandbyCopy
+from roster.queue import Incoming, Recipient, new_queue_id, store, writing
+from tests.portal_support import Portal, text
+from tests.servers.dovecot import DovecotServer
+from tests.webmail_support import standby_store, webmail_world  # noqa: F401 - the fixture
+
+INBOX = "SU5CT1g"  # folder_token("INBOX")
+
+
+def copy_for(world_engine: object, address: str, subject: str, store_lmtp: tuple[str, int]) -> None:
+    """A message for ``address``'s holder stored and copied into their standby mailbox,
+    as the gateway does."""
+    engine = world_engine
+    with Session(engine) as session:  # type: ignore[arg-type]
+        holder = session.scalars(
+            select(Person).where(Person.mail == address, Person.removed_at.is_(None))
+        ).one()
+        domain_id = session.scalars(select(Domain.id).where(Domain.id == holder.domain_id)).one()
+        person_id = holder.id
+    body = f"Subject: {subject}\r\n\r\nfor {address}\r\n".encode()
+    with writing(engine) as connection:  # type: ignore[arg-type]
+        recipient = Recipient(address, domain_id, True, person_id, address)
+        store(connection, [Incoming(new_queue_id(), "x@sender.test", body, [recipient])])
+    lmtp = StandbyStore(*store_lmtp, connections=1)
+    copier = Copier(
+        engine,  # type: ignore[arg-type]
+        lmtp,
+        UsersFile(engine, None),  # type: ignore[arg-type]
+        "gw/c0",
+        lease=timedelta(minutes=5),
+    )
+    try:
+        copier.run_once()
+    finally:
+        lmtp.close()
+
+
+def statuses(portal: Portal) -> list[str]:
+    with Session(portal.engine) as session:
+        return list(session.scalars(select(StandbyCopy.status).order_by(StandbyCopy.id)))
+
+
+def test_a_newcomer_on_a_departed_persons_address_never_reads_their_mail(
+    portal: Portal,
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    world = webmail_world(portal, standby_store)
+    webmail = next(world)
+    try:
+        address = webmail.person("ana")
+        webmail.person("carl")  # someone who stays
+        uid = address.split("@")[0]
+        subject = f"for Ana only {secrets.token_hex(4)}"
+        copy_for(portal.engine, address, subject, standby_store.lmtp)
+        assert statuses(portal) == [COPY_DONE]
+        assert any(subject.encode() in m for m in webmail.folder(address, "INBOX"))
+
+        # Ana leaves; Bea gets her address.
+        portal.tree.delete(uid)
+        portal.sync("--allow-mass-removal")  # one of two people: the guard asks
+        portal.add_person(f"{uid}b", mail=address, display_name="Bea")
+        portal.sync()
+        bea = webmail.client(address)
+        closed = bea.get("/webmail")
+        assert closed.status_code == 403
+        assert "belonged to someone else until recently" in text(closed)
+        assert bea.get(f"/webmail/f/{INBOX}").status_code == 403
+
+        # The daily clean-up empties it; Bea's webmail opens, without Ana's mail.
+        report = run_retention(portal.app.config["CONTINUITY"], portal.engine)
+        assert report is not None and report.handed_over_emptied == 1
+        assert statuses(portal) == [COPY_REMOVED]
+        opened = bea.get(f"/webmail/f/{INBOX}")
+        assert opened.status_code == 200
+        assert subject not in text(opened)
+        assert webmail.folder(address, "INBOX") == []
+
+        # Her own mail is copied and shown as usual from then on.
+        own = f"for Bea {secrets.token_hex(4)}"
+        copy_for(portal.engine, address, own, standby_store.lmtp)
+        assert own in text(bea.get(f"/webmail/f/{INBOX}"))
+    finally:
+        for _rest in world:
+            pass

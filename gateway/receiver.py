@@ -406,9 +406,11 @@ class MemoryBudget:
         self.limit = limit
         self.used = 0
 
-    def take(self, size: int) -> bool:
-        """Hold ``size`` more bytes, if there is room."""
-        if self.used + size > self.limit:
+    def take(self, size: int, mine: int = 0) -> bool:
+        """Hold ``size`` more bytes of a message that holds ``mine`` already, if there is
+        room, or if nothing else is held: a message alone is always taken (up to the
+        size limit), so that a limit below the largest message refuses none for good."""
+        if self.used + size > self.limit and self.used > mine:
             return False
         self.used += size
         return True
@@ -459,7 +461,7 @@ async def read_message(
                 too_much = True
                 _let_go(sent, memory)  # nothing more is kept: memory stays flat
             elif not (too_much or no_room):
-                if memory is None or memory.take(len(block)):
+                if memory is None or memory.take(len(block), len(sent)):
                     sent += block
                 else:
                     no_room = True

@@ -143,6 +143,13 @@ def test_a_message_the_memory_has_no_room_for_is_read_to_its_end_and_not_kept(
     assert memory.used == 1000 + len(got)  # held until the caller gives it back
 
 
+def test_a_message_alone_is_taken_whatever_its_size() -> None:
+    """A limit below the largest message refuses none for good: alone, it is taken."""
+    memory = MemoryBudget(100)
+    got, _rest = read(b"line\r\n" * 1000 + b".\r\n", pieces=500, memory=memory)
+    assert got is not None and memory.used == len(got)
+
+
 def test_a_refused_size_or_a_lost_client_gives_the_memory_back() -> None:
     memory = MemoryBudget(10_000)
     got, rest = read(b"x" * 900 + b"\r\n" + b"y" * 900 + b"\r\n.\r\n", limit=1000, memory=memory)

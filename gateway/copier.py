@@ -286,8 +286,8 @@ class Copier:
         file at most once a second); when another gateway writes it, once after its next
         look at the roster.
         """
-        if not result.permanent:
-            return None
+        if not result.permanent or result.code is None:
+            return None  # a refusal without the store's word (no mailbox can have it)
         if self.users.refresh():
             return USERS_FILE_SETTLE_SECONDS
         # Once: unless the store refused it as unknown before (another kind of failure,

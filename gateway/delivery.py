@@ -10,6 +10,7 @@ connection, so a crash can only repeat the message in flight.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import smtplib
 import socket
@@ -307,8 +308,11 @@ def send_one(client: smtplib.SMTP, delivery: Delivery) -> Result:
         if reply[0] == 421:
             raise SessionFailed(reply) from error
         # DATA itself refused: the transaction is still open at the server (RFC 5321
-        # 4.1.4), and the next message's MAIL would meet "503 nested MAIL command".
-        _reset(client)
+        # 4.1.4), and the next message's MAIL would meet "503 nested MAIL command". The
+        # refusal is this message's result even when the server closed after it: the
+        # next message meets the broken session.
+        with contextlib.suppress(SessionFailed):
+            _reset(client)
         return Result([], dict.fromkeys(accepted, reply) | refused)
     except smtplib.SMTPResponseException as error:
         raise SessionFailed(_text((error.smtp_code, error.smtp_error))) from error

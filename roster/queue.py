@@ -490,10 +490,15 @@ def keep_claims(
     message to a slow primary can take longer than a claim: RFC 5321 lets each reply
     take minutes)."""
     now = now or utcnow()
-    connection.execute(
-        update(MailRecipient)
+    # Rows locked by their outcome being written are skipped (it releases them): the two
+    # never wait for each other, so PostgreSQL has no deadlock to break between them.
+    free = (
+        select(MailRecipient.id)
         .where(MailRecipient.id.in_(list(recipient_ids)), MailRecipient.claimed_by == worker)
-        .values(claimed_until=now + lease)
+        .with_for_update(skip_locked=True)
+    )
+    connection.execute(
+        update(MailRecipient).where(MailRecipient.id.in_(free)).values(claimed_until=now + lease)
     )
 
 

@@ -16,7 +16,15 @@ from sqlalchemy.orm import Session
 from gateway.copier import Copier, UsersFile
 from gateway.standby import CopyResult, StandbyStore
 from gateway.standby_users import write_users_file
-from roster.models import COPY_DONE, COPY_PENDING, Domain, Person, StandbyCopy, utcnow
+from roster.models import (
+    COPY_DONE,
+    COPY_FAILED,
+    COPY_PENDING,
+    Domain,
+    Person,
+    StandbyCopy,
+    utcnow,
+)
 from roster.queue import Incoming, Recipient, new_queue_id, store, writing
 from tests.servers.dovecot import DovecotServer
 from tests.standby_fixtures import next_second, standby_store  # noqa: F401 - the fixture
@@ -123,3 +131,29 @@ def test_a_gateway_that_does_not_write_the_users_file_keeps_its_one_more_try(
         down.close()
         copier.store.close()
         write_users_file(standby_store.users_file, [])
+
+
+def test_a_copy_no_mailbox_can_take_fails_at_once_on_a_gateway_without_the_users_file(
+    engine: Engine,
+    standby_store: DovecotServer,  # noqa: F811
+) -> None:
+    """An address the store cannot name a mailbox after (the directory allows more than
+    Dovecot does) is refused before the store is asked: no one more try, no retrying
+    for ever (its message could never leave the queue)."""
+    people(engine, 2525)
+    odd = "ana/odd@acme.test"
+    with Session(engine) as session:
+        domain_id = session.scalars(select(Domain.id).where(Domain.name == "acme.test")).one()
+        person_id = session.scalars(select(Person.id).where(Person.mail == ANA)).one()
+    with writing(engine) as connection:
+        recipient = Recipient(odd, domain_id, True, person_id, odd)
+        body = b"Subject: odd\r\n\r\nhello\r\n"
+        store(connection, [Incoming(new_queue_id(), "x@sender.test", body, [recipient])])
+    lmtp = StandbyStore(*standby_store.lmtp, connections=1)
+    copier = Copier(engine, lmtp, UsersFile(engine, None), "gw-b/c0", lease=timedelta(minutes=5))
+    try:
+        copier.run_once()
+    finally:
+        lmtp.close()
+    [row] = copy_rows(engine)
+    assert row.status == COPY_FAILED and "not a standby mailbox address" in row.last_reply

@@ -45,6 +45,14 @@ class PostfixLike(_XforwardSMTP):
         await super().smtp_DATA(arg)
 
 
+class RefusesDataAndCloses(_XforwardSMTP):
+    """Answers the DATA command with 554 and hangs up."""
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802
+        await self.push("554 5.7.1 <DATA>: no more from you")
+        self.transport.close()
+
+
 class DropsAtXforward(_XforwardSMTP):
     async def smtp_XFORWARD(self, arg: str) -> None:  # noqa: N802
         self.transport.close()
@@ -233,3 +241,25 @@ def test_a_message_slower_than_its_claim_is_sent_once(engine: Engine, relay: Pri
         primary.stop()
     assert len(primary.messages) == 1
     assert {s for s, _a, _r in states(engine).values()} == {DELIVERED}
+
+
+def test_a_data_refusal_before_a_hang_up_is_still_that_messages_answer(
+    engine: Engine, relay: Primary
+) -> None:
+    """The primary refuses DATA with 554 and closes: that message is bounced with the
+    primary's words; the next one, which met the closed session, waits."""
+    primary = Kind(RefusesDataAndCloses).start()
+    try:
+        people(engine, primary.port)
+        refused, waiting = queue(
+            engine,
+            ("one@sender.test", ["ana@acme.test"]),
+            ("two@sender.test", ["ana@acme.test"]),
+        )
+        runner(engine, relay).run_once()
+    finally:
+        primary.stop()
+    found = states(engine)
+    status, _attempts, reply = found[(refused, "ana@acme.test")]
+    assert status == BOUNCED and reply.startswith("554")
+    assert found[(waiting, "ana@acme.test")][0] == DEFERRED

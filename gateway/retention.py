@@ -61,7 +61,7 @@ from roster.retention import (
     still_uncovered,
     sweep_mailboxes,
 )
-from roster.standby import mailboxes_of_others, mark_removed, store_uses_tls
+from roster.standby import holders_copies, mailboxes_of_others, mark_removed, store_uses_tls
 
 log = logging.getLogger("continuity.retention")
 
@@ -369,7 +369,8 @@ def _standby(
         covered = [m for m in covered_mailboxes(session, settings) if is_mailbox_address(m.address)]
         held = held_by_mailbox(session)
         domain_names = {row.id: row.name for row in session.execute(select(Domain.id, Domain.name))}
-        others = mailboxes_of_others(session, {m.address: m.person_id for m in covered})
+        holders = {m.address: m.person_id for m in covered}
+        others = mailboxes_of_others(session, holders)
     due, changes = sweep_mailboxes(engine, covered, settings, now, dry_run=dry_run)
     report.newly_uncovered = changes["newly_uncovered"]
     report.covered_again = changes["covered_again"]
@@ -382,7 +383,10 @@ def _standby(
     for mailbox in covered:
         renew()
         if mailbox.address in others:
-            if not _empty_for_new_holder(store, engine, mailbox.address, others, report):
+            spellings = others[mailbox.address]
+            if not _empty_for_new_holder(
+                store, engine, mailbox.address, spellings, mailbox.person_id, report
+            ):
                 return
             continue
         before: date = (now - timedelta(days=mailbox.retention_days)).date()
@@ -437,24 +441,26 @@ def _empty_for_new_holder(
     store: StandbyIMAP,
     engine: Engine,
     address: str,
-    others: dict[str, set[str]],
+    spellings: set[str],
+    holder: int,
     report: RetentionReport,
 ) -> bool:
-    """Empty a covered mailbox that holds someone else's mail (the address was another
-    person's): all of it goes, what waits for the primary too (it is not the new
-    holder's to read), and the new holder's own first copies with it (they are at the
-    primary). Until then the webmail stays closed to them. False when the store cannot
-    be reached at all (the run stops looking at mailboxes)."""
+    """Empty a covered mailbox of someone else's mail (the address was another
+    person's): everything but the copies made for its holder goes, what waited for the
+    primary too (it is not the holder's to read), and every folder but INBOX (where the
+    copies are) with its name. Until then the webmail stays closed to the holder. False
+    when the store cannot be reached at all (the run stops looking at mailboxes)."""
     report.mailboxes += 1
     if report.dry_run:
         report.handed_over_emptied += 1
         return True
     moment = utcnow()
+    with Session(engine) as session:
+        keep = Held(queue_ids=holders_copies(session, spellings, holder))
     try:
         with store.mailbox(address) as client:
-            removed, _kept, empty = expunge(client, ["ALL"], None, dry_run=False)
-            if empty:
-                _remove_folders(client)
+            removed, _kept, _empty = expunge(client, ["ALL"], keep, dry_run=False)
+            _remove_folders(client)
     except StoreUnavailable as error:
         report.mailboxes_failed += 1
         log_event(log, logging.ERROR, "retention_store_unavailable", error=str(error)[:200])
@@ -471,7 +477,7 @@ def _empty_for_new_holder(
         )
         return True
     with writing(engine) as connection:
-        mark_removed(connection, others[address], moment)
+        mark_removed(connection, spellings, holder, moment)
     report.handed_over_emptied += 1
     report.handed_over_messages_expunged += removed
     log_event(log, logging.WARNING, "retention_handed_over", mailbox=address, removed=removed)

@@ -481,7 +481,7 @@ class StandbyCopy(Base):
             postgresql_where=text("status = 'pending'"),
         ),
         # Whose mail a mailbox holds (roster.standby.holds_others_mail, migration 0014).
-        Index("ix_standby_copy_mailbox_person", "mailbox", "person_id"),
+        Index("ix_standby_copy_mailbox_person", "mailbox", "status", "person_id"),
         UniqueConstraint("queue_id", "mailbox"),
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, select, update
+from sqlalchemy import Connection, or_, select, update
 from sqlalchemy.orm import Session
 
 from roster.coverage import covered_clause
@@ -41,25 +41,22 @@ def store_uses_tls(host: str, imap_tls: object = None) -> bool:
         return host.lower() != "localhost"
 
 
-def _others(address: str, person_id: int) -> list[ColumnElement[bool]]:
-    """Copies in ``address``'s mailbox made for someone other than ``person_id`` (the
-    store names mailboxes in lower case; the copies keep the roster's spelling). A copy
-    whose person is not recorded says nothing (the gateway records it on every copy,
-    and the roster never deletes a person)."""
-    return [
-        StandbyCopy.mailbox.in_({address, address.lower()}),
-        StandbyCopy.status == COPY_DONE,
-        StandbyCopy.person_id != person_id,
-    ]
-
-
 def holds_others_mail(session: Session, address: str, person_id: int) -> bool:
     """True when the standby mailbox of ``address`` holds mail copied for someone else:
     the address was another person's within the archive's months (a departed person's
     address given to a newcomer). The webmail stays closed to its new holder until
-    retention has emptied it (``mailboxes_of_others``, ``mark_removed``)."""
-    found = session.scalar(select(StandbyCopy.id).where(*_others(address, person_id)).limit(1))
-    return found is not None
+    retention has emptied it (``mailboxes_of_others``, ``mark_removed``).
+
+    Two ranges of the index on (mailbox, status, person_id), below and above the
+    person: a few index entries, however large their own archive. The store names
+    mailboxes in lower case; the copies keep the roster's spelling. A copy whose person
+    is not recorded says nothing (the gateway records it on every copy, and the roster
+    never deletes a person)."""
+    mine = (StandbyCopy.mailbox.in_({address, address.lower()}), StandbyCopy.status == COPY_DONE)
+    for other in (StandbyCopy.person_id < person_id, StandbyCopy.person_id > person_id):
+        if session.scalar(select(StandbyCopy.id).where(*mine, other).limit(1)) is not None:
+            return True
+    return False
 
 
 def mailboxes_of_others(session: Session, holders: dict[str, int]) -> dict[str, set[str]]:
@@ -84,14 +81,33 @@ def mailboxes_of_others(session: Session, holders: dict[str, int]) -> dict[str, 
     return {address: spellings[address] for address in sorted(others)}
 
 
-def mark_removed(connection: Connection, spellings: set[str], before: datetime) -> int:
-    """The copies made into a mailbox (under any of ``spellings``) up to ``before``, all
-    emptied out of it by retention: tracking no longer says they are there; how many."""
+def holders_copies(session: Session, spellings: set[str], person_id: int) -> set[str]:
+    """The queue ids of the copies made into a mailbox (under any of ``spellings``) for
+    ``person_id``: what retention keeps when it empties the mailbox of someone else's
+    mail (the Received line of every copy names its queue id)."""
+    return set(
+        session.scalars(
+            select(StandbyCopy.queue_id).where(
+                StandbyCopy.mailbox.in_(spellings),
+                StandbyCopy.status == COPY_DONE,
+                StandbyCopy.person_id == person_id,
+            )
+        )
+    )
+
+
+def mark_removed(
+    connection: Connection, spellings: set[str], person_id: int, before: datetime
+) -> int:
+    """The copies made into a mailbox (under any of ``spellings``) up to ``before`` for
+    anyone but ``person_id``, emptied out of it by retention: tracking no longer says
+    they are there; how many."""
     result = connection.execute(
         update(StandbyCopy)
         .where(
             StandbyCopy.mailbox.in_(spellings),
             StandbyCopy.status == COPY_DONE,
+            or_(StandbyCopy.person_id.is_(None), StandbyCopy.person_id != person_id),
             StandbyCopy.copied_at <= before,
         )
         .values(status=COPY_REMOVED)

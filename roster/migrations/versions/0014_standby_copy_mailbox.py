@@ -1,4 +1,5 @@
-"""whose mail a standby mailbox holds: an index on standby_copy (mailbox, person_id), so
+"""whose mail a standby mailbox holds: an index on standby_copy (mailbox, status,
+person_id), so
 that the webmail can tell, for each request, that the mailbox of a person's address
 holds no copy made for someone else (an address that passed from one person to another
 within the archive's months), and retention can find such mailboxes in one pass
@@ -26,7 +27,7 @@ def upgrade() -> None:
         op.create_index(
             "ix_standby_copy_mailbox_person",
             "standby_copy",
-            ["mailbox", "person_id"],
+            ["mailbox", "status", "person_id"],
             postgresql_concurrently=True,
         )
 

@@ -420,7 +420,12 @@ class QueueRunner:
                         delivery.sender,
                         reports,
                         arrival=delivery.received_at,
-                        retry_until=delivery.received_at + self.settings.lifetime,
+                        retry_until=delivery.received_at
+                        + (
+                            self.settings.max_held
+                            if delivery.via_continuity
+                            else self.settings.lifetime
+                        ),
                         reporting_mta=mta,
                         from_address=daemon,
                         language=language,

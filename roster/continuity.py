@@ -130,7 +130,7 @@ def record_check(
             connection.execute(
                 update(ContinuityEvent)
                 .where(ContinuityEvent.id == event.id)
-                .values(recovery_started_at=None)
+                .values(recovery_started_at=None, ended_by=None)  # an admin's End too
             )
             # Mail that came in during the hand-back is held now, like the rest.
             _hold_waiting(connection, domain_id)
@@ -193,15 +193,21 @@ def _hold_waiting(connection: Connection, domain_id: int, **values: Any) -> None
 
 
 def begin_recovery(
-    connection: Connection, event_id: int, *, now: datetime | None = None
+    connection: Connection,
+    event_id: int,
+    *,
+    actor: str | None = None,
+    now: datetime | None = None,
 ) -> Transition:
-    """The primary answers again: hand the held mail back, oldest first."""
+    """The primary answers again (or an admin, ``actor``, ends the event by hand): hand
+    the held mail back, oldest first. The event ends once it is all back, ended by
+    ``actor`` when one is given."""
     now = now or utcnow()
     event = connection.execute(select(ContinuityEvent).where(ContinuityEvent.id == event_id)).one()
     connection.execute(
         update(ContinuityEvent)
         .where(ContinuityEvent.id == event_id, ContinuityEvent.recovery_started_at.is_(None))
-        .values(recovery_started_at=now)
+        .values(recovery_started_at=now, ended_by=actor)
     )
     # Due now, in the order they arrived: claims take the oldest first. Everything that
     # waits was held (a message stored as the event started, its mark decided a moment
@@ -237,14 +243,21 @@ def finish_recovery(
 def end_event(
     connection: Connection, event_id: int, *, actor: str, now: datetime | None = None
 ) -> Transition:
-    """Close an event with its counts: recipients held, and handed back to the primary."""
+    """Close an event with its counts: recipients held, and handed back to the primary.
+    Ended by whoever began its hand-back by hand (``begin_recovery``'s ``actor``), else
+    by ``actor``."""
     now = now or utcnow()
     event = connection.execute(select(ContinuityEvent).where(ContinuityEvent.id == event_id)).one()
     held, handed_back = event_counts(connection, event.domain_id, event.started_at)
     connection.execute(
         update(ContinuityEvent)
         .where(ContinuityEvent.id == event_id)
-        .values(ended_at=now, ended_by=actor, held=held, handed_back=handed_back)
+        .values(
+            ended_at=now,
+            ended_by=func.coalesce(ContinuityEvent.ended_by, actor),
+            held=held,
+            handed_back=handed_back,
+        )
     )
     return Transition(ENDED, event.domain_id, event_id)
 
@@ -253,24 +266,44 @@ def event_counts(connection: Connection, domain_id: int, started_at: datetime) -
     """Recipients held by the domain's event that started at ``started_at``, and how many
     of them the primary has taken back so far: the counts an event ends with, and the
     hand-back's progress while it runs."""
-    # Held by this event: its domain's recipients via Continuity that arrived during it
-    # or were still waiting after it started (delivered, or given up, since then).
-    during = and_(
-        MailRecipient.domain_id == domain_id,
-        MailRecipient.via_continuity.is_(True),
-        or_(
-            MailMessage.received_at >= started_at,
-            MailRecipient.last_attempt_at >= started_at,
-        ),
-    )
     counted = select(func.count(MailRecipient.id)).join(
         MailMessage, MailMessage.queue_id == MailRecipient.queue_id
     )
+    during = _held_by(domain_id, started_at)
     held = connection.scalar(counted.where(during)) or 0
     handed_back = (
         connection.scalar(counted.where(during, MailRecipient.delivered_at >= started_at)) or 0
     )
     return held, handed_back
+
+
+def event_left(connection: Connection, domain_id: int, started_at: datetime) -> int:
+    """Recipients held by the domain's event that started at ``started_at`` and still
+    waiting: the hand-back's "left" (one the primary refused for good has left too)."""
+    return (
+        connection.scalar(
+            select(func.count(MailRecipient.id))
+            .join(MailMessage, MailMessage.queue_id == MailRecipient.queue_id)
+            .where(_held_by(domain_id, started_at), MailRecipient.status.in_(PENDING_STATES))
+        )
+        or 0
+    )
+
+
+def _held_by(domain_id: int, started_at: datetime) -> ColumnElement[bool]:
+    """The domain's recipients held by its event that started at ``started_at``: via
+    Continuity, and arrived during it, or waiting when it started (deferred while the
+    primary was failing, or not tried yet: start_event marks them) and tried since or
+    waiting still."""
+    return and_(
+        MailRecipient.domain_id == domain_id,
+        MailRecipient.via_continuity.is_(True),
+        or_(
+            MailMessage.received_at >= started_at,
+            MailRecipient.last_attempt_at >= started_at,
+            MailRecipient.status.in_(PENDING_STATES),
+        ),
+    )
 
 
 def domain_states(connection: Connection, domain_ids: list[int] | None = None) -> dict[int, str]:

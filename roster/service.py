@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, false, func, select
+from sqlalchemy import ColumnElement, and_, case, delete, exists, false, func, select
 from sqlalchemy.orm import Session
 
 from roster.addresses import domain_of, plausible, printable
@@ -526,7 +526,7 @@ def end_event_by_hand(
         raise refused
     connection = session.connection()
     found = open_event(connection, domain.id)
-    begin_recovery(connection, found.id)
+    begin_recovery(connection, found.id, actor=actor)
     audit(
         session,
         actor,
@@ -577,7 +577,8 @@ def events_page(
             e.ended_at,
             e.reason,
             e.started_by,
-            e.ended_by,
+            # Set when an admin began the end: shown once the event has ended.
+            case((e.ended_at.is_not(None), e.ended_by), else_=None),
             e.recovery_started_at,
             e.held,
             e.handed_back,

@@ -564,7 +564,7 @@ def continuity_events(
             ended_at=row.ended_at,
             reason=row.reason,
             started_by=row.started_by,
-            ended_by=row.ended_by,
+            ended_by=row.ended_by if row.ended_at else None,
             recovery_started_at=row.recovery_started_at,
             held=row.held,
             handed_back=row.handed_back,

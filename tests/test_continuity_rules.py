@@ -7,9 +7,12 @@ queue runner and monitor, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -24,14 +27,17 @@ from roster.continuity import (
     REOPENED,
     begin_recovery,
     event_counts,
+    event_left,
     finish_recovery,
     open_event,
     record_check,
     start_event,
 )
+from roster.db import session_factory, transaction
 from roster.locks import Lease
-from roster.models import DELIVERED, ContinuityEvent, Domain, MailRecipient
+from roster.models import DELIVERED, ContinuityEvent, Domain, MailRecipient, utcnow
 from roster.queue import Incoming, Recipient, new_queue_id, store, writing
+from roster.service import end_event_by_hand
 from roster.tracking import shown_status
 from tests.servers.smtp import Primary
 from tests.test_gateway import people
@@ -243,3 +249,128 @@ def test_a_monitor_that_lost_its_lease_during_a_slow_check_records_nothing(
         assert domain is not None and domain.last_check_at is None
     assert not monitor.holding
     other.release()
+
+
+def test_the_hand_back_counts_the_mail_that_waited_when_the_event_started(
+    engine: Engine, primary: Primary
+) -> None:
+    """Mail deferred while the primary was failing, and mail not tried yet, is held by
+    the event from its start: the hand-back's "of M" counts it from the first page."""
+    people(engine, primary.port)
+    domain_id = acme(engine)
+    primary.stop()
+    [deferred] = receive(engine, domain_id)
+    runner(engine).run_once()  # connection refused: deferred
+    assert rows(engine, [deferred])[deferred].status == "deferred"
+    receive(engine, domain_id)  # not tried yet
+    with writing(engine) as connection:
+        start_event(connection, domain_id, reason="down", actor="monitor")
+    receive(engine, domain_id)  # during the event
+    event = event_of(engine, domain_id)
+    with engine.connect() as connection:
+        assert event_counts(connection, domain_id, event.started_at) == (3, 0)
+        assert event_left(connection, domain_id, event.started_at) == 3
+
+
+def test_a_held_message_the_primary_refuses_for_good_is_not_left_to_hand_back(
+    engine: Engine, primary: Primary
+) -> None:
+    people(engine, primary.port)
+    domain_id = acme(engine)
+    with writing(engine) as connection:
+        start_event(connection, domain_id, reason="down", actor="monitor")
+    with Session(engine) as session:
+        sales = session.scalars(select(Domain.id).where(Domain.name == "acme.test")).one()
+    receive(engine, domain_id)
+    with writing(engine) as connection:
+        recipient = Recipient("sales@acme.test", sales, known=True)
+        body = b"Subject: to sales\r\n\r\nhello\r\n"
+        store(connection, [Incoming(new_queue_id(), "x@sender.test", body, [recipient])])
+    assert checks(engine, domain_id, True, 3).kind == RECOVERING
+    primary.handler.replies["sales@acme.test"] = "550 5.1.1 No such user here"
+    runner(engine).run_once()
+    event = event_of(engine, domain_id)
+    with engine.connect() as connection:
+        assert event_counts(connection, domain_id, event.started_at) == (2, 1)
+        assert event_left(connection, domain_id, event.started_at) == 0
+
+
+def by_hand(engine: Engine, domain_id: int) -> None:
+    """An admin presses End continuity event."""
+    with transaction(session_factory(engine), writing=True) as session:
+        domain = session.get(Domain, domain_id)
+        assert domain is not None
+        end_event_by_hand(session, domain, "boss@acme.test")
+
+
+def test_an_event_ended_by_hand_is_ended_by_the_admin_unless_the_primary_fails_again(
+    engine: Engine, primary: Primary
+) -> None:
+    people(engine, primary.port)
+    domain_id = acme(engine)
+    with writing(engine) as connection:
+        start_event(connection, domain_id, reason="maintenance", actor="admin@acme.test")
+    receive(engine, domain_id)
+    by_hand(engine, domain_id)
+    runner(engine).run_once()
+    event = event_of(engine, domain_id)
+    with writing(engine) as connection:
+        assert finish_recovery(connection, event.id) is not None
+    with Session(engine) as session:
+        ended = session.get(ContinuityEvent, event.id)
+        assert ended is not None and ended.ended_by == "boss@acme.test"
+
+    # Ended by hand, then the primary fails again: the monitor's own end, later.
+    with writing(engine) as connection:
+        start_event(connection, domain_id, reason="again", actor="admin@acme.test")
+    by_hand(engine, domain_id)
+    assert checks(engine, domain_id, False, 1).kind == REOPENED
+    assert checks(engine, domain_id, True, 3).kind == RECOVERING
+    second = event_of(engine, domain_id)
+    with writing(engine) as connection:
+        ended_now = finish_recovery(connection, second.id)
+    assert ended_now is not None
+    with Session(engine) as session:
+        again = session.get(ContinuityEvent, second.id)
+        assert again is not None and again.ended_by == "monitor"
+
+
+def test_a_delay_notice_for_held_mail_gives_the_held_mails_deadline(
+    engine: Engine, primary: Primary
+) -> None:
+    """Held mail lives max_held_days (30), not the ordinary 5: a sender told of a delay
+    during the hand-back is given that deadline."""
+    people(engine, primary.port)
+    domain_id = acme(engine)
+    with writing(engine) as connection:
+        start_event(connection, domain_id, reason="down", actor="monitor")
+    received = utcnow() - timedelta(days=10)
+    with writing(engine) as connection:
+        recipient = Recipient("ana@acme.test", domain_id, known=True)
+        body = b"From: x@sender.test\r\nSubject: held\r\n\r\nhello\r\n"
+        incoming = Incoming(
+            new_queue_id(), "x@sender.test", body, [recipient], received_at=received
+        )
+        store(connection, [incoming])
+    assert checks(engine, domain_id, True, 3).kind == RECOVERING
+    primary.handler.rcpt_reply = "451 4.3.0 try later"
+    relay = Primary().start()
+    try:
+        delivering = QueueRunner(
+            engine,
+            Config(
+                database_url=engine.url.render_as_string(hide_password=False),
+                gateway={"allow_local_primary": True, "hostname": "gw.test"},
+            ),
+            RunnerSettings(hostname="gw.test", relay=("127.0.0.1", relay.port)),
+            "runner-1",
+        )
+        delivering.run_once()  # deferred, and a delay notice queued
+        delivering.run_once()  # the notice goes out
+        [notice] = relay.handler.wait_for(1)
+    finally:
+        relay.stop()
+    found = re.search(rb"Will-Retry-Until: ([^\r\n]+)", notice.content)
+    assert found is not None
+    until = parsedate_to_datetime(found.group(1).decode())
+    assert abs(until - (received + timedelta(days=30))) < timedelta(seconds=2)

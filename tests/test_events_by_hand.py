@@ -308,7 +308,8 @@ def test_an_event_by_hand_holds_the_mail_and_hands_it_back_once(drill: Drill) ->
     """With automatic failover off, an admin starts an event: mail arriving is in the
     standby mailbox and nothing reaches the healthy primary; the admin ends it: every
     held message reaches the primary once, and the monitor ends the event with its
-    counts. The real gateway, its monitor, Dovecot and an aiosmtpd primary."""
+    counts, ended by the admin who ended it. The real gateway, its monitor, Dovecot and
+    an aiosmtpd primary."""
     with transaction(session_factory(drill.engine), writing=True) as session:
         acme = session.scalars(select(Domain).where(Domain.name == DOMAIN)).one()
         acme.failover_automatic = False  # the monitor only reports
@@ -331,5 +332,5 @@ def test_an_event_by_hand_holds_the_mail_and_hands_it_back_once(drill: Drill) ->
 
     assert drill.at_primary() == Counter(dict.fromkeys(sent, 1))
     [event] = drill.events()
-    assert (event.held, event.handed_back, event.ended_by) == (20, 20, "monitor")
+    assert (event.held, event.handed_back, event.ended_by) == (20, 20, "admin@acme.test")
     assert event.recovery_started_at is not None

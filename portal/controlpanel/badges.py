@@ -12,7 +12,7 @@ from flask_babel import lazy_gettext as _l
 
 from portal.controlpanel.scope import bp
 from portal.request_scope import db
-from roster.continuity import domain_states, event_counts, open_event
+from roster.continuity import domain_states, event_counts, event_left, open_event
 from roster.models import Domain
 
 STATE_WORDS = {
@@ -40,11 +40,7 @@ class HandBack:
 
     held: int
     handed_back: int
-
-    @property
-    def left(self) -> int:
-        """Recipients still to be handed back."""
-        return max(self.held - self.handed_back, 0)
+    left: int  # still waiting (one the primary refused for good is not)
 
 
 def hand_back(domain: Domain) -> HandBack | None:
@@ -54,7 +50,8 @@ def hand_back(domain: Domain) -> HandBack | None:
     if event is None or event.recovery_started_at is None:
         return None
     held, handed_back = event_counts(connection, domain.id, event.started_at)
-    return HandBack(held, min(handed_back, held))
+    left = event_left(connection, domain.id, event.started_at)
+    return HandBack(held, min(handed_back, held), min(left, held))
 
 
 @bp.context_processor

@@ -779,7 +779,8 @@ class MailCounts:
 
 def mail_counts(session: Session, domain_id: int, since: datetime) -> MailCounts:
     """Counts of a domain's recipients received, delivered and bounced since ``since``,
-    deferred now, and standby copies made since then and still pending."""
+    deferred now (held by a continuity event too, as Email Live Tracking shows held
+    mail), and standby copies made since then and still pending."""
     r = MailRecipient
     received, delivered, bounced, deferred = session.execute(
         select(
@@ -792,7 +793,10 @@ def mail_counts(session: Session, domain_id: int, since: datetime) -> MailCounts
         .where(r.domain_id == domain_id, MailMessage.received_at >= since)
     ).one()
     still_deferred = session.scalar(
-        select(func.count(r.id)).where(r.domain_id == domain_id, r.status == DEFERRED)
+        select(func.count(r.id)).where(
+            r.domain_id == domain_id,
+            or_(r.status == DEFERRED, and_(r.status == QUEUED, r.via_continuity.is_(True))),
+        )
     )
     s = StandbyCopy
     copied, copies_pending = session.execute(

@@ -318,7 +318,12 @@ def _submit(person: Person, domain: Domain) -> Any:
             return _reshow_from_draft(uid, draft, errors)
         return _show(draft, errors, 400)
 
-    # Sending: counted toward the hourly limit before the relay is asked.
+    # Sending: the message made first, then counted toward the hourly limit before the
+    # relay is asked (a count taken is given back whatever stops the send).
+    message = build(False)
+    dkim = None
+    if domain.dkim_selector and domain.dkim_private_key:
+        dkim = (domain.name, domain.dkim_selector, domain.dkim_private_key)
     limit = recipients_per_hour()
     with writing() as write:
         already, reservation = reserve_sending(
@@ -333,10 +338,6 @@ def _submit(person: Person, domain: Domain) -> Any:
         )
         uid = _save_draft(build(True).as_bytes(), replaces)
         return _reshow_from_draft(uid, draft, errors)
-    message = build(False)
-    dkim = None
-    if domain.dkim_selector and domain.dkim_private_key:
-        dkim = (domain.name, domain.dkim_selector, domain.dkim_private_key)
     config = current_app.config["CONTINUITY"]
     try:
         result = send(config, message, draft.sender, everyone, dkim=dkim)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from gateway import headers
 from gateway.copier import Copier, UsersFile
 from gateway.retention import run_retention
 from gateway.standby import StandbyStore
-from roster.models import COPY_DONE, COPY_REMOVED, Domain, Person, StandbyCopy
+from roster.models import COPY_DONE, COPY_REMOVED, Person, StandbyCopy
 from roster.queue import Incoming, Recipient, new_queue_id, store, writing
 from tests.portal_support import Portal, text
 from tests.servers.dovecot import DovecotServer
@@ -26,16 +26,14 @@ from tests.webmail_support import standby_store, webmail_world  # noqa: F401 - t
 INBOX = "SU5CT1g"  # folder_token("INBOX")
 
 
-def copy_for(world_engine: object, address: str, subject: str, store_lmtp: tuple[str, int]) -> None:
+def copy_for(engine: Engine, address: str, subject: str, store_lmtp: tuple[str, int]) -> None:
     """A message for ``address``'s holder stored and copied into their standby mailbox,
     as the gateway does."""
-    engine = world_engine
-    with Session(engine) as session:  # type: ignore[arg-type]
+    with Session(engine) as session:
         holder = session.scalars(
             select(Person).where(Person.mail == address, Person.removed_at.is_(None))
         ).one()
-        domain_id = session.scalars(select(Domain.id).where(Domain.id == holder.domain_id)).one()
-        person_id = holder.id
+        domain_id, person_id = holder.domain_id, holder.id
     queue_id = new_queue_id()
     received = headers.received_header(  # the gateway's line, with the queue id
         helo="client.test",
@@ -46,17 +44,11 @@ def copy_for(world_engine: object, address: str, subject: str, store_lmtp: tuple
         recipient=address,
     )
     body = received + f"Subject: {subject}\r\n\r\nfor {address}\r\n".encode()
-    with writing(engine) as connection:  # type: ignore[arg-type]
+    with writing(engine) as connection:
         recipient = Recipient(address, domain_id, True, person_id, address)
         store(connection, [Incoming(queue_id, "x@sender.test", body, [recipient])])
     lmtp = StandbyStore(*store_lmtp, connections=1)
-    copier = Copier(
-        engine,  # type: ignore[arg-type]
-        lmtp,
-        UsersFile(engine, None),  # type: ignore[arg-type]
-        "gw/c0",
-        lease=timedelta(minutes=5),
-    )
+    copier = Copier(engine, lmtp, UsersFile(engine, None), "gw/c0", lease=timedelta(minutes=5))
     try:
         copier.run_once()
     finally:

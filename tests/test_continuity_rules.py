@@ -279,11 +279,9 @@ def test_a_held_message_the_primary_refuses_for_good_is_not_left_to_hand_back(
     domain_id = acme(engine)
     with writing(engine) as connection:
         start_event(connection, domain_id, reason="down", actor="monitor")
-    with Session(engine) as session:
-        sales = session.scalars(select(Domain.id).where(Domain.name == "acme.test")).one()
     receive(engine, domain_id)
     with writing(engine) as connection:
-        recipient = Recipient("sales@acme.test", sales, known=True)
+        recipient = Recipient("sales@acme.test", domain_id, known=True)
         body = b"Subject: to sales\r\n\r\nhello\r\n"
         store(connection, [Incoming(new_queue_id(), "x@sender.test", body, [recipient])])
     assert checks(engine, domain_id, True, 3).kind == RECOVERING

@@ -23,7 +23,7 @@ import smtplib
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from gateway.standby_users import is_mailbox_address
@@ -240,12 +240,19 @@ class StandbyStore:
 
 
 # -- one LMTP transaction ----------------------------------------------------------------
-def _command(lmtp: smtplib.LMTP, line: str, *, before_data: bool) -> tuple[int, bytes]:
-    """Send one command line and read its reply; _Lost if the connection fails."""
+@contextlib.contextmanager
+def _or_lost(*, before_data: bool) -> Iterator[None]:
+    """Talking to the store: a failed connection becomes _Lost."""
     try:
-        lmtp.putcmd(line)
+        yield
     except (OSError, smtplib.SMTPException) as error:
         raise _Lost(f"connection lost: {_describe(error)}", before_data=before_data) from error
+
+
+def _command(lmtp: smtplib.LMTP, line: str, *, before_data: bool) -> tuple[int, bytes]:
+    """Send one command line and read its reply; _Lost if the connection fails."""
+    with _or_lost(before_data=before_data):
+        lmtp.putcmd(line)
     return _reply(lmtp, before_data=before_data)
 
 
@@ -293,10 +300,8 @@ def _pipelined(
 ) -> None:
     """``_transaction`` with MAIL, RCPT and DATA sent together."""
     lines = [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{a}>" for a in addresses), "DATA"]
-    try:
+    with _or_lost(before_data=True):
         lmtp.send("".join(f"{line}\r\n" for line in lines))
-    except (OSError, smtplib.SMTPException) as error:
-        raise _Lost(f"connection lost: {_describe(error)}", before_data=True) from error
     replies = [_reply(lmtp, before_data=True) for _ in lines]
     (mail_code, mail_reply), (data_code, data_reply) = replies[0], replies[-1]
     accepted: list[str] = []
@@ -333,10 +338,8 @@ def _refused(addresses: Sequence[str], step: str, code: int, reply: bytes) -> di
 def _reply(lmtp: smtplib.LMTP, *, before_data: bool) -> tuple[int, bytes]:
     """Read one reply; _Lost if the connection fails, or the store is closing it (421:
     idle, shutting down)."""
-    try:
+    with _or_lost(before_data=before_data):
         code, reply = lmtp.getreply()
-    except (OSError, smtplib.SMTPException) as error:
-        raise _Lost(f"connection lost: {_describe(error)}", before_data=before_data) from error
     if code == 421 or code < 0:
         raise _Lost(f"{code} {_text(reply)}", before_data=before_data)
     return code, reply
@@ -349,15 +352,11 @@ def _send_data(
     body = _LEADING_DOT.sub(b"..", message)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
-    try:
+    with _or_lost(before_data=False):
         lmtp.send(body + b".\r\n")
-    except (OSError, smtplib.SMTPException) as error:
-        raise _Lost(f"connection lost: {_describe(error)}", before_data=False) from error
     for address in accepted:
-        try:
+        with _or_lost(before_data=False):
             code, reply = lmtp.getreply()
-        except (OSError, smtplib.SMTPException) as error:
-            raise _Lost(f"connection lost: {_describe(error)}", before_data=False) from error
         if code < 0:
             raise _Lost(f"unreadable reply: {_text(reply)}", before_data=False)
         results[address] = CopyResult(address, _status(code), code, f"{code} {_text(reply)}")
